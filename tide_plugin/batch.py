@@ -1,0 +1,186 @@
+"""Typed structures passed between the stages of the pipeline.
+
+Data flow (one direction):
+
+``dataset rows (dict) -> distill_pad -> DistillBatch -> noise -> comp_demo ->
+trainer (student forward, teacher forward) -> DistillInputs -> objectives``.
+
+Shapes use SPEC.md's names: ``b`` batch, ``L`` student length (a multiple of the
+block size), ``L_T`` teacher length, ``C`` chunks per example (max over the batch),
+``P`` aligned pairs per example (max over the batch), ``V`` views (1 or 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+Pipeline = Literal["same", "shared", "cross"]
+"""``same``: teacher sees the student's ids position by position (SPEC 3.1);
+``shared``: shared vocabulary, template-aligned position pairs (SPEC 3.2);
+``cross``: different tokenizers, byte-exact chunks (SPEC 3.3)."""
+
+# Keys of one preprocessed dataset row (what `tide preprocess` writes and
+# `distill_pad` reads). Lists of ints; optional keys depend on the pipeline.
+ROW_STUDENT_IDS = "input_ids"  # [L_S]
+ROW_LABELS = "labels"  # [L_S], -100 on prompt tokens
+ROW_TEACHER_IDS = "teacher_input_ids"  # [L_T] (shared / cross)
+ROW_STUDENT_CHUNKS = "student_chunk_ids"  # [L_S] chunk id per token, -1 = none (cross)
+ROW_TEACHER_CHUNKS = "teacher_chunk_ids"  # [L_T] (cross)
+ROW_NUM_CHUNKS = "num_chunks"  # int (cross)
+ROW_PAIR_STUDENT = "align_student"  # [P] student positions (shared)
+ROW_PAIR_TEACHER = "align_teacher"  # [P] teacher positions (shared)
+
+
+@dataclass
+class AlignedExample:
+    """One aligned conversation, unpadded (the aligners' output).
+
+    ``student_chunk_ids`` / ``teacher_chunk_ids`` give each token's chunk (``-1``:
+    none) and are set for the cross-tokenizer pipeline; ``pairs`` holds
+    ``(student_pos, teacher_pos)`` with equal ids for the template pipeline.
+    """
+
+    student_ids: list[int]
+    labels: list[int]
+    teacher_ids: list[int]
+    student_chunk_ids: list[int] | None = None
+    teacher_chunk_ids: list[int] | None = None
+    num_chunks: int = 0
+    pairs: list[tuple[int, int]] | None = None
+    dropped_pairs: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            ROW_STUDENT_IDS: list(self.student_ids),
+            ROW_LABELS: list(self.labels),
+            ROW_TEACHER_IDS: list(self.teacher_ids),
+        }
+        if self.student_chunk_ids is not None:
+            row[ROW_STUDENT_CHUNKS] = list(self.student_chunk_ids)
+            row[ROW_TEACHER_CHUNKS] = list(self.teacher_chunk_ids or [])
+            row[ROW_NUM_CHUNKS] = int(self.num_chunks)
+        if self.pairs is not None:
+            row[ROW_PAIR_STUDENT] = [s for s, _ in self.pairs]
+            row[ROW_PAIR_TEACHER] = [t for _, t in self.pairs]
+        return row
+
+
+@dataclass
+class DistillBatch:
+    """A collated batch. Stages fill the optional fields in order.
+
+    Filled by ``distill_pad``:
+      - ``input_ids`` ``[b, L]`` long: clean student ids ``x0`` (block-EOS padded).
+      - ``labels`` ``[b, L]`` long: ``-100`` on prompt tokens; EOS padding is a target.
+      - ``attention_mask`` ``[b, L]`` bool: real (non-pad) student tokens. Block-EOS
+        padding counts as real (SPEC 1.1); only batch padding beyond it is False.
+      - ``teacher_input_ids`` ``[b, L_T]`` long, ``teacher_attention_mask`` ``[b, L_T]`` bool
+        (``None`` in the ``same`` pipeline, where the teacher reads the student's ids).
+      - ``student_chunk_ids`` ``[b, L]``, ``teacher_chunk_ids`` ``[b, L_T]`` long, ``-1`` = none;
+        ``num_chunks`` ``[b]`` long (cross).
+      - ``pair_student``, ``pair_teacher`` ``[b, P]`` long, ``pair_mask`` ``[b, P]`` bool (shared).
+    Filled by ``noise``:
+      - ``t`` ``[b]`` float32 in ``[eps, 1)``; ``masked`` ``[b, L]`` bool; ``noisy_input_ids``
+        ``[b, L]`` (``x_t``); ``ce_weight`` ``[b]`` float32 (``w(t)``, SPEC 1.6).
+      - ``chunk_active`` ``[b, C]`` bool: hit chunks without prompt tokens (cross).
+      - ``teacher_masked`` ``[b, L_T]`` bool; ``teacher_noisy_ids`` ``[V, b, L_T]`` with V=1.
+    Filled by ``comp_demo``:
+      - ``teacher_noisy_ids`` ``[2, b, L_T]``: view 1 masks only B, view 2 only A.
+      - ``teacher_view_index`` ``[b, L_T]`` long: the view whose logits are read at each
+        teacher position (1 for positions in A, else 0).
+    """
+
+    pipeline: Pipeline
+    input_ids: Tensor
+    labels: Tensor
+    attention_mask: Tensor
+    teacher_input_ids: Tensor | None = None
+    teacher_attention_mask: Tensor | None = None
+    student_chunk_ids: Tensor | None = None
+    teacher_chunk_ids: Tensor | None = None
+    num_chunks: Tensor | None = None
+    pair_student: Tensor | None = None
+    pair_teacher: Tensor | None = None
+    pair_mask: Tensor | None = None
+    # noise
+    t: Tensor | None = None
+    masked: Tensor | None = None
+    noisy_input_ids: Tensor | None = None
+    ce_weight: Tensor | None = None
+    chunk_active: Tensor | None = None
+    teacher_masked: Tensor | None = None
+    teacher_noisy_ids: Tensor | None = None
+    # comp_demo
+    teacher_view_index: Tensor | None = None
+    # counters for reporting (dropped pairs, truncated chunks, ...)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def max_chunks(self) -> int:
+        if self.num_chunks is None or self.num_chunks.numel() == 0:
+            return 0
+        return int(self.num_chunks.max())
+
+    def to(self, device: torch.device | str) -> DistillBatch:
+        moved = {
+            f.name: (v.to(device, non_blocking=True) if isinstance(v := getattr(self, f.name), Tensor) else v)
+            for f in fields(self)
+        }
+        return replace(self, **moved)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f.name: v for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
+
+
+@dataclass
+class DistillInputs:
+    """Everything an objective may read, produced once per step by the trainer.
+
+    - ``student_logits`` ``[b, L, V_S]`` (the ``x_t`` half of the BD3LM forward), any dtype.
+    - ``teacher_logits`` ``[b, L_T, V_T]`` (views already merged), no grad; in the
+      ``same`` pipeline ``L_T == L``.
+    - ``progress``: ``global_step / max(max_steps, 1)`` from the trainer state.
+    - ``shared_vocab_size``: ``V_shared`` for token-level objectives, or ``None``
+      for the full (identical) vocabulary.
+    """
+
+    batch: DistillBatch
+    student_logits: Tensor
+    teacher_logits: Tensor
+    progress: float = 0.0
+    shared_vocab_size: int | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+    """Shared intermediate results (e.g. chunk log-probs) so composed objectives
+    compute them once per step."""
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What a built pipeline offers; objectives check their needs against it when
+    they are built, not at step 1."""
+
+    pipeline: Pipeline
+    shared_vocab_size: int | None = None
+    has_timestep: bool = True
+    has_progress: bool = True
+
+    @property
+    def has_chunks(self) -> bool:
+        return self.pipeline == "cross"
+
+    @property
+    def has_pairs(self) -> bool:
+        return self.pipeline == "shared"
+
+    @property
+    def has_token_alignment(self) -> bool:
+        return self.pipeline in ("same", "shared")

@@ -1,0 +1,77 @@
+"""The ``tide`` command: ``distill``, ``preprocess``, ``eval``, ``plugins``.
+
+Each subcommand lives in the module that owns its work and exposes
+``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches,
+importing the heavy module when its subcommand is chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "distill": ("tide_plugin.trainer", "distil a teacher into a block-diffusion student"),
+    "preprocess": ("tide_plugin.collators.preprocess", "tokenise and align chat JSONL into a dataset"),
+    "eval": ("tide_plugin.eval.cli", "evaluate a student with lm-eval (offline tasks included)"),
+    "plugins": ("tide_plugin.cli", "list every registered plugin"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # `tide plugins`
+    parser.add_argument("--kind", choices=["objective", "collator", "scheduler", "teacher"], help="only this kind")
+
+
+def run(args: argparse.Namespace) -> int:  # `tide plugins`
+    from .hookspecs import KINDS
+    from .registry import get_registry
+
+    reg = get_registry()
+    rows = [("kind", "name", "aliases", "distribution", "summary")]
+    for kind in KINDS:
+        if args.kind and kind != args.kind:
+            continue
+        for info in reg.available(kind).values():
+            rows.append((kind, info.name, ", ".join(info.aliases) or "-", f"{info.distribution} {info.version}", info.summary))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+        if i == 0:
+            print("  ".join("-" * w for w in widths) + "  " + "-" * 7)
+    for f in reg.failures:
+        print(f"\nnot loaded: {f.entry_point} ({f.target}) from {f.distribution}: {f.error}", file=sys.stderr)
+    if reg.blocked:
+        print(f"\nblocked by TIDE_DISABLE_PLUGINS: {', '.join(reg.blocked)}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tide", description="TIDE cross-architecture distillation for diffusion LLMs")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"tide: unknown command {argv[0]!r}; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+            return 2
+        build_parser().print_help()
+        return 0
+    # Build only the chosen subcommand's parser, so `tide plugins` does not import torch models.
+    name = argv[0]
+    module_name, help_text = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"tide {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
