@@ -99,7 +99,6 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self._plugins: dict[str, dict[str, PluginInfo]] = {k: {} for k in KINDS}
         self._aliases: dict[str, dict[str, str]] = {k: {} for k in KINDS}
-        self._owner: dict[str, tuple[str, str]] = {}  # pluggy name -> (distribution, version)
         self.failures: list[LoadFailure] = []
         self.blocked: list[str] = []
 
@@ -125,7 +124,7 @@ class Registry:
             except Exception as exc:  # any import-time failure of a third-party module
                 reg._report(dist, ep.name, ep.value, exc)
                 continue
-            reg.register(plugin, distribution=dist, version=version, name=f"{dist}:{ep.name}", target=ep.value)
+            reg.register(plugin, distribution=dist, version=version, entry_point=ep.name, target=ep.value)
         reg.pm.check_pending()
         return reg
 
@@ -135,19 +134,19 @@ class Registry:
         *,
         distribution: str = "<local>",
         version: str = "",
-        name: str | None = None,
+        entry_point: str | None = None,
         target: str | None = None,
     ) -> None:
         """Register a plugin object (module or instance with hookimpls) and collect
         its specs. Used by :meth:`load` and by users who define plugins in a script."""
-        pname = name or f"{distribution}:{getattr(plugin, '__name__', type(plugin).__name__)}"
-        target = target or pname
+        entry_point = entry_point or getattr(plugin, "__name__", type(plugin).__name__)
+        pname = f"{distribution}:{entry_point}"
+        target = target or entry_point
         try:
             self.pm.register(plugin, name=pname)
         except Exception as exc:
-            self._report(distribution, pname, target, exc)
+            self._report(distribution, entry_point, target, exc)
             return
-        self._owner[pname] = (distribution, version)
         collected: list[tuple[PluginKind, PluginSpec]] = []
         try:
             for kind, hook_name in HOOKS_BY_KIND.items():
@@ -162,8 +161,7 @@ class Registry:
                         collected.append((kind, spec))
         except Exception as exc:
             self.pm.unregister(name=pname)
-            del self._owner[pname]
-            self._report(distribution, pname, target, exc)
+            self._report(distribution, entry_point, target, exc)
             return
         for kind, spec in collected:
             self._add(kind, spec, distribution, version)

@@ -1,0 +1,280 @@
+"""Registry: discovery through real installed entry points, lookup, errors."""
+
+from __future__ import annotations
+
+import math
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+import tide_plugin
+from tide_plugin import PluginSpec, hookimpl
+from tide_plugin.registry import (
+    DISABLE_ENV,
+    DuplicatePluginError,
+    PluginLoadWarning,
+    Registry,
+    UnknownPluginError,
+    get_registry,
+)
+
+BUILTIN_OBJECTIVES = {"kl", "reverse_kl", "calm", "reverse_calm", "tidal", "tidal_calm"}
+REFERENCE_ALIASES = {
+    "alm": "calm",
+    "reverse_alm": "reverse_calm",
+    "alm_taid": "tidal_calm",
+    "taid": "tidal",
+    "kl_aligned": "kl",
+    "reverse_kl_aligned": "reverse_kl",
+    "taid_aligned": "tidal",
+}
+
+
+@pytest.fixture()
+def fresh_registry():
+    """Reload the process-wide registry after the test so state never leaks."""
+    yield
+    get_registry(reload=True)
+
+
+def _make_distribution(root, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+    """Write a real (unpacked) distribution that importlib.metadata discovers on sys.path."""
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    eps = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[tide_plugin]\n{eps}\n")
+    for name, source in modules.items():
+        (root / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+def test_builtins_registered_through_own_entry_points():
+    objectives = tide_plugin.available("objective")
+    assert BUILTIN_OBJECTIVES <= set(objectives)
+    for name in BUILTIN_OBJECTIVES:
+        assert objectives[name].distribution == "tide-plugin"
+        assert objectives[name].version == tide_plugin.__version__
+        assert objectives[name].summary
+    assert {"tidal", "linear", "cosine"} <= set(tide_plugin.available("scheduler"))
+    assert {"distill_pad", "noise", "comp_demo"} <= set(tide_plugin.available("collator"))
+    assert {"bidirectional", "block"} <= set(tide_plugin.available("teacher"))
+    assert not get_registry().failures, get_registry().failures
+
+
+@pytest.mark.parametrize(("alias", "canonical"), sorted(REFERENCE_ALIASES.items()))
+def test_reference_mode_strings_resolve(alias, canonical):
+    assert get_registry().resolve("objective", alias).name == canonical
+    assert alias in tide_plugin.available("objective")[canonical].aliases
+
+
+def test_example_third_party_plugin_found_and_usable():
+    info = tide_plugin.available("objective")["jensen_shannon"]
+    assert info.distribution == "tide-plugin-example"
+    assert info.version == "0.1.0"
+    assert info.aliases == ("jsd",)
+    obj = tide_plugin.get_objective("jsd", temperature=1.0)
+    assert type(obj).__module__ == "tide_plugin_example.jensen_shannon"
+
+    from tide_plugin.batch import DistillBatch, DistillInputs
+
+    torch.manual_seed(0)
+    b, length, v = 2, 5, 7
+    zs = torch.randn(b, length, v, requires_grad=True)
+    zt = torch.randn(b, length, v)
+    masked = torch.tensor([[1, 0, 1, 1, 0], [0, 0, 0, 1, 0]], dtype=torch.bool)
+    ids = torch.zeros(b, length, dtype=torch.long)
+    batch = DistillBatch(pipeline="same", input_ids=ids, labels=ids, attention_mask=masked | True, masked=masked)
+    parts = obj(DistillInputs(batch=batch, student_logits=zs, teacher_logits=zt))
+    # Plain Jensen-Shannon divergence, one masked position at a time.
+    expected = []
+    for i, j in masked.nonzero().tolist():
+        p, q = zt[i, j].softmax(-1), zs[i, j].softmax(-1)
+        m = (p + q) / 2
+        expected.append(0.5 * (p * (p / m).log()).sum() + 0.5 * (q * (q / m).log()).sum())
+    assert math.isclose(parts["jensen_shannon"].item(), torch.stack(expected).mean().item(), rel_tol=1e-5)
+    parts["jensen_shannon"].backward()
+    assert torch.isfinite(zs.grad).all() and zs.grad[~masked].abs().max() == 0
+
+
+def test_unknown_name_is_keyerror_with_closest_match_and_listing():
+    with pytest.raises(UnknownPluginError) as err:
+        tide_plugin.get_objective("reverse_clam")
+    assert isinstance(err.value, KeyError)
+    message = str(err.value)
+    assert "Did you mean 'reverse_calm'?" in message
+    for name in BUILTIN_OBJECTIVES | {"jensen_shannon", "alm"}:
+        assert name in message
+    with pytest.raises(UnknownPluginError, match="unknown teacher 'bidirectionl'. Did you mean 'bidirectional'"):
+        tide_plugin.get_teacher("bidirectionl")
+    with pytest.raises(UnknownPluginError, match="unknown collator 'zzz'.  ?Available"):
+        tide_plugin.get_collator("zzz")
+
+
+def test_unknown_kind_is_rejected():
+    with pytest.raises(ValueError, match="unknown plugin kind 'loss'; allowed: objective, collator, scheduler, teacher"):
+        tide_plugin.available("loss")
+
+
+def _spec_plugin(name: str, aliases=()):
+    class Plugin:
+        @hookimpl
+        def tide_plugin_objectives(self):
+            return [PluginSpec(name=name, factory=dict, summary="test", aliases=aliases)]
+
+    return Plugin()
+
+
+def test_duplicate_name_names_both_distributions():
+    reg = Registry()
+    reg.register(_spec_plugin("twin"), distribution="dist-one", version="1")
+    with pytest.raises(DuplicatePluginError) as err:
+        reg.register(_spec_plugin("twin"), distribution="dist-two", version="2")
+    assert "'dist-one'" in str(err.value) and "'dist-two'" in str(err.value) and "'twin'" in str(err.value)
+
+
+def test_alias_colliding_with_a_name_is_a_duplicate():
+    reg = Registry()
+    reg.register(_spec_plugin("alpha"), distribution="dist-one")
+    with pytest.raises(DuplicatePluginError, match="'alpha'.*dist-one.*dist-two"):
+        reg.register(_spec_plugin("beta", aliases=("alpha",)), distribution="dist-two")
+
+
+def test_same_name_in_different_kinds_is_allowed():
+    class Both:
+        @hookimpl
+        def tide_plugin_objectives(self):
+            return [PluginSpec(name="tidal_like", factory=dict)]
+
+        @hookimpl
+        def tide_plugin_schedulers(self):
+            return [PluginSpec(name="tidal_like", factory=list)]
+
+    reg = Registry()
+    reg.register(Both(), distribution="d")
+    assert reg.build("objective", "tidal_like", a=1) == {"a": 1}
+    assert reg.build("scheduler", "tidal_like") == []
+
+
+def test_alias_config_preset_and_explicit_config_wins():
+    class P:
+        @hookimpl
+        def tide_plugin_objectives(self):
+            return [
+                PluginSpec(
+                    name="thing", factory=dict, aliases=("thing_aligned",), alias_config={"thing_aligned": {"aligned": True}}
+                )
+            ]
+
+    reg = Registry()
+    reg.register(P(), distribution="d")
+    assert reg.build("objective", "thing") == {}
+    assert reg.build("objective", "thing_aligned") == {"aligned": True}
+    assert reg.build("objective", "thing_aligned", aligned=False, x=1) == {"aligned": False, "x": 1}
+
+
+def test_broken_plugins_are_reported_and_the_rest_load(tmp_path, monkeypatch, fresh_registry):
+    _make_distribution(
+        tmp_path,
+        "broken-dist",
+        {"explodes": "tide_test_explodes", "missing": "tide_test_no_such_module", "bad_hook": "tide_test_bad_hook"},
+        {
+            "tide_test_explodes": "raise RuntimeError('boom at import')\n",
+            "tide_test_bad_hook": """
+                from tide_plugin import hookimpl
+                @hookimpl
+                def tide_plugin_objectives():
+                    return ["not a PluginSpec"]
+            """,
+        },
+    )
+    _make_distribution(
+        tmp_path,
+        "good-dist",
+        {"fine": "tide_test_fine"},
+        {
+            "tide_test_fine": """
+                from tide_plugin import PluginSpec, hookimpl
+                @hookimpl
+                def tide_plugin_objectives():
+                    return [PluginSpec(name="fine_objective", factory=dict, summary="works")]
+            """,
+        },
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reg = get_registry(reload=True)
+    messages = [str(w.message) for w in caught if issubclass(w.category, PluginLoadWarning)]
+    assert len(messages) == 3, messages
+    assert all("'broken-dist'" in m for m in messages)
+    assert any("boom at import" in m and "tide_test_explodes" in m for m in messages)
+    assert any("ModuleNotFoundError" in m and "tide_test_no_such_module" in m for m in messages)
+    assert any("expected PluginSpec" in m for m in messages)
+    assert {(f.distribution, f.entry_point) for f in reg.failures} == {
+        ("broken-dist", "explodes"),
+        ("broken-dist", "missing"),
+        ("broken-dist", "bad_hook"),
+    }
+    objectives = reg.available("objective")
+    assert objectives["fine_objective"].distribution == "good-dist"
+    assert BUILTIN_OBJECTIVES <= set(objectives)
+    assert "jensen_shannon" in objectives
+    # A plugin whose hook failed leaves nothing half-registered.
+    assert not [p for p in reg.pm.get_plugins() if getattr(p, "__name__", "") == "tide_test_bad_hook"]
+    for mod in ("tide_test_explodes", "tide_test_bad_hook", "tide_test_fine"):
+        sys.modules.pop(mod, None)
+
+
+def test_disable_env_blocks_distributions(monkeypatch, fresh_registry):
+    monkeypatch.setenv(DISABLE_ENV, "tide_plugin_example, some-other")
+    reg = get_registry(reload=True)
+    assert "jensen_shannon" not in reg.available("objective")
+    assert any(b.startswith("tide-plugin-example:") for b in reg.blocked)
+    with pytest.raises(UnknownPluginError):
+        tide_plugin.get_objective("jsd")
+    assert BUILTIN_OBJECTIVES <= set(reg.available("objective"))
+
+
+def test_registry_is_loaded_lazily_and_cached(fresh_registry):
+    first = get_registry()
+    assert get_registry() is first
+    assert get_registry(reload=True) is not first
+
+
+def test_composition_spec_errors():
+    with pytest.raises(ValueError, match="empty component"):
+        tide_plugin.get_objective("calm+")
+    with pytest.raises(ValueError, match="names a component twice"):
+        tide_plugin.get_objective("calm+calm")
+    with pytest.raises(TypeError, match=r"configuration keys \['temperature'\] name no component"):
+        tide_plugin.get_objective("calm+tidal_calm", temperature=3.0)
+    with pytest.raises(UnknownPluginError, match="Did you mean 'tidal_calm'"):
+        tide_plugin.get_objective("calm+tidal_clam")
+
+
+def test_composition_builds_components_with_their_config():
+    from tide_plugin.objectives.base import ComposedObjective
+
+    obj = tide_plugin.get_objective("reverse_alm+alm_taid", reverse_alm={"weight": 0.5})
+    assert isinstance(obj, ComposedObjective)
+    names = [c.name for c in obj.components]
+    assert names == ["reverse_calm", "tidal_calm"]
+    assert obj.components[0].weight == 0.5 and obj.components[1].weight == 1.0
+    assert obj.requires >= {"chunks"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "Bad-Name", "factory": dict}, "snake_case"),
+        ({"name": "", "factory": dict}, "snake_case"),
+        ({"name": "ok", "factory": 3}, "not callable"),
+        ({"name": "ok", "factory": dict, "alias_config": {"other": {}}}, r"alias_config names \['other'\]"),
+    ],
+)
+def test_plugin_spec_validation(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        PluginSpec(**kwargs)
