@@ -54,12 +54,13 @@ def test_bad_arguments():
 
 
 def test_key_padding_blocks_pad_keys_and_keeps_rows_finite():
-    m = torch.ones(4, 4, dtype=torch.bool)
+    m = torch.block_diag(torch.ones(2, 2), torch.ones(2, 2)).bool()  # two blocks of 2
     valid = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
     full = with_key_padding(m, valid)
     assert full.shape == (2, 1, 4, 4)
-    assert not full[0, 0, :2, 2:].any()
-    assert full[0, 0, 2:, 2:].equal(torch.eye(2, dtype=torch.bool))  # pad rows see only themselves
+    assert not full[0, 0, :, 2:].logical_and(~torch.eye(4, dtype=torch.bool)[:, 2:]).any()  # pad keys blocked
+    assert full[0, 0, 2:].equal(torch.eye(4, dtype=torch.bool)[2:])  # rows with no valid key see only themselves
+    assert full[1, 0].equal(m)
     add = to_additive(full, torch.float32)
     scores = torch.randn(2, 1, 4, 4) + add
     assert torch.isfinite(scores.softmax(-1)).all()
