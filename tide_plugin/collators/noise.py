@@ -1,0 +1,284 @@
+"""``noise``: the forward diffusion process of SPEC 1 with the mask propagation
+of SPEC 3.4. ``DistillBatch -> DistillBatch``.
+
+Per example ``t ~ U[eps, 1)``; ``p = 1 - alpha(t)`` from the masking schedule
+(``linear`` or ``cosine``, built by name through the scheduler registry);
+``maskable = labels != -100``; ``masked = (u < p) & maskable``;
+``x_t = where(masked, m_S, x0)``; ``ce_weight = w(t)`` (``elbo``: ``-alpha'/(1-alpha)``,
+or ``uniform``: 1).
+
+Teacher side, by pipeline:
+
+- ``same``: the teacher uses the student's mask (its ids are the student's).
+- ``shared``: teacher positions paired with masked student positions are masked.
+- ``cross`` (chunk-consistent masking): a chunk is *hit* if any of its student
+  tokens is masked; then every maskable student token of a hit chunk and every
+  teacher token of a hit chunk is masked. ``chunk_active`` = hit chunks that
+  hold no prompt (label -100) token.
+
+Fills (shapes): ``t`` ``[b]`` float32, ``masked`` ``[b, L]`` bool,
+``noisy_input_ids`` ``[b, L]``, ``ce_weight`` ``[b]`` float32, ``teacher_masked``
+``[b, L_T]`` bool, ``teacher_noisy_ids`` ``[1, b, L_T]`` (``L_T = L`` for same),
+``chunk_active`` ``[b, C]`` bool (cross, ``C = max num_chunks``).
+
+Randomness comes from a ``torch.Generator`` owned by the stage, reseeded on
+every call from ``(seed, stage, distributed rank, DataLoader worker id, call
+counter)``: a fixed seed reproduces every batch, and DataLoader workers draw
+different but reproducible streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..batch import DistillBatch
+from ..hookspecs import PluginSpec, hookimpl
+
+IGNORE_INDEX = -100
+SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+CE_WEIGHTINGS: tuple[str, ...] = ("elbo", "uniform")
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def stream_seed(*parts: int) -> int:
+    """Mix integers into one 63-bit seed (order matters, nearby inputs give
+    unrelated seeds)."""
+    h = 0x243F6A8885A308D3
+    for p in parts:
+        h = _splitmix64(h ^ (int(p) & _MASK64))
+    return h & ((1 << 63) - 1)
+
+
+def _worker_id() -> int:
+    info = torch.utils.data.get_worker_info()
+    return 0 if info is None else int(info.id)
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    return 0
+
+
+class SeededStage:
+    """Owns a ``torch.Generator`` reseeded per call from (seed, stage salt, rank,
+    worker id, call counter). Each DataLoader worker holds its own copy of the
+    stage, so its counter counts that worker's batches."""
+
+    salt: int = 0
+
+    def _init_rng(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.calls = 0
+        self._generator = torch.Generator()
+
+    def next_generator(self) -> torch.Generator:
+        """The generator for this call (advances the call counter)."""
+        self._generator.manual_seed(stream_seed(self.seed, self.salt, _rank(), _worker_id(), self.calls))
+        self.calls += 1
+        return self._generator
+
+    def __getstate__(self) -> dict[str, Any]:  # torch.Generator pickles, but keep workers' copies fresh
+        state = dict(self.__dict__)
+        state["_generator"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._generator = torch.Generator()
+
+
+def _check_mask_id(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ValueError(f"{name} must be a non-negative int token id, got {value!r}")
+
+
+@dataclass
+class NoiseConfig:
+    """Configuration of ``noise``.
+
+    :param mask_id: student mask id ``m_S`` (required; see
+        ``tide_plugin.collators.alignment.resolve_mask_id``).
+    :param teacher_mask_id: teacher mask id ``m_T`` (required for the shared and
+        cross pipelines; defaults to ``mask_id`` in the same pipeline).
+    :param schedule: masking schedule by scheduler name, ``linear`` (default) or ``cosine``.
+    :param eps: lower bound of ``t ~ U[eps, 1)`` (SPEC 1.2).
+    :param ce_weighting: ``elbo`` (``w(t) = -alpha'(t)/(1-alpha(t)+1e-6)``) or ``uniform``.
+    :param seed: seed of the stage's random stream.
+    """
+
+    mask_id: int | None = None
+    teacher_mask_id: int | None = None
+    schedule: str = "linear"
+    eps: float = 1e-3
+    ce_weighting: Literal["elbo", "uniform"] = "elbo"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mask_id is None:
+            raise ValueError(
+                "noise needs mask_id (the student mask token id m_S); got None. "
+                "Find it with tide_plugin.collators.alignment.resolve_mask_id(tokenizer)"
+            )
+        _check_mask_id("mask_id", self.mask_id)
+        _check_mask_id("teacher_mask_id", self.teacher_mask_id)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"masking schedule {self.schedule!r} is not one of {SCHEDULES}")
+        if not (isinstance(self.eps, (int, float)) and 0.0 <= float(self.eps) < 1.0):
+            raise ValueError(f"eps must lie in [0, 1), got {self.eps!r}")
+        if self.ce_weighting not in CE_WEIGHTINGS:
+            raise ValueError(f"ce_weighting {self.ce_weighting!r} is not one of {CE_WEIGHTINGS}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+
+def chunk_hits(masked: Tensor, chunk_ids: Tensor, num_chunks: int) -> Tensor:
+    """``[b, C]`` bool: chunks with at least one True token in ``masked`` ``[b, L]``
+    (``chunk_ids`` ``[b, L]``, ``-1`` = no chunk). One scatter, no Python loop."""
+    b = masked.shape[0]
+    flat = torch.zeros(b * num_chunks + 1, dtype=torch.bool, device=masked.device)  # last slot: sink for -1
+    row = torch.arange(b, device=masked.device).unsqueeze(1) * num_chunks
+    idx = torch.where(chunk_ids >= 0, row + chunk_ids, b * num_chunks)
+    flat.index_put_((idx[masked],), torch.ones((), dtype=torch.bool, device=masked.device))
+    return flat[:-1].view(b, num_chunks)
+
+
+def gather_chunks(per_chunk: Tensor, chunk_ids: Tensor) -> Tensor:
+    """Per-token value of a ``[b, C]`` bool table at ``chunk_ids`` ``[b, L]``; False
+    where the token belongs to no chunk."""
+    if per_chunk.shape[1] == 0:
+        return torch.zeros(chunk_ids.shape, dtype=torch.bool, device=chunk_ids.device)
+    got = per_chunk.gather(1, chunk_ids.clamp_min(0))
+    return got & (chunk_ids >= 0)
+
+
+def scatter_pairs(student_flags: Tensor, batch: DistillBatch, teacher_len: int) -> Tensor:
+    """``[b, L_T]`` bool: teacher positions whose paired student position is set in
+    ``student_flags`` ``[b, L]`` (pairs of the shared pipeline)."""
+    if batch.pair_student is None or batch.pair_teacher is None or batch.pair_mask is None:
+        raise ValueError("shared pipeline batch lacks pair_student / pair_teacher / pair_mask (run distill_pad first)")
+    b = student_flags.shape[0]
+    out = torch.zeros(b * teacher_len + 1, dtype=torch.bool, device=student_flags.device)
+    take = student_flags.gather(1, batch.pair_student) & batch.pair_mask
+    row = torch.arange(b, device=student_flags.device).unsqueeze(1) * teacher_len
+    idx = torch.where(take, row + batch.pair_teacher, b * teacher_len)
+    out[idx.reshape(-1)] = True
+    return out[:-1].view(b, teacher_len)
+
+
+class Noise(SeededStage):
+    """Noising stage: ``DistillBatch -> DistillBatch`` (fills the noise fields)."""
+
+    stage_input = "batch"
+    requires = frozenset({"padded"})
+    provides = frozenset({"noised"})
+    salt = 0x6E6F697365  # "noise"
+
+    def __init__(self, config: NoiseConfig | None = None, **kwargs: Any) -> None:
+        if config is not None and kwargs:
+            raise TypeError("pass either a NoiseConfig or keyword configuration, not both")
+        self.config = config if config is not None else NoiseConfig(**kwargs)
+        from ..registry import get_scheduler
+
+        self.scheduler = get_scheduler(self.config.schedule)
+        self._init_rng(self.config.seed)
+
+    def __repr__(self) -> str:
+        return f"Noise({asdict(self.config)})"
+
+    def teacher_mask_id(self, pipeline: str) -> int:
+        m = self.config.teacher_mask_id
+        if m is None:
+            if pipeline == "same":
+                return int(self.config.mask_id)
+            raise ValueError(
+                f"noise: the {pipeline!r} pipeline needs teacher_mask_id (the teacher's mask token id m_T, "
+                "e.g. 156895 for LLaDA2.0-mini, 151665 for WeDLM); got None"
+            )
+        return int(m)
+
+    def __call__(self, batch: DistillBatch, *, t: Tensor | None = None) -> DistillBatch:
+        """Noise ``batch`` in place and return it. ``t`` ``[b]`` overrides the drawn
+        timesteps (evaluation, tests)."""
+        if not isinstance(batch, DistillBatch):
+            raise TypeError(
+                f"noise takes a DistillBatch from an earlier stage (distill_pad), got {type(batch).__name__}; "
+                "put distill_pad first in the collator chain"
+            )
+        cfg = self.config
+        g = self.next_generator()
+        x0, labels = batch.input_ids, batch.labels
+        b, L = x0.shape
+        dev = x0.device
+        m_t = self.teacher_mask_id(batch.pipeline)
+        if t is None:
+            t = cfg.eps + (1.0 - cfg.eps) * torch.rand(b, generator=g)
+        else:
+            t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
+            if t.numel() != b:
+                raise ValueError(f"noise: t has {t.numel()} values for a batch of {b}")
+            _ = torch.rand(b, generator=g)  # keep the stream aligned with the drawn case
+        t = t.to(torch.float32)
+        p = torch.as_tensor(self.scheduler.mask_prob(t), dtype=torch.float32)
+        u = torch.rand((b, L), generator=g)
+        maskable = labels != IGNORE_INDEX
+        masked = (u < p.unsqueeze(1)).to(dev) & maskable
+
+        if batch.pipeline == "cross":
+            if batch.student_chunk_ids is None or batch.teacher_chunk_ids is None or batch.num_chunks is None:
+                raise ValueError("cross pipeline batch lacks chunk ids (run distill_pad on cross rows first)")
+            C = batch.max_chunks
+            hit = chunk_hits(masked, batch.student_chunk_ids, C)
+            masked = masked | (gather_chunks(hit, batch.student_chunk_ids) & maskable)
+            teacher_masked = gather_chunks(hit, batch.teacher_chunk_ids)
+            prompt = chunk_hits(~maskable, batch.student_chunk_ids, C)
+            batch.chunk_active = hit & ~prompt
+            y0 = batch.teacher_input_ids
+        elif batch.pipeline == "shared":
+            y0 = batch.teacher_input_ids
+            teacher_masked = scatter_pairs(masked, batch, y0.shape[1])
+        else:
+            y0 = x0
+            teacher_masked = masked.clone()
+        if y0 is None:
+            raise ValueError(f"{batch.pipeline} pipeline batch lacks teacher_input_ids")
+
+        batch.t = t.to(dev)
+        batch.masked = masked
+        batch.noisy_input_ids = torch.where(masked, torch.full_like(x0, cfg.mask_id), x0)
+        batch.ce_weight = torch.as_tensor(self.scheduler.ce_weight(t, cfg.ce_weighting), dtype=torch.float32).to(dev)
+        batch.teacher_masked = teacher_masked
+        batch.teacher_noisy_ids = torch.where(teacher_masked, torch.full_like(y0, m_t), y0).unsqueeze(0)
+        batch.teacher_view_index = None
+        batch.stats["masked_tokens"] = float(masked.sum())
+        batch.stats["maskable_tokens"] = float(maskable.sum())
+        batch.stats["teacher_masked_tokens"] = float(teacher_masked.sum())
+        if batch.chunk_active is not None and batch.pipeline == "cross":
+            batch.stats["active_chunks"] = float(batch.chunk_active.sum())
+        return batch
+
+
+@hookimpl
+def tide_plugin_collators() -> list[PluginSpec]:
+    return [
+        PluginSpec(
+            name="noise",
+            factory=Noise,
+            summary="forward diffusion: t ~ U[eps,1), mask by schedule, propagate the mask to the teacher",
+            aliases=("mask",),
+            config_cls=NoiseConfig,
+        )
+    ]
