@@ -3,7 +3,7 @@ block padding. Compatible with dllm's BD3LM layout (``x_t`` half first)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -75,3 +75,232 @@ def pad_to_block(ids: list[int], labels: list[int], block_size: int, eos_id: int
         raise ValueError(f"ids ({len(ids)}) and labels ({len(labels)}) differ in length")
     extra = (-len(ids)) % block_size
     return ids + [eos_id] * extra, labels + [eos_id] * extra
+
+
+# --------------------------------------------------------------------------
+# Forward pass and CE term (SPEC 2.1)
+# --------------------------------------------------------------------------
+AttnImpl = Literal["sdpa", "eager", "flex_attention"]
+LossNorm = Literal["token", "sequence", "batch"]
+LOSS_NORMS: tuple[str, ...] = ("token", "sequence", "batch")
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP / FSDP / DeepSpeed / compile wrappers (``.module`` / ``._orig_mod``)."""
+    seen = 0
+    while seen < 8:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model, seen = inner, seen + 1
+    return model
+
+
+def attention_implementation(model: torch.nn.Module) -> str:
+    """The model's attention implementation (``config._attn_implementation``), ``"sdpa"`` if unknown."""
+    config = getattr(unwrap_model(model), "config", None)
+    return getattr(config, "_attn_implementation", None) or "sdpa"
+
+
+def flex_block_mask(
+    length: int,
+    block_size: int,
+    *,
+    key_valid: Tensor | None = None,
+    order: ConcatOrder = "xt_x0",
+    batch: int | None = None,
+    device: torch.device | str | None = None,
+) -> Any:
+    """The mask of :func:`block_diffusion_mask` as a flex-attention ``BlockMask``
+    (for ``attn_implementation="flex_attention"``, on GPU). ``key_valid`` ``[b, 2L]``
+    blocks pad keys; every query keeps its own position so no row is empty."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if order not in CONCAT_ORDERS:
+        raise ValueError(f"concat order {order!r} is not one of {CONCAT_ORDERS}")
+    xt_first = order == "xt_x0"
+
+    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ARG001 - flex signature
+        q_first, k_first = q_idx < length, kv_idx < length
+        q_xt = q_first if xt_first else ~q_first
+        k_xt = k_first if xt_first else ~k_first
+        q_blk, k_blk = (q_idx % length) // block_size, (kv_idx % length) // block_size
+        allowed = ((q_xt == k_xt) & (q_blk == k_blk)) | (q_xt & ~k_xt & (k_blk < q_blk)) | (~q_xt & ~k_xt & (k_blk <= q_blk))
+        if key_valid is not None:
+            allowed = allowed & (key_valid[b, kv_idx] | (q_idx == kv_idx))
+        return allowed
+
+    b = batch if key_valid is not None else None
+    return create_block_mask(mask_mod, B=b, H=None, Q_LEN=2 * length, KV_LEN=2 * length, device=device)
+
+
+def block_attention_mask(
+    length: int,
+    block_size: int,
+    *,
+    batch: int,
+    attention_mask: Tensor | None = None,
+    order: ConcatOrder = "xt_x0",
+    impl: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Any:
+    """The SPEC 2.1 mask for a ``[b, 2L]`` BD3LM input, in the form ``impl`` needs:
+
+    - ``sdpa`` (and any other implementation taking a boolean mask): boolean
+      ``[b, 1, 2L, 2L]``, True = may attend;
+    - ``eager``: float additive ``[b, 1, 2L, 2L]`` in ``dtype`` (0 / dtype min). Eager
+      attention adds the mask to the scores, so a boolean 4D mask would be silently wrong;
+    - ``flex_attention``: a ``BlockMask``.
+
+    ``attention_mask`` ``[b, L]`` (True = real token) blocks pad keys in both halves;
+    pad query rows keep their own position, so no logit is NaN or inf.
+    """
+    key_valid = None
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (batch, length):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, length)}")
+        valid = attention_mask.to(device=device, dtype=torch.bool)
+        key_valid = torch.cat([valid, valid], dim=1)
+        if bool(key_valid.all()):
+            key_valid = None
+    if impl == "flex_attention":
+        return flex_block_mask(length, block_size, key_valid=key_valid, order=order, batch=batch, device=device)
+    structural = block_diffusion_mask(length, block_size, order=order, device=device)
+    if key_valid is None:
+        mask = structural[None, None].expand(batch, 1, 2 * length, 2 * length)
+    else:
+        mask = with_key_padding(structural, key_valid)
+    if impl == "eager":
+        return to_additive(mask, dtype)
+    return mask
+
+
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(unwrap_model(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    for p in unwrap_model(model).parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def block_diffusion_logits(
+    model: torch.nn.Module,
+    noisy_ids: Tensor,
+    clean_ids: Tensor,
+    *,
+    block_size: int,
+    attention_mask: Tensor | None = None,
+    order: ConcatOrder = "xt_x0",
+    impl: str | None = None,
+) -> Tensor:
+    """BD3LM forward (SPEC 2.1): run ``model`` on ``x_t ⊕ x0`` (or ``x0 ⊕ x_t``) with
+    position ids ``[0..L-1, 0..L-1]`` and the block-diffusion mask, and return the
+    logits of the ``x_t`` half, ``[b, L, V]`` (only those are projected to the vocabulary).
+
+    :param model: a transformers causal-LM class (Qwen3, Qwen3-MoE, Llama, ...) that
+        honours a custom 4D attention mask; possibly wrapped (DDP, FSDP, ...).
+    :param noisy_ids: ``x_t`` ``[b, L]`` long, ``L`` a multiple of ``block_size``.
+    :param clean_ids: ``x0`` ``[b, L]`` long.
+    :param attention_mask: ``[b, L]`` bool, True for real tokens (pad keys blocked).
+    :param impl: attention implementation; read from the model's config when ``None``.
+    """
+    if noisy_ids.shape != clean_ids.shape or noisy_ids.dim() != 2:
+        raise ValueError(
+            f"noisy ids {tuple(noisy_ids.shape)} and clean ids {tuple(clean_ids.shape)} must both be [b, L]"
+        )
+    b, length = noisy_ids.shape
+    if length % block_size:
+        raise ValueError(f"sequence length {length} is not a multiple of block_size {block_size}; pad with pad_to_block")
+    impl = impl or attention_implementation(model)
+    device = noisy_ids.device
+    if order == "xt_x0":
+        ids = torch.cat([noisy_ids, clean_ids], dim=1)
+        keep = torch.arange(length, device=device)
+    elif order == "x0_xt":
+        ids = torch.cat([clean_ids, noisy_ids], dim=1)
+        keep = torch.arange(length, 2 * length, device=device)
+    else:
+        raise ValueError(f"concat order {order!r} is not one of {CONCAT_ORDERS}")
+    mask = block_attention_mask(
+        length,
+        block_size,
+        batch=b,
+        attention_mask=attention_mask,
+        order=order,
+        impl=impl,
+        dtype=_model_dtype(model),
+        device=device,
+    )
+    kwargs: dict[str, Any] = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": block_diffusion_position_ids(b, length, device=device),
+        "use_cache": False,
+    }
+    slice_inside = _accepts(model, "logits_to_keep")
+    if slice_inside:
+        kwargs["logits_to_keep"] = keep  # project only the x_t half to the vocabulary
+    out = model(**kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    if not slice_inside or logits.shape[1] != length:
+        logits = logits[:, keep]
+    return logits
+
+
+def bd3lm_ce(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    masked: Tensor,
+    maskable: Tensor,
+    weight: Tensor | None = None,
+    norm: LossNorm = "token",
+    denominator: Tensor | float | None = None,
+) -> Tensor:
+    """The CE term of SPEC 2.1, float32, computed on masked positions only (no
+    full-vocabulary float32 copy).
+
+    ``sum_i CE(z_i, x0_i) * w_i * masked_i`` divided by
+
+    - ``token``: ``count(maskable)`` (``max(1, .)``: an all-prompt batch gives 0, not NaN);
+    - ``sequence``: each row by its own ``max(1, count(maskable_row))``, then by ``b``;
+    - ``batch``: ``b``.
+
+    :param logits: ``[b, L, V]`` any float dtype. :param targets: ``x0`` ``[b, L]``.
+    :param masked: ``[b, L]`` bool. :param maskable: ``[b, L]`` bool (``labels != -100``).
+    :param weight: ``w(t)`` as ``[b]`` or ``[b, L]``; 1 when ``None``.
+    :param denominator: overrides ``count(maskable)`` (token) or ``b`` (sequence, batch),
+        e.g. the count over all micro-batches of a gradient-accumulation step.
+    """
+    if norm not in LOSS_NORMS:
+        raise ValueError(f"loss normalisation {norm!r} is not one of {LOSS_NORMS}")
+    b, length = targets.shape
+    if logits.shape[:2] != (b, length) or masked.shape != (b, length) or maskable.shape != (b, length):
+        raise ValueError(
+            f"shapes disagree: logits {tuple(logits.shape)}, targets {tuple(targets.shape)}, "
+            f"masked {tuple(masked.shape)}, maskable {tuple(maskable.shape)}"
+        )
+    masked = masked.bool() & maskable.bool()
+    nll = torch.nn.functional.cross_entropy(logits[masked].float(), targets[masked], reduction="none")  # [N]
+    if weight is not None:
+        w = weight.float()
+        w = w[:, None].expand(b, length) if w.dim() == 1 else w
+        nll = nll * w[masked]
+    if norm == "token":
+        denom = maskable.sum().clamp_min(1) if denominator is None else denominator
+        return nll.sum() / denom
+    rows = masked.nonzero()[:, 0]
+    per_row = torch.zeros(b, dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
+    if norm == "sequence":
+        per_row = per_row / maskable.sum(-1).clamp_min(1)  # max(1, .): a row with no target adds 0
+    denom = b if denominator is None else denominator
+    return per_row.sum() / denom
