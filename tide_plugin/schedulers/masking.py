@@ -1,0 +1,114 @@
+"""Masking schedules ``alpha(t)`` of the forward diffusion process (SPEC 1.3, 1.6),
+registered as ``linear`` (default) and ``cosine``.
+
+- ``alpha(t)``: probability that a token is kept at time ``t``;
+- ``alpha_prime(t)``: its derivative ``d alpha / dt``;
+- ``mask_prob(t) = 1 - alpha(t)``;
+- ``ce_weight(t, kind)``: ``elbo`` ``-alpha'(t) / (1 - alpha(t) + 1e-6)`` (``1/t`` for
+  linear) or ``uniform`` 1.
+
+Every method takes ``t`` as a ``[b]`` tensor (or a number) and returns float32 ``[b]``
+(a 0-dim tensor for a number).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..hookspecs import PluginSpec, hookimpl
+
+CeWeight = Literal["elbo", "uniform"]
+CE_WEIGHTS: tuple[str, ...] = ("elbo", "uniform")
+ELBO_EPS = 1e-6
+"""Added to ``1 - alpha(t)`` in the ELBO weight (SPEC 1.6)."""
+
+
+@dataclass(frozen=True)
+class MaskingScheduleConfig:
+    """The masking schedules have no hyperparameters; ``t ~ U[eps, 1)`` is drawn by
+    the ``noise`` collator."""
+
+
+def _t(t: Tensor | float) -> Tensor:
+    if not isinstance(t, Tensor):
+        return torch.tensor(float(t), dtype=torch.float32)
+    if not t.is_floating_point():
+        raise TypeError(f"t must be a float tensor, got {t.dtype}")
+    return t.float()
+
+
+class MaskingSchedule:
+    """Base of the masking schedules: subclasses define ``alpha`` and ``alpha_prime``."""
+
+    name = "masking"
+
+    def __init__(self, **config) -> None:
+        self.config = MaskingScheduleConfig(**config)
+
+    def alpha(self, t: Tensor | float) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def alpha_prime(self, t: Tensor | float) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def mask_prob(self, t: Tensor | float) -> Tensor:
+        """``p = 1 - alpha(t)``: probability that a maskable token is masked."""
+        return 1.0 - self.alpha(t)
+
+    def ce_weight(self, t: Tensor | float, kind: CeWeight = "elbo") -> Tensor:
+        """Per-example CE weight ``w(t)``: ``elbo`` ``-alpha'(t) / (1 - alpha(t) + 1e-6)`` or ``uniform`` 1."""
+        if kind not in CE_WEIGHTS:
+            raise ValueError(f"ce weight kind {kind!r} is not one of {CE_WEIGHTS}")
+        if kind == "uniform":
+            return torch.ones_like(_t(t))
+        return -self.alpha_prime(t) / (1.0 - self.alpha(t) + ELBO_EPS)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LinearSchedule(MaskingSchedule):
+    """``alpha(t) = 1 - t``, ``alpha'(t) = -1``; ELBO weight ``1 / (t + 1e-6)``."""
+
+    name = "linear"
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        return 1.0 - _t(t)
+
+    def alpha_prime(self, t: Tensor | float) -> Tensor:
+        return torch.full_like(_t(t), -1.0)
+
+
+class CosineSchedule(MaskingSchedule):
+    """``alpha(t) = 1 - cos(pi/2 (1 - t))``, ``alpha'(t) = -(pi/2) sin(pi/2 (1 - t))``."""
+
+    name = "cosine"
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        return 1.0 - torch.cos(math.pi / 2 * (1.0 - _t(t)))
+
+    def alpha_prime(self, t: Tensor | float) -> Tensor:
+        return -(math.pi / 2) * torch.sin(math.pi / 2 * (1.0 - _t(t)))
+
+
+@hookimpl
+def tide_plugin_schedulers() -> list[PluginSpec]:
+    return [
+        PluginSpec(
+            name="linear",
+            factory=LinearSchedule,
+            summary="masking schedule alpha(t) = 1 - t (default)",
+            config_cls=MaskingScheduleConfig,
+        ),
+        PluginSpec(
+            name="cosine",
+            factory=CosineSchedule,
+            summary="masking schedule alpha(t) = 1 - cos(pi/2 (1 - t))",
+            config_cls=MaskingScheduleConfig,
+        ),
+    ]
