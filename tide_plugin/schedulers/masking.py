@@ -8,7 +8,7 @@ registered as ``linear`` (default) and ``cosine``.
   linear) or ``uniform`` 1.
 
 Every method takes ``t`` as a ``[b]`` tensor (or a number) and returns float32 ``[b]``
-(a 0-dim tensor for a number).
+(float64 for float64 ``t``; a 0-dim tensor for a number).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _t(t: Tensor | float) -> Tensor:
         return torch.tensor(float(t), dtype=torch.float32)
     if not t.is_floating_point():
         raise TypeError(f"t must be a float tensor, got {t.dtype}")
-    return t.float()
+    return t.to(torch.promote_types(t.dtype, torch.float32))  # float32, or float64 if given
 
 
 class MaskingSchedule:
@@ -50,15 +50,17 @@ class MaskingSchedule:
     def __init__(self, **config) -> None:
         self.config = MaskingScheduleConfig(**config)
 
-    def alpha(self, t: Tensor | float) -> Tensor:  # pragma: no cover - abstract
+    def mask_prob(self, t: Tensor | float) -> Tensor:  # pragma: no cover - abstract
+        """``p = 1 - alpha(t)``: probability that a maskable token is masked (computed
+        directly, not as ``1 - alpha``, so that small ``t`` keeps its precision)."""
         raise NotImplementedError
 
     def alpha_prime(self, t: Tensor | float) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def mask_prob(self, t: Tensor | float) -> Tensor:
-        """``p = 1 - alpha(t)``: probability that a maskable token is masked."""
-        return 1.0 - self.alpha(t)
+    def alpha(self, t: Tensor | float) -> Tensor:
+        """``alpha(t)``: probability that a token is kept."""
+        return 1.0 - self.mask_prob(t)
 
     def ce_weight(self, t: Tensor | float, kind: CeWeight = "elbo") -> Tensor:
         """Per-example CE weight ``w(t)``: ``elbo`` ``-alpha'(t) / (1 - alpha(t) + 1e-6)`` or ``uniform`` 1."""
@@ -66,7 +68,7 @@ class MaskingSchedule:
             raise ValueError(f"ce weight kind {kind!r} is not one of {CE_WEIGHTS}")
         if kind == "uniform":
             return torch.ones_like(_t(t))
-        return -self.alpha_prime(t) / (1.0 - self.alpha(t) + ELBO_EPS)
+        return -self.alpha_prime(t) / (self.mask_prob(t) + ELBO_EPS)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -77,8 +79,8 @@ class LinearSchedule(MaskingSchedule):
 
     name = "linear"
 
-    def alpha(self, t: Tensor | float) -> Tensor:
-        return 1.0 - _t(t)
+    def mask_prob(self, t: Tensor | float) -> Tensor:
+        return _t(t).clone()
 
     def alpha_prime(self, t: Tensor | float) -> Tensor:
         return torch.full_like(_t(t), -1.0)
@@ -89,11 +91,12 @@ class CosineSchedule(MaskingSchedule):
 
     name = "cosine"
 
-    def alpha(self, t: Tensor | float) -> Tensor:
-        return 1.0 - torch.cos(math.pi / 2 * (1.0 - _t(t)))
+    # cos(pi/2 (1 - t)) = sin(pi/2 t): the sine form keeps relative precision at small t.
+    def mask_prob(self, t: Tensor | float) -> Tensor:
+        return torch.sin(math.pi / 2 * _t(t))
 
     def alpha_prime(self, t: Tensor | float) -> Tensor:
-        return -(math.pi / 2) * torch.sin(math.pi / 2 * (1.0 - _t(t)))
+        return -(math.pi / 2) * torch.cos(math.pi / 2 * _t(t))
 
 
 @hookimpl
