@@ -1,0 +1,264 @@
+"""lm-evaluation-harness model ``tide_bd3lm``: a BD3LM student sampled with
+:func:`tide_plugin.eval.sampler.generate`.
+
+lm-eval finds no plugin by itself: importing this module registers the model
+(``tide eval`` does it for you)::
+
+    import tide_plugin.eval.lm_eval_model  # registers "tide_bd3lm"
+    lm_eval.simple_evaluate(model="tide_bd3lm", model_args={"pretrained": "runs/demo"}, tasks=[...])
+
+Only ``generate_until`` is supported: a diffusion student has no left-to-right
+likelihood, so multiple-choice and perplexity tasks raise an error that names
+the generative variants to use instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import lm_eval.models  # noqa: F401  - fill lm-eval's registry before adding ours
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from .sampler import REMASKING, generate
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "tide_bd3lm"
+DEFAULT_BLOCK_SIZE = 32
+GENERATIVE_VARIANTS = (
+    "mmlu_generative",
+    "hellaswag_gen",
+    "arc_challenge_chat",
+    "gsm8k_cot",
+    "humaneval_offline (or humaneval_offline_instruct)",
+)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _config_value(config: Any, names: tuple[str, ...]) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def resolve_mask_id(tokenizer: Any, config: Any) -> int:
+    """The mask token id: the tokenizer's ``mask_token_id``, else the config's."""
+    mask_id = getattr(tokenizer, "mask_token_id", None)
+    if mask_id is None:
+        mask_id = _config_value(config, ("mask_token_id", "mask_id"))
+    if mask_id is None:
+        raise ValueError(
+            "no mask token: the checkpoint's tokenizer has no mask_token and its config no mask_token_id; "
+            "pass mask_id=<int> in model_args"
+        )
+    return int(mask_id)
+
+
+def resolve_block_size(config: Any) -> int:
+    """Block size stored by the trainer in the config, else 32 (SPEC)."""
+    value = _config_value(config, ("block_size", "bd3lm_block_size", "tide_block_size"))
+    return int(value) if value is not None else DEFAULT_BLOCK_SIZE
+
+
+@register_model(MODEL_NAME)
+class TideBD3LM(LM):
+    """A BD3LM student from a local ``save_pretrained`` directory (model + tokenizer).
+
+    :param pretrained: the checkpoint directory (``tide distill`` writes ``runs/demo``).
+    :param block_size: default: the checkpoint config's block size, else 32.
+    :param steps: total denoising steps per request; default: the request's
+        ``max_gen_toks`` (one token per step, the paper's protocol).
+    :param steps_per_block: alternative to ``steps``, the same for every block.
+    :param remasking: ``low_confidence`` (default) or ``random``.
+    :param temperature: used when the task does not sample (``do_sample: false``
+        keeps greedy decoding unless this is set above 0).
+    :param max_gen_toks: used when a task gives none (default 256).
+    :param dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (checkpoint's).
+    :param use_cache: cache clean context (same tokens, faster).
+    """
+
+    def __init__(
+        self,
+        pretrained: str,
+        *,
+        block_size: int | None = None,
+        steps: int | None = None,
+        steps_per_block: int | None = None,
+        remasking: str = "low_confidence",
+        temperature: float = 0.0,
+        max_gen_toks: int = 256,
+        batch_size: int | str = 1,
+        device: str | None = None,
+        dtype: str = "auto",
+        use_cache: bool | str = True,
+        mask_id: int | None = None,
+        seed: int | None = 0,
+        attn_implementation: str = "sdpa",
+        **unused: Any,
+    ) -> None:
+        super().__init__()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(str(pretrained)).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"pretrained={pretrained!r} is not a local checkpoint directory (model + tokenizer saved with "
+                "save_pretrained, e.g. the output of `tide distill`); nothing is downloaded"
+            )
+        for key in unused:
+            if key not in ("max_batch_size", "trust_remote_code"):
+                log.warning("tide_bd3lm ignores model argument %s=%r", key, unused[key])
+        if remasking not in REMASKING:
+            raise ValueError(f"remasking {remasking!r} is not one of {REMASKING}")
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {('auto', *_DTYPES)}")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        load_kwargs: dict[str, Any] = {"local_files_only": True, "attn_implementation": attn_implementation}
+        if dtype != "auto":
+            load_kwargs["dtype"] = _DTYPES[dtype]
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
+        except TypeError:  # transformers 4.x spells it torch_dtype
+            load_kwargs["torch_dtype"] = load_kwargs.pop("dtype", None)
+            self.model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
+        self.model.to(self._device).eval()
+        self.path = path
+        self.mask_id = int(mask_id) if mask_id is not None else resolve_mask_id(self.tokenizer, self.model.config)
+        self.block_size = int(block_size) if block_size is not None else resolve_block_size(self.model.config)
+        self.steps = int(steps) if steps is not None else None
+        self.steps_per_block = int(steps_per_block) if steps_per_block is not None else None
+        self.remasking = remasking
+        self.temperature = float(temperature)
+        self.max_gen_toks = int(max_gen_toks)
+        self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
+        self.use_cache = str(use_cache).lower() not in ("false", "0", "no")
+        self.seed = None if seed is None else int(seed)
+        self.max_length = int(getattr(self.model.config, "max_position_embeddings", 4096) or 4096)
+        self.truncated_contexts = 0
+        self.ignored_gen_kwargs: dict[str, int] = defaultdict(int)
+
+    # ------------------------------------------------------------ lm-eval API
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.path).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(
+            chat_history,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+        )
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        raise NotImplementedError(self._no_likelihood("loglikelihood"))
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        raise NotImplementedError(self._no_likelihood("loglikelihood_rolling"))
+
+    @staticmethod
+    def _no_likelihood(kind: str) -> str:
+        return (
+            f"{MODEL_NAME} only generates: {kind} requests (multiple-choice and perplexity tasks) need a "
+            f"left-to-right likelihood that a block-diffusion student does not give. Use the generative "
+            f"variants instead, e.g. {', '.join(GENERATIVE_VARIANTS)}"
+        )
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        from tqdm.auto import tqdm
+
+        contexts = [req.args[0] for req in requests]
+        settings = [self._settings(req.args[1]) for req in requests]
+        encoded = [self.tokenizer(c, add_special_tokens=False)["input_ids"] if c else [] for c in contexts]
+        # Batches share settings; longest first so a batch pads little and OOM shows early.
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, s in enumerate(settings):
+            groups[s["key"]].append(i)
+        results: list[str | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc=f"{MODEL_NAME} generate_until", disable=disable_tqdm or self.rank != 0)
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(device=self._device).manual_seed(self.seed)
+        for key, idx in groups.items():
+            s = settings[idx[0]]
+            idx.sort(key=lambda i: -len(encoded[i]))
+            room = max(1, self.max_length - s["max_new_tokens"] - self.block_size)
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start : start + self.batch_size]
+                prompts = []
+                for i in chunk:
+                    ids = encoded[i]
+                    if len(ids) > room:
+                        self.truncated_contexts += 1
+                        ids = ids[-room:]
+                    prompts.append(ids)
+                outs = generate(
+                    self.model,
+                    prompts,
+                    mask_id=self.mask_id,
+                    block_size=self.block_size,
+                    max_new_tokens=s["max_new_tokens"],
+                    steps=s["steps"],
+                    steps_per_block=s["steps_per_block"],
+                    remasking=self.remasking,
+                    temperature=s["temperature"],
+                    stop_strings=s["until"],
+                    tokenizer=self.tokenizer,
+                    generator=generator,
+                    use_cache=self.use_cache,
+                )
+                for i, ids in zip(chunk, outs):
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    for stop in s["until"]:
+                        if stop:
+                            text = text.split(stop)[0]
+                    results[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                bar.update(len(chunk))
+        bar.close()
+        if self.truncated_contexts:
+            log.warning("%s: %d contexts were cut on the left to fit %d positions",
+                        MODEL_NAME, self.truncated_contexts, self.max_length)
+        for name, count in self.ignored_gen_kwargs.items():
+            log.warning("%s: ignored generation argument %r in %d requests", MODEL_NAME, name, count)
+        return [r if r is not None else "" for r in results]
+
+    def _settings(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+        kw = dict(gen_kwargs or {})
+        until = kw.pop("until", None) or []
+        if isinstance(until, str):
+            until = [until]
+        max_new = int(kw.pop("max_gen_toks", None) or kw.pop("max_new_tokens", None) or self.max_gen_toks)
+        kw.pop("max_new_tokens", None)
+        do_sample = bool(kw.pop("do_sample", False))
+        temperature = float(kw.pop("temperature", 0.0) or 0.0)
+        temperature = temperature if do_sample and temperature > 0 else self.temperature
+        for name in kw:  # top_p, top_k, ...: not part of block-diffusion sampling
+            self.ignored_gen_kwargs[name] += 1
+        steps = self.steps
+        if steps is None and self.steps_per_block is None:
+            steps = max_new  # one token per step
+        s = {
+            "until": tuple(until),
+            "max_new_tokens": max_new,
+            "temperature": temperature,
+            "steps": steps,
+            "steps_per_block": self.steps_per_block,
+        }
+        s["key"] = tuple(sorted((k, v) for k, v in s.items()))
+        return s
