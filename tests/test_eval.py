@@ -146,6 +146,18 @@ def test_checkpoint_settings_are_read(lm):
     assert lm.mask_id == QWEN_MASK_ID and lm.block_size == 32
 
 
+def test_tide_config_written_by_the_trainer_wins(student_dir, tmp_path):
+    import shutil
+
+    from tide_plugin.eval.lm_eval_model import TideBD3LM
+
+    path = tmp_path / "student"
+    shutil.copytree(student_dir, path)
+    (path / "tide_config.json").write_text(json.dumps({"mask_token_id": 151669, "block_size": 16}))
+    lm = TideBD3LM(pretrained=str(path))
+    assert (lm.mask_id, lm.block_size) == (151669, 16)
+
+
 def test_likelihood_requests_name_the_generative_variants(lm):
     for call in (lm.loglikelihood, lm.loglikelihood_rolling):
         with pytest.raises(NotImplementedError, match="mmlu_generative.*gsm8k_cot"):

@@ -14,6 +14,7 @@ the generative variants to use instead.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "tide_bd3lm"
 DEFAULT_BLOCK_SIZE = 32
+TIDE_CONFIG_NAME = "tide_config.json"  # written by the trainer next to the student
 GENERATIVE_VARIANTS = (
     "mmlu_generative",
     "hellaswag_gen",
@@ -47,6 +49,18 @@ def _config_value(config: Any, names: tuple[str, ...]) -> Any:
         if value is not None:
             return value
     return None
+
+
+def read_tide_config(path: Path) -> dict[str, Any]:
+    """``tide_config.json``, written next to every student that ``tide distill``
+    saves (mask token id, block size); empty when absent."""
+    file = Path(path) / TIDE_CONFIG_NAME
+    if not file.is_file():
+        return {}
+    data = json.loads(file.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    return {k: v for k, v in data.items() if v is not None}
 
 
 def resolve_mask_id(tokenizer: Any, config: Any) -> int:
@@ -73,7 +87,8 @@ class TideBD3LM(LM):
     """A BD3LM student from a local ``save_pretrained`` directory (model + tokenizer).
 
     :param pretrained: the checkpoint directory (``tide distill`` writes ``runs/demo``).
-    :param block_size: default: the checkpoint config's block size, else 32.
+    :param block_size: default: ``tide_config.json``'s, else the config's, else 32.
+    :param mask_id: default: ``tide_config.json``'s, else the tokenizer's, else the config's.
     :param steps: total denoising steps per request; default: the request's
         ``max_gen_toks`` (one token per step, the paper's protocol).
     :param steps_per_block: alternative to ``steps``, the same for every block.
@@ -134,6 +149,11 @@ class TideBD3LM(LM):
             self.model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
         self.model.to(self._device).eval()
         self.path = path
+        saved = read_tide_config(path)
+        if mask_id is None:
+            mask_id = saved.get("mask_token_id")
+        if block_size is None:
+            block_size = saved.get("block_size")
         self.mask_id = int(mask_id) if mask_id is not None else resolve_mask_id(self.tokenizer, self.model.config)
         self.block_size = int(block_size) if block_size is not None else resolve_block_size(self.model.config)
         self.steps = int(steps) if steps is not None else None
