@@ -1,0 +1,197 @@
+"""DistillBD3LMTrainer end to end on tiny models, reference-style flags, loss
+normalisation under gradient accumulation, and the `tide distill` demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from _distill_helpers import EOS, MASK, V, split_batch, synthetic_rows
+
+from tide_plugin.objectives.base import PipelineMismatchError
+from tide_plugin.trainer import (
+    TIDE_CONFIG_NAME,
+    DistillConfig,
+    add_arguments,
+    build_trainer,
+    distill,
+    resolve_options,
+)
+from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
+
+
+def _config(tmp_path, **kw) -> DistillConfig:
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        objective="kl+tidal",
+        pipeline="same",
+        block_size=4,
+        max_steps=4,
+        logging_steps=2,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        dataloader_pin_memory=False,
+    )
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def _trainer(cfg, n=32):
+    return build_trainer(
+        cfg,
+        student=tiny_qwen3(V, seed=0),
+        teacher_model=tiny_qwen3_moe(V, seed=1),
+        train_dataset=synthetic_rows(n),
+        student_mask_id=MASK,
+        student_eos_id=EOS,
+    )
+
+
+def test_end_to_end_logs_every_part_and_saves_a_reloadable_student(tmp_path):
+    cfg = _config(tmp_path, use_comp_demo=True, gradient_accumulation_steps=2)
+    tr = _trainer(cfg)
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    tr.train()
+    logs = [h for h in tr.state.log_history if "loss" in h]
+    assert [h["step"] for h in logs] == [2, 4]
+    for h in logs:
+        for key in ("ce", "kl", "tidal", "lambda/tidal", "progress"):
+            assert key in h and h[key] == h[key]  # present and not NaN
+    assert logs[0]["progress"] < logs[1]["progress"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    assert not any(p.requires_grad for p in tr.teacher.model.parameters())
+    out = tmp_path / "saved"
+    tr.save_model(str(out))
+    info = json.loads((out / TIDE_CONFIG_NAME).read_text())
+    assert info["mask_token_id"] == MASK and info["block_size"] == 4
+    from transformers import AutoModelForCausalLM
+
+    again = AutoModelForCausalLM.from_pretrained(str(out))
+    assert again.config.mask_token_id == MASK
+    ids = torch.randint(0, V, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, tr.model(input_ids=ids).logits)
+
+
+def test_token_normalisation_survives_gradient_accumulation(tmp_path):
+    """CE over two micro-batches (as the Trainer combines them: each divided by the
+    accumulation steps) equals the CE of the whole batch."""
+    tr = _trainer(_config(tmp_path, objective="kl"))
+    tr.model.train()
+    full = tr.data_collator(synthetic_rows(4, seed=3))["distill_batch"]
+    halves = [split_batch(full, [0, 1]), split_batch(full, [2, 3])]
+    assert int((halves[0].labels != -100).sum()) != int((halves[1].labels != -100).sum())
+
+    def ce_used(batch):
+        loss, logged = tr.distill_forward(tr.model, batch)
+        return loss.detach() - logged["kl"]
+
+    tr.get_batch_samples(iter([{"distill_batch": full}]), 1, torch.device("cpu"))
+    whole = ce_used(full)
+    tr.get_batch_samples(iter([{"distill_batch": h} for h in halves]), 2, torch.device("cpu"))
+    accumulated = sum(ce_used(h) for h in halves) / 2
+    torch.testing.assert_close(accumulated, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_objective_checked_against_pipeline_when_built(tmp_path):
+    with pytest.raises(PipelineMismatchError, match="reverse_calm"):
+        _trainer(_config(tmp_path, objective="reverse_calm", pipeline="same"))
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return resolve_options(parser.parse_args(argv))
+
+
+def test_reference_style_command_line_is_accepted(tmp_path):
+    options, run = _parse(
+        [
+            "--distill_mode", "reverse_kl_aligned+taid_aligned",
+            "--use_comp_demo", "True",
+            "--demo_ratio", "0.4",
+            "--kl_temperature", "3.0",
+            "--alm_temperature", "5.0",
+            "--taid_lambda_init", "0.2",
+            "--taid_axis_mode", "training_only",
+            "--taid_timestep_weight", "midrange",
+            "--teacher_mask_token_id", "151665",
+            "--shared_vocab_size", "151646",
+            "--concat_order", "x0_xt",
+            "--teacher", "block",
+            "--learning_rate", "5e-5",
+            "--num_train_epochs", "10",
+            "--per_device_train_batch_size", "2",
+            "--bf16", "False",
+            "--output_dir", str(tmp_path / "ref"),
+        ]
+    )
+    cfg = DistillConfig(**options)
+    assert cfg.objective == "reverse_kl_aligned+taid_aligned" and cfg.pipeline == "shared"
+    assert cfg.collator_names() == ["distill_pad", "noise", "comp_demo"] and cfg.demo_ratio == 0.4
+    assert cfg.teacher_mask_token_id == 151665 and cfg.shared_vocab_size == 151646 and cfg.concat_order == "x0_xt"
+    assert cfg.learning_rate == 5e-5 and cfg.num_train_epochs == 10 and cfg.per_device_train_batch_size == 2
+    kw = cfg.objective_kwargs()
+    assert kw["reverse_kl_aligned"] == {"temperature": 3.0}
+    assert kw["taid_aligned"] == {
+        "temperature": 3.0, "lambda_init": 0.2, "axis": "training_only", "timestep_weight": "midrange"
+    }
+    import tide_plugin
+
+    obj = tide_plugin.get_objective(cfg.objective, **kw)
+    assert [c.config.aligned for c in obj.components] == [True, True]
+    # chunk modes pick the cross pipeline and the chunk temperature
+    options, _ = _parse(["--distill_mode", "alm_taid", "--alm_temperature", "5.0", "--preset", "none"])
+    cfg = DistillConfig(**options)
+    assert cfg.pipeline == "cross" and cfg.objective_kwargs() == {"temperature": 5.0}
+
+
+def test_yaml_config_and_flag_precedence(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("objective: calm\nlearning_rate: 0.001\nmax_steps: 7\npreset: demo\n")
+    options, run = _parse(["--config", str(path), "--max_steps", "3"])
+    assert options["objective"] == "calm" and options["learning_rate"] == 0.001 and options["max_steps"] == 3
+    assert DistillConfig(**options).pipeline == "cross" and run["teacher_tokenizer"] == "offline:mistral"
+    with pytest.raises(ValueError, match="unknown options.*'nonsense'"):
+        path.write_text("nonsense: 1\n")
+        _parse(["--config", str(path)])
+
+
+def test_bad_values_name_what_is_allowed(tmp_path):
+    with pytest.raises(ValueError, match="'tokens'.*token"):
+        _config(tmp_path, loss_norm_type="tokens")
+    with pytest.raises(ValueError, match="'zx'"):
+        _config(tmp_path, concat_order="zx")
+    with pytest.raises(ValueError, match="demo_ratio 1.5"):
+        _config(tmp_path, demo_ratio=1.5)
+
+
+@pytest.mark.slow
+def test_demo_writes_checkpoint_metrics_and_plot(tmp_path):
+    options, run = _parse(["--max_steps", "2", "--logging_steps", "1", "--output_dir", str(tmp_path / "demo")])
+    run["max_samples"] = 16
+    metrics = distill(options, run)
+    out = tmp_path / "demo"
+    assert metrics["parts"] == ["ce", "reverse_calm"] and len(metrics["history"]) == 2
+    assert (out / "loss.png").stat().st_size > 1000 and (out / "metrics.json").exists()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    info = json.loads((out / TIDE_CONFIG_NAME).read_text())
+    assert info["mask_token_id"] == tok.mask_token_id == model.config.mask_token_id
+    assert info["block_size"] == 32 and model.config.vocab_size == len(tok)
+
+
+@pytest.mark.slow
+def test_shared_preset_runs_tidal_with_comp_demo(tmp_path):
+    options, run = _parse(["--preset", "shared", "--max_steps", "2", "--logging_steps", "1",
+                           "--output_dir", str(tmp_path / "shared")])
+    run["max_samples"] = 16
+    metrics = distill(options, run)
+    assert metrics["parts"] == ["ce", "tidal"]
+    assert all("lambda/tidal" in h for h in metrics["history"])
