@@ -531,3 +531,22 @@ def test_chain_spec_forms():
     assert a.names == b.names == ["distill_pad", "noise", "comp_demo"]
     assert _fingerprint(a(rows)) == _fingerprint(b(rows))
     assert isinstance(a.stage("noise"), Noise)
+
+
+def test_rows_without_chunks_or_pairs():
+    """An example whose alignment is empty (no chunk, no pair) still collates."""
+    rng = random.Random(81)
+    cross = [cross_row(rng, 3, 0), cross_row(rng, 3, 0)]
+    for r in cross:
+        r["student_chunk_ids"] = [-1] * len(r["input_ids"])
+        r["teacher_chunk_ids"] = [-1] * len(r["teacher_input_ids"])
+        r["num_chunks"] = 0
+    batch = chain(seed=1)(cross)
+    assert batch.chunk_active.shape == (2, 0) and not batch.teacher_masked.any()
+    assert batch.teacher_view_index.sum() == 0
+    shared = shared_rows(82, b=2)
+    for r in shared:
+        r["align_student"], r["align_teacher"] = [], []
+    batch = chain(seed=1)(shared)
+    assert batch.pair_student.shape == (2, 0) and not batch.teacher_masked.any()
+    assert torch.equal(batch.teacher_noisy_ids[0], batch.teacher_input_ids)
