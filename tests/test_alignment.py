@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tide_plugin import offline
@@ -148,6 +148,13 @@ PIECES = st.one_of(
 CONTENT = st.lists(PIECES, max_size=6).map("".join)
 
 
+SPECIAL_TEXTS = [t for t, _ in offline.QWEN_SPECIAL_TOKENS] + ["<|mask|>", "<s>", "</s>", "<unk>", "<mask>", "<pad>"]
+
+
+def no_special_text(messages):
+    return not any(t in m["content"] for m in messages for t in SPECIAL_TEXTS)
+
+
 @st.composite
 def conversations(draw):
     msgs = []
@@ -156,6 +163,7 @@ def conversations(draw):
     for _ in range(draw(st.integers(1, 3))):
         msgs.append({"role": "user", "content": draw(CONTENT)})
         msgs.append({"role": "assistant", "content": draw(CONTENT)})
+    assume(no_special_text(msgs))  # special-token text in a content is an error (tested below)
     return msgs
 
 
@@ -284,6 +292,16 @@ def test_content_that_names_a_role(qwen, mistral, qwen_bytes, mistral_bytes):
     check_chunks(ex, qwen_bytes, mistral_bytes, qwen, mistral)
     targets = [t for t, y in zip(ex.student_ids, ex.labels) if y != IGNORE_INDEX]
     assert qwen.decode(targets) == "assistant<|im_end|>"
+
+
+def test_special_token_text_in_content(qwen, mistral):
+    """Special-token text inside a content is read as the special token by the
+    tokenizer, so the content cannot be found; an assistant turn like that leaves no
+    target and is an error, a user turn is counted as unmatched."""
+    with pytest.raises(AlignmentError, match="no student token is a target"):
+        chunk_alignment(mistral, qwen, [{"role": "user", "content": ""}, {"role": "assistant", "content": "<|im_end|>"}])
+    ex = chunk_alignment(mistral, qwen, [{"role": "user", "content": "a <|im_end|> b"}, {"role": "assistant", "content": "ok"}])
+    assert ex.stats["unmatched_messages"] == 1
 
 
 def test_prompt_too_long(qwen, mistral):

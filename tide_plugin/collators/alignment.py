@@ -21,7 +21,7 @@ Each message's content, passed through the side's normaliser, is searched in
 ``E`` forward from the previous match (starting no earlier than the token that
 holds the content's first character in the rendering). Inside each pair of
 content ranges the two token sequences are walked with cumulative byte lengths
-(numpy): every byte position that is a token boundary on both sides closes a
+(numpy byte masks): every byte position that is a token boundary on both sides closes a
 chunk. Where the two sides' normalisers make the content differ (a non-NFC
 string under Qwen's NFC), only the byte runs that are equal on both sides
 (``difflib`` matching blocks) are chunked, so a chunk never spells different
@@ -426,6 +426,7 @@ class _Side:
     starts: np.ndarray  # [n] byte start in E
     ends: np.ndarray  # [n] byte end in E
     encoded: bytes  # E
+    encoded_len: int
     spans: list[tuple[int, int] | None]  # per message: content byte range in E
 
 
@@ -473,7 +474,7 @@ def _prepare(table: ByteTable, enc: SideEncoding, contents: Sequence[bytes]) -> 
             continue
         spans.append((p, p + len(content)))
         pos = p + len(content)
-    return _Side(ids=ids, starts=starts, ends=ends, encoded=encoded, spans=spans)
+    return _Side(ids=ids, starts=starts, ends=ends, encoded=encoded, encoded_len=len(encoded), spans=spans)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,19 +503,6 @@ class ChunkAlignment:
     student_side: _Side
     teacher_side: _Side
     stats: dict[str, float]
-
-
-def _coords(bounds: np.ndarray, p: np.ndarray, n: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Map byte positions of one side into the common content coordinate (span ``k``
-    starts at ``g[k]``); a position on the edge of two touching spans maps into both."""
-    out = []
-    for side in ("right", "left"):
-        k = np.searchsorted(p, bounds, side=side) - 1
-        ok = k >= 0
-        kk, bb = k[ok], bounds[ok]
-        inside = bb <= p[kk] + n[kk]
-        out.append(g[kk[inside]] + (bb[inside] - p[kk[inside]]))
-    return np.concatenate(out)
 
 
 def _assign(starts: np.ndarray, ends: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
@@ -576,18 +564,29 @@ def align_chunks(
             empty, empty, empty, S, T, {**stats, "covered_bytes": 0.0},
         )
     p_s, p_t, n = np.asarray(ps, np.int64), np.asarray(pt, np.int64), np.asarray(nn, np.int64)
-    g = np.concatenate(([0], np.cumsum(n + 1)[:-1]))  # a gap of one between spans
-    cs = _coords(np.concatenate((S.starts[:1], S.ends)), p_s, n, g)
-    ct = _coords(np.concatenate((T.starts[:1], T.ends)), p_t, n, g)
-    common = np.intersect1d(cs, ct)
+    # Every byte position 0..n_k of every span pair, laid end to end: span k occupies
+    # [g[k], g[k] + n[k]] of this walk; idx_s / idx_t are the positions in each side's bytes.
+    m = n + 1
+    g = np.concatenate(([0], np.cumsum(m)[:-1]))
+    walk = np.arange(int(m.sum()), dtype=np.int64)
+    rel = walk - np.repeat(g, m)
+    idx_s = np.repeat(p_s, m) + rel
+    idx_t = np.repeat(p_t, m) + rel
+    # token boundaries of each side as a byte mask; a chunk closes wherever both have one
+    bound_s = np.zeros(S.encoded_len + 1, dtype=bool)
+    bound_s[S.ends] = True
+    bound_s[0] = True
+    bound_t = np.zeros(T.encoded_len + 1, dtype=bool)
+    bound_t[T.ends] = True
+    bound_t[0] = True
+    common = np.flatnonzero(bound_s[idx_s] & bound_t[idx_t])
     span = np.searchsorted(g, common, side="right") - 1
     keep = span[:-1] == span[1:]
-    c0, c1, k = common[:-1][keep], common[1:][keep], span[:-1][keep]
-    s0, s1 = p_s[k] + (c0 - g[k]), p_s[k] + (c1 - g[k])
-    t0, t1 = p_t[k] + (c0 - g[k]), p_t[k] + (c1 - g[k])
+    a, b = common[:-1][keep], common[1:][keep]
+    s0, s1, t0, t1 = idx_s[a], idx_s[b], idx_t[a], idx_t[b]
     s_ids = _assign(S.starts, S.ends, s0, s1)
     t_ids = _assign(T.starts, T.ends, t0, t1)
-    sizes = c1 - c0
+    sizes = s1 - s0
     stats["covered_bytes"] = float(sizes.sum())
     return ChunkAlignment(
         student_chunk_ids=s_ids,
@@ -649,6 +648,11 @@ def _prepare_inputs(
 def _cut_student(labels: np.ndarray, max_length: int | None) -> int:
     n = labels.size
     cut = n if max_length is None else min(n, max_length)
+    if not (labels != IGNORE_INDEX).any():
+        raise AlignmentError(
+            "no student token is a target: the assistant content was not found in the student's encoding "
+            "(does it contain special-token text such as '<|im_end|>' or '</s>'?)"
+        )
     if not (labels[:cut] != IGNORE_INDEX).any():
         raise PromptTooLongError(
             f"the prompt fills max_length={max_length}: no target token among the first {cut} of "
