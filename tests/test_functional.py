@@ -137,6 +137,18 @@ def test_token_kl_temperature_and_grad_scale(reverse):
     _, g1 = _value_and_grad(lambda x: fn.token_kl(x, t, mask, reverse=reverse), s)
     _, g3 = _value_and_grad(lambda x: 3.0 * fn.token_kl(x, t, mask, reverse=reverse), s)
     torch.testing.assert_close(g3, 3 * g1)
+    # the scaling happens in place: a second backward through a retained graph is refused
+    # rather than returning a gradient scaled twice; with grad_output 1 it is exact twice
+    s.grad = None
+    loss = 3.0 * fn.token_kl(s, t, mask, reverse=reverse)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    s.grad = None
+    loss = fn.token_kl(s, t, mask, reverse=reverse)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(s.grad, 2 * g1)
 
 
 def test_token_kl_non_contiguous_student_half():
@@ -463,6 +475,11 @@ def test_validation_errors():
             lambda: fn.token_divergence(s, s, t.long(), t.long(), t.long(), mode="jsd"),
             ValueError,
             "mode 'jsd' is not one of",
+        ),
+        (
+            lambda: fn.token_divergence(s, s, torch.tensor([0]), torch.tensor([3]), torch.tensor([0])),
+            ValueError,
+            r"student_positions must lie in \[0, 3\), got range \[3, 3\]",
         ),
     ]
     for call, exc, msg in cases:

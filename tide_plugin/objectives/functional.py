@@ -253,7 +253,10 @@ class _TokenDivergence(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         if not bool(grad_output == 1):
-            grad = grad * grad_output.to(grad.dtype)
+            # Scale in place: no second gradient-sized buffer. A second backward through
+            # a retained graph then fails autograd's in-place check (it cannot silently
+            # return a gradient scaled twice).
+            grad.mul_(grad_output)
         return grad, None, None, None, None, None, None, None, None, None, None
 
 
@@ -304,6 +307,14 @@ def token_divergence(
         raise ValueError(f"lam and weight apply to mode 'tidal' only, got mode {mode!r}")
     if n == 0:
         return _zero_loss(student_logits)
+    for what, idx, size in (
+        ("batch_index", batch_index, b),
+        ("student_positions", student_positions, student_logits.shape[1]),
+        ("teacher_positions", teacher_positions, teacher_logits.shape[1]),
+    ):
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= size:
+            raise ValueError(f"{what} must lie in [0, {size}), got range [{lo}, {hi}]")
     device = student_logits.device
     lam_b = _per_example("lam", lam, b, device, 0.0) if mode == "tidal" else None
     w_b = _per_example("weight", weight, b, device, 1.0) if mode == "tidal" else None
