@@ -368,8 +368,8 @@ class DistillLossMixin:
             keys = list(self._tide_sums)
             values = (torch.stack([self._tide_sums[k] for k in keys]) / self._tide_count).tolist()  # one sync
             for k, v in zip(keys, values):
-                logs[k] = round(float(v), 6)
-            logs["progress"] = round(float(getattr(self, "_tide_progress", 0.0)), 6)
+                logs[k] = float(v)
+            logs["progress"] = float(getattr(self, "_tide_progress", 0.0))
             self._tide_sums, self._tide_count = {}, 0
         super().log(logs, *args, **kwargs)
 
