@@ -47,8 +47,8 @@ def plain_token_kl(s, t, mask, tau, v, reverse=False):
     log_ps, log_pt = zs.log_softmax(-1), zt.log_softmax(-1)
     if reverse:
         kl = (log_ps.exp() * (log_ps - log_pt)).sum(-1)
-    else:
-        kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)
+    else:  # torch's own KL(target || input) with a log-space target
+        kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)
     return kl.mean() * tau**2
 
 
