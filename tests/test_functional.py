@@ -187,6 +187,23 @@ def test_token_losses_gradcheck_float64(fun):
         )
 
 
+def test_token_kl_teacher_with_impossible_tokens():
+    """A teacher that rules tokens out (-inf logits) gives 0 log 0 = 0 terms, not NaN."""
+    s = _logits(2, 5, 9, dtype=torch.float32, seed=40, grad=True)
+    t = _logits(2, 5, 9, dtype=torch.float32, seed=41)
+    t[..., :3] = float("-inf")
+    mask = _mask(2, 5, seed=42, p=0.7)
+    loss = fn.token_kl(s, t, mask)
+    loss.backward()
+    log_ps = (s.detach()[mask] / 2).log_softmax(-1)
+    p_t = (t[mask] / 2).softmax(-1)
+    want = (torch.xlogy(p_t, p_t) - p_t * log_ps).sum(-1).mean() * 4
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+    torch.testing.assert_close(loss.detach(), want)
+    lam = torch.full((2,), 1.0)
+    torch.testing.assert_close(fn.tidal_kl(s, t, mask, lam).detach(), want)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_token_kl_identical_is_zero(reverse):
     s = _logits(3, 7, 11, dtype=torch.float32, seed=12, grad=True)

@@ -209,15 +209,20 @@ class _TokenDivergence(torch.autograd.Function):
         for start in range(0, n, step):
             sl = slice(start, start + step)
             bi, si, ti = b_idx[sl], s_pos[sl], t_pos[sl]
-            u_s = student[bi, si, :vocab].to(work) / tau  # [c, v]
-            u_t = teacher[bi, ti, :vocab].to(work) / tau
+            # Advanced indexing copies the rows, so the in-place ops below never touch
+            # the inputs; they keep the float32 workspace at about three [c, v] tensors.
+            u_s = student[bi, si, :vocab].to(work).div_(tau)  # [c, v]
             log_ps = torch.log_softmax(u_s, dim=-1)
+            if mode != "tidal":
+                del u_s
+            u_t = teacher[bi, ti, :vocab].to(work).div_(tau)
             if mode == "forward":
                 log_pt = torch.log_softmax(u_t, dim=-1)
                 del u_t
                 p_t = log_pt.exp()
-                row = torch.where(p_t > 0, p_t * (log_pt - log_ps), 0.0).sum(-1)
-                del log_pt
+                d = log_pt.sub_(log_ps).mul_(p_t).masked_fill_(p_t == 0, 0.0)  # P_T (log P_T - log P_S), 0 log 0 = 0
+                row = d.sum(-1)
+                del d, log_pt
                 g_u = log_ps.exp_().sub_(p_t) if need_grad else None  # P_S - P_T
                 del p_t
             elif mode == "reverse":
@@ -228,15 +233,18 @@ class _TokenDivergence(torch.autograd.Function):
                 del log_pt
                 row = (p_s * d).sum(-1)
                 g_u = d.sub_(row[:, None]).mul_(p_s) if need_grad else None  # P_S (d - KL)
-                del p_s
+                del p_s, d
             else:  # tidal: R = softmax((1 - lam) u_s + lam u_t), detached
                 lam_r = lam[bi].to(work)[:, None]
-                log_r = torch.log_softmax(u_s * (1.0 - lam_r) + u_t * lam_r, dim=-1)
-                del u_t
+                mix = u_s.mul_(1.0 - lam_r).add_(u_t.mul_(lam_r))
+                del u_s, u_t
+                log_r = torch.log_softmax(mix, dim=-1)
+                del mix
                 r = log_r.exp()
                 w_r = weight[bi].to(work)
-                row = torch.where(r > 0, r * (log_r - log_ps), 0.0).sum(-1) * w_r
-                del log_r
+                d = log_r.sub_(log_ps).mul_(r).masked_fill_(r == 0, 0.0)  # R (log R - log P_S)
+                row = d.sum(-1) * w_r
+                del d, log_r
                 g_u = log_ps.exp_().sub_(r).mul_(w_r[:, None]) if need_grad else None  # w (P_S - R)
                 del r
             total += row.sum()
@@ -244,7 +252,7 @@ class _TokenDivergence(torch.autograd.Function):
                 # index_put_ on the [..., :vocab] view writes into ``grad``; accumulate
                 # keeps repeated rows (a position paired twice) exact.
                 grad[..., :vocab].index_put_((bi, si), g_u.mul_(scale / tau).to(grad.dtype), accumulate=True)
-            del u_s, g_u, row
+            del log_ps, g_u, row
         if need_grad:
             ctx.save_for_backward(grad)
         return total * scale  # float32 (float64 for float64 inputs)
