@@ -9,7 +9,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tide_plugin import offline
@@ -23,6 +23,10 @@ TEXT = st.text(
     ),
     max_size=60,
 )
+
+
+# text that spells a special token is read as that token (by design); the oracles know no specials
+SPECIAL_TEXTS = [t for t, _ in offline.QWEN_SPECIAL_TOKENS] + [offline.QWEN_MASK_TOKEN, "<s>", "</s>", "<unk>", "<mask>", "<pad>"]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +86,7 @@ def test_vocab_sizes_and_special_ids(qwen, mistral):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=TEXT)
 def test_qwen_matches_tiktoken_and_round_trips(qwen, tiktoken_qwen, text):
+    assume(not any(t in text for t in SPECIAL_TEXTS))
     ids = qwen.encode(text, add_special_tokens=False)
     normalized = unicodedata.normalize("NFC", text)
     assert ids == tiktoken_qwen.encode(normalized, disallowed_special=())
@@ -91,6 +96,7 @@ def test_qwen_matches_tiktoken_and_round_trips(qwen, tiktoken_qwen, text):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=TEXT)
 def test_mistral_matches_sentencepiece_and_round_trips(mistral, spm_mistral, text):
+    assume(not any(t in text for t in SPECIAL_TEXTS))
     ids = mistral.encode(text, add_special_tokens=False)
     assert mistral.decode(ids) == text
     # Like Mistral's own fast tokenizer, runs of spaces are not pre-split at each
