@@ -195,3 +195,26 @@ def test_shared_preset_runs_tidal_with_comp_demo(tmp_path):
     metrics = distill(options, run)
     assert metrics["parts"] == ["ce", "tidal"]
     assert all("lambda/tidal" in h for h in metrics["history"])
+
+
+def test_dllm_backend_when_dllm_imports(tmp_path):
+    from tide_plugin.trainer import dllm_available
+
+    if not dllm_available():
+        pytest.skip("dllm is not importable here (it needs transformers 4.57.x)")
+    from tide_plugin.integrations.dllm import DllmDistillBD3LMTrainer, DllmDistillConfig
+
+    cfg = _config(tmp_path, objective="tidal", max_steps=2, logging_steps=1)
+    tr = build_trainer(
+        cfg,
+        student=tiny_qwen3(V, seed=0),
+        teacher_model=tiny_qwen3_moe(V, seed=1),
+        train_dataset=synthetic_rows(16),
+        student_mask_id=MASK,
+        student_eos_id=EOS,
+    )
+    assert isinstance(tr, DllmDistillBD3LMTrainer)
+    tr.train()
+    assert [h["step"] for h in tr.state.log_history if "tidal" in h] == [1, 2]
+    dcfg = DllmDistillConfig(output_dir=str(tmp_path / "d"), objective="alm", use_cpu=True)
+    assert dcfg.pipeline == "cross" and dcfg.eval_strategy == "no" and not dcfg.bf16 and dcfg.report_to == []

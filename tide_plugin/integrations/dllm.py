@@ -1,0 +1,62 @@
+"""The distillation trainer on dllm's ``BD3LMTrainer``.
+
+dllm users keep their trainer class (its callbacks, its metrics meter, its
+``BD3LMConfig`` fields) and get TIDE's ``compute_loss``: :class:`DistillLossMixin`
+comes first in the MRO, so the student forward, teacher adapter, objectives and
+logging are exactly those of :class:`~tide_plugin.trainer.DistillBD3LMTrainer`.
+
+:func:`tide_plugin.trainer.trainer_class` picks this class when ``import dllm``
+works (dllm pins transformers 4.57). :class:`~tide_plugin.trainer.DistillConfig`
+carries every attribute dllm's ``MDLMTrainer`` / ``BD3LMTrainer`` read in their
+``__init__`` (``time_epsilon``, ``loss_weight_type``, ``loss_norm_type``,
+``right_shift_logits``, ``block_size``), so the same config drives both;
+:class:`DllmDistillConfig` is also offered for code that wants dllm's
+``BD3LMConfig`` as a base (its defaults corrected: no evaluation, no reporting,
+no bf16 on CPU, full checkpoints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..batch import PipelineInfo
+from ..trainer import DistillArguments, DistillLossMixin
+
+try:
+    from dllm.core.trainers import BD3LMConfig, BD3LMTrainer
+except Exception as exc:  # dllm missing, or broken under this transformers version
+    raise ImportError(
+        "tide_plugin.integrations.dllm needs dllm (pip install dllm; it runs on transformers 4.57.x): "
+        f"{type(exc).__name__}: {exc}"
+    ) from exc
+
+
+@dataclass
+class DllmDistillConfig(DistillArguments, BD3LMConfig):
+    """dllm's ``BD3LMConfig`` plus the distillation fields, with sane defaults on top
+    of dllm's (which evaluate every 10% of training, report to wandb, train in bf16
+    and save model-only checkpoints that cannot be resumed)."""
+
+    output_dir: str | None = field(default="runs/distill")
+    report_to: str | None = field(default="none")
+    eval_strategy: str = field(default="no")
+    bf16: bool = field(default=False)
+    save_only_model: bool = field(default=False)
+    save_steps: float = field(default=500)
+    logging_steps: float = field(default=10)
+    remove_unused_columns: bool = field(default=False)
+    learning_rate: float = field(default=5e-5)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._distill_post_init()
+
+
+class DllmDistillBD3LMTrainer(DistillLossMixin, BD3LMTrainer):
+    """TIDE distillation on dllm's ``BD3LMTrainer``; arguments as
+    :class:`~tide_plugin.trainer.DistillBD3LMTrainer`."""
+
+    def __init__(self, *args: Any, teacher: Any, objective: Any, pipeline_info: PipelineInfo, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.setup_distillation(teacher=teacher, objective=objective, pipeline_info=pipeline_info)
