@@ -218,3 +218,31 @@ def test_dllm_backend_when_dllm_imports(tmp_path):
     assert [h["step"] for h in tr.state.log_history if "tidal" in h] == [1, 2]
     dcfg = DllmDistillConfig(output_dir=str(tmp_path / "d"), objective="alm", use_cpu=True)
     assert dcfg.pipeline == "cross" and dcfg.eval_strategy == "no" and not dcfg.bf16 and dcfg.report_to == []
+
+
+@pytest.mark.parametrize("name,pipeline,teacher", [("tide_cross", "cross", "bidirectional"), ("tide_shared", "shared", "block")])
+def test_shipped_recipe_configs_resolve(name, pipeline, teacher, tmp_path):
+    from importlib.resources import files
+
+    path = files("tide_plugin") / "configs" / f"{name}.yaml"
+    options, run = _parse(["--config", str(path), "--output_dir", str(tmp_path / name)])
+    assert options.pop("bf16") is True  # the recipes train in bf16 on GPUs; this machine may have none
+    cfg = DistillConfig(**options)
+    assert cfg.pipeline == pipeline and cfg.teacher == teacher and cfg.block_size == 32
+    assert run["model_name_or_path"].startswith("/path/")
+    import tide_plugin
+
+    from tide_plugin.batch import PipelineInfo
+
+    objective = tide_plugin.get_objective(cfg.objective, **cfg.objective_kwargs())
+    objective.check_pipeline(PipelineInfo(pipeline=cfg.pipeline, shared_vocab_size=cfg.shared_vocab_size))
+
+
+@pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("zero2", "DEEPSPEED")])
+def test_shipped_accelerate_configs(name, kind):
+    from importlib.resources import files
+
+    import yaml
+
+    data = yaml.safe_load((files("tide_plugin") / "configs" / f"{name}.yaml").read_text())
+    assert data["distributed_type"] == kind and data["num_processes"] >= 1
