@@ -48,6 +48,7 @@ bench: install
 	$(PY) bench/losses.py
 	$(PY) bench/alignment.py
 	$(PY) bench/sampling.py
+	$(PY) bench/train_step.py
 
 clean:
 	rm -rf $(VENV) $(VENV_COMPAT) runs .pytest_cache
