@@ -173,3 +173,22 @@ def test_ce_empty_mask_is_zero_with_gradient_and_denominator_override():
     torch.testing.assert_close(half * 2, a)
     with pytest.raises(ValueError, match="'mean'.*token"):
         bd3lm_ce(logits, x0, masked=full, maskable=full, norm="mean")
+
+
+@pytest.mark.slow
+def test_flex_block_mask_matches_sdpa_at_real_positions():
+    """flex-attention BlockMask (meant for GPUs; on CPU forward-only, compiled once)."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    model = tiny_qwen3(V, attn_implementation="sdpa", seed=2)
+    xt, x0 = _ids(2, 2 * B, seed=11)
+    attn = torch.ones(2, 2 * B, dtype=torch.bool)
+    attn[1, B + 2 :] = False
+    with torch.no_grad():
+        ref = block_diffusion_logits(model, xt, x0, block_size=B, attention_mask=attn)
+        set_attn_implementation(model, "flex_attention")
+        try:
+            got = block_diffusion_logits(model, xt, x0, block_size=B, attention_mask=attn)
+        except Exception as exc:  # a torch build without CPU flex support
+            pytest.skip(f"flex attention unavailable here: {type(exc).__name__}: {exc}")
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[attn], ref[attn], atol=2e-5, rtol=1e-4)
