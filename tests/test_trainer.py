@@ -77,10 +77,11 @@ def test_end_to_end_logs_every_part_and_saves_a_reloadable_student(tmp_path):
         torch.testing.assert_close(again(input_ids=ids).logits, tr.model(input_ids=ids).logits)
 
 
-def test_token_normalisation_survives_gradient_accumulation(tmp_path):
+@pytest.mark.parametrize("norm", ["token", "sequence", "batch"])
+def test_normalisation_survives_gradient_accumulation(tmp_path, norm):
     """CE over two micro-batches (as the Trainer combines them: each divided by the
     accumulation steps) equals the CE of the whole batch."""
-    tr = _trainer(_config(tmp_path, objective="kl"))
+    tr = _trainer(_config(tmp_path, objective="kl", loss_norm_type=norm))
     tr.model.train()
     full = tr.data_collator(synthetic_rows(4, seed=3))["distill_batch"]
     halves = [split_batch(full, [0, 1]), split_batch(full, [2, 3])]

@@ -266,31 +266,32 @@ class DistillLossMixin:
         self.model_accepts_loss_kwargs = False
         if hasattr(self, "loss_is_scaled_for_ga"):
             self.loss_is_scaled_for_ga = False
-        self._tide_window: tuple[float, float] | None = None
+        self._tide_window: tuple[Tensor, Tensor] | None = None
         self._tide_sums: dict[str, Tensor] = {}
         self._tide_count = 0
 
     # -- counting the gradient-accumulation window -----------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
-        tokens = 0
-        sequences = 0
+        device = self.args.device
+        counts = torch.zeros(2, dtype=torch.float64, device=device)
         for sample in batch_samples:
             try:
                 b = _distill_batch(sample)
             except TypeError:
                 continue
-            tokens += int((b.labels != -100).sum())  # labels are on the host here: no device sync
-            sequences += b.batch_size
+            # device-side arithmetic only: no host sync here or per micro-step
+            counts[0] += (b.labels != -100).sum().to(device)
+            counts[1] += b.batch_size
         micro = max(len(batch_samples), 1)
-        counts = torch.tensor([tokens, sequences], dtype=torch.float64, device=self.args.device)
         world = self.accelerator.num_processes
         if world > 1:
             counts = self.accelerator.gather(counts[None]).sum(0)
         # Denominator per micro-batch such that, after the Trainer divides by the
-        # accumulation steps and DDP averages over ranks, the gradient is sum / N_global.
-        tok, seq = counts.tolist()
-        self._tide_window = (max(tok, 1.0) / (micro * world), max(seq, 1.0) / (micro * world))
+        # accumulation steps and DDP averages over ranks, the gradient is sum / N_global
+        # (max(1, .): a window without any target contributes 0, not NaN).
+        window = counts.clamp_min(1.0) / (micro * world)
+        self._tide_window = (window[0].float(), window[1].float())
         return batch_samples, num_items
 
     # -- the step -----------------------------------------------------------------------
