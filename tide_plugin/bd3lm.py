@@ -161,9 +161,7 @@ def block_attention_mask(
         if tuple(attention_mask.shape) != (batch, length):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, length)}")
         valid = attention_mask.to(device=device, dtype=torch.bool)
-        key_valid = torch.cat([valid, valid], dim=1)
-        if bool(key_valid.all()):
-            key_valid = None
+        key_valid = torch.cat([valid, valid], dim=1)  # no "all valid?" shortcut: it would sync the host
     if impl == "flex_attention":
         return flex_block_mask(length, block_size, key_valid=key_valid, order=order, batch=batch, device=device)
     structural = block_diffusion_mask(length, block_size, order=order, device=device)
