@@ -192,7 +192,8 @@ def _pick(
     else:
         pred = logits.argmax(dim=-1)
     if remasking == "low_confidence":
-        conf = torch.softmax(logits, dim=-1).gather(-1, pred.unsqueeze(-1)).squeeze(-1)
+        # p(pred) = exp(z_pred - logsumexp(z)): no [b, L, V] softmax tensor
+        conf = (logits.gather(-1, pred.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)).exp()
     else:
         conf = torch.rand(masked.shape, generator=generator, device=logits.device)
     conf = conf.masked_fill(~masked, -math.inf)
