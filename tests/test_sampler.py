@@ -161,13 +161,13 @@ def test_stop_token_cuts_the_row_and_ends_its_generation(student):
 
 def test_default_stop_ids_come_from_the_model_config(student):
     full = run(student, [PROMPTS[0]])[0]
+    saved = student.config.eos_token_id, student.generation_config.eos_token_id
     student.config.eos_token_id = full[3]
     student.generation_config.eos_token_id = full[3]
     try:
         out = generate(student, [PROMPTS[0]], mask_id=MASK, block_size=8, max_new_tokens=24)[0]
     finally:
-        student.config.eos_token_id = None
-        student.generation_config.eos_token_id = None
+        student.config.eos_token_id, student.generation_config.eos_token_id = saved
     assert out == full[:3]
 
 
