@@ -157,6 +157,8 @@ def test_yaml_config_and_flag_precedence(tmp_path):
     options, run = _parse(["--config", str(path), "--max_steps", "3"])
     assert options["objective"] == "calm" and options["learning_rate"] == 0.001 and options["max_steps"] == 3
     assert DistillConfig(**options).pipeline == "cross" and run["teacher_tokenizer"] == "offline:mistral"
+    options, _ = _parse(["--num_train_epochs", "2"])
+    assert options["num_train_epochs"] == 2 and "max_steps" not in options
     with pytest.raises(ValueError, match="unknown options.*'nonsense'"):
         path.write_text("nonsense: 1\n")
         _parse(["--config", str(path)])

@@ -679,6 +679,8 @@ def resolve_options(args: argparse.Namespace | Mapping[str, Any]) -> tuple[dict[
     explicit = {**yaml_opts, **{k: v for k, v in given.items() if k != "config"}}
     if ("objective" in explicit or "distill_mode" in explicit) and "pipeline" not in explicit:
         merged.pop("pipeline", None)  # let the chosen objective imply its pipeline
+    if "num_train_epochs" in explicit and "max_steps" not in explicit:
+        merged.pop("max_steps", None)  # epochs asked for: the preset's step cap must not win
     merged.update(explicit)
     merged["preset"] = preset
     names = {f.name for f in dataclasses.fields(DistillConfig) if f.init}
