@@ -249,3 +249,17 @@ def test_shipped_accelerate_configs(name, kind):
 
     data = yaml.safe_load((files("tide_plugin") / "configs" / f"{name}.yaml").read_text())
     assert data["distributed_type"] == kind and data["num_processes"] >= 1
+
+
+@pytest.mark.slow
+def test_distill_reads_a_preprocessed_dataset_dir(tmp_path):
+    from tide_plugin.collators.preprocess import DEMO_DATA, load_jsonl, preprocess
+    from tide_plugin.offline import tokenizer
+
+    ds, _ = preprocess(load_jsonl(DEMO_DATA)[:12], tokenizer("mistral"), tokenizer("qwen"), pipeline="cross",
+                       max_length=64, teacher_max_length=96, progress=False)
+    ds.save_to_disk(str(tmp_path / "data"))
+    options, run = _parse(["--data", str(tmp_path / "data"), "--max_steps", "1", "--logging_steps", "1",
+                           "--output_dir", str(tmp_path / "out")])
+    metrics = distill(options, run)
+    assert metrics["examples"] == len(ds) and metrics["history"][0]["step"] == 1
