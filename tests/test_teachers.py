@@ -157,3 +157,11 @@ def test_4bit_needs_bitsandbytes():
     else:
         with pytest.raises(ValueError, match="checkpoint path"):
             tide_plugin.get_teacher("bidirectional", model=model, load_in_4bit=True)
+
+
+def test_teacher_loaded_from_a_checkpoint_directory(tmp_path):
+    tiny_qwen3_moe(V_T, seed=9).save_pretrained(tmp_path / "teacher")
+    teacher = tide_plugin.get_teacher("bidirectional", model=str(tmp_path / "teacher"), mask_token_id=MASK_T,
+                                      dtype="bfloat16")
+    assert next(teacher.model.parameters()).dtype == torch.bfloat16 and not teacher.model.training
+    assert torch.isfinite(teacher(_batch()).float()).all()

@@ -62,7 +62,7 @@ def load_teacher_model(path: str, config: TeacherConfig) -> torch.nn.Module:
     kwargs: dict = {"attn_implementation": config.attn_implementation}
     dtype = _TORCH_DTYPES.get(config.dtype)
     if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+        kwargs["dtype"] = dtype  # transformers >= 4.56 (older: torch_dtype)
     if config.load_in_4bit:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ImportError("load_in_4bit=True needs bitsandbytes: pip install bitsandbytes (CUDA only)")
