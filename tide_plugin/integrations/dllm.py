@@ -27,7 +27,7 @@ try:
     from dllm.core.trainers import BD3LMConfig, BD3LMTrainer
 except Exception as exc:  # dllm missing, or broken under this transformers version
     raise ImportError(
-        "tide_plugin.integrations.dllm needs dllm (pip install dllm; it runs on transformers 4.57.x): "
+        "tide_plugin.integrations.dllm needs dllm (install it from its source; it runs on transformers 4.57.x): "
         f"{type(exc).__name__}: {exc}"
     ) from exc
 
