@@ -151,6 +151,31 @@ def test_reference_style_command_line_is_accepted(tmp_path):
     assert cfg.pipeline == "cross" and cfg.objective_kwargs() == {"temperature": 5.0}
 
 
+@pytest.mark.parametrize(
+    ("objective", "pipeline"),
+    [
+        ("reverse_alm", "cross"),
+        ("tidal_calm+calm", "cross"),
+        ("kl_aligned", "shared"),
+        ("taid_aligned", "shared"),
+        ("kl", "same"),
+        ("jsd", "same"),  # a third-party objective declares token alignment too
+    ],
+)
+def test_pipeline_is_implied_by_what_the_objectives_declare(objective, pipeline, tmp_path):
+    cfg = DistillConfig(output_dir=str(tmp_path), objective=objective, use_cpu=True, report_to="none")
+    assert cfg.pipeline == pipeline
+    explicit = DistillConfig(output_dir=str(tmp_path), objective=objective, pipeline="cross", use_cpu=True)
+    assert explicit.pipeline == "cross"  # given explicitly, it is kept (and checked when the trainer is built)
+
+
+def test_unknown_objective_fails_when_the_config_is_built(tmp_path):
+    import tide_plugin
+
+    with pytest.raises(tide_plugin.UnknownPluginError, match="Did you mean 'reverse_calm'"):
+        DistillConfig(output_dir=str(tmp_path), objective="reverse_clam", use_cpu=True)
+
+
 def test_yaml_config_and_flag_precedence(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("objective: calm\nlearning_rate: 0.001\nmax_steps: 7\npreset: demo\n")

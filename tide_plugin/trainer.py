@@ -36,7 +36,6 @@ from .bd3lm import CONCAT_ORDERS, LOSS_NORMS, bd3lm_ce, block_diffusion_logits, 
 
 PIPELINES = ("same", "shared", "cross")
 LOSS_WEIGHT_TYPES = ("scheduler", "uniform")
-CHUNK_OBJECTIVES = frozenset({"calm", "reverse_calm", "tidal_calm"})
 TIDAL_FIELDS = {
     "taid_lambda_init": "lambda_init",
     "taid_lambda_max": "lambda_max",
@@ -142,10 +141,7 @@ class DistillArguments:
         self.use_comp_demo = _bool(self.use_comp_demo)
         self.sequential_views = _bool(self.sequential_views)
         if self.pipeline is None:
-            if any(p.endswith("_aligned") for p in parts):
-                self.pipeline = "shared"
-            elif any(p in ("alm", "reverse_alm", "alm_taid") or p in CHUNK_OBJECTIVES for p in parts):
-                self.pipeline = "cross"
+            self.pipeline = self.implied_pipeline()
         if self.pipeline is not None and self.pipeline not in PIPELINES:
             raise ValueError(f"pipeline {self.pipeline!r} is not one of {PIPELINES}")
         if self.concat_order not in CONCAT_ORDERS:
@@ -168,6 +164,18 @@ class DistillArguments:
             raise ValueError("right_shift_logits=True is not supported: BD3LM predicts x0 at the x_t position")
 
     # -- what the pieces are built from -------------------------------------------------
+    def implied_pipeline(self) -> str | None:
+        """The pipeline the objectives' declared needs imply (third-party objectives
+        included): chunks -> ``cross``, template pairs -> ``shared``, position-by-
+        position token alignment -> ``same``; ``None`` when they need none of these."""
+        from .registry import get_objective
+
+        needs = get_objective(self.objective, **self.objective_kwargs()).requires
+        for need, pipeline in (("chunks", "cross"), ("pairs", "shared"), ("token_alignment", "same")):
+            if need in needs:
+                return pipeline
+        return None
+
     def objective_kwargs(self) -> dict[str, Any]:
         """Per-component configuration for :func:`tide_plugin.get_objective`, with the
         reference flags applied (explicit ``objective_config`` wins)."""
@@ -181,7 +189,8 @@ class DistillArguments:
             cls = info.spec.config_cls
             names = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else set()
             cfg: dict[str, Any] = {}
-            temp = self.alm_temperature if info.name in CHUNK_OBJECTIVES else self.kl_temperature
+            chunk_level = "chunks" in reg.build("objective", p).requires
+            temp = self.alm_temperature if chunk_level else self.kl_temperature
             if temp is not None and "temperature" in names:
                 cfg["temperature"] = float(temp)
             for flag, key in TIDAL_FIELDS.items():
