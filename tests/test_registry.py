@@ -35,7 +35,9 @@ REFERENCE_ALIASES = {
 
 @pytest.fixture()
 def fresh_registry():
-    """Reload the process-wide registry after the test so state never leaks."""
+    """Reload the process-wide registry after the test so state never leaks. Request
+    it before ``monkeypatch`` so the reload runs after sys.path and the environment
+    are restored."""
     yield
     get_registry(reload=True)
 
@@ -175,7 +177,7 @@ def test_alias_config_preset_and_explicit_config_wins():
     assert reg.build("objective", "thing_aligned", aligned=False, x=1) == {"aligned": False, "x": 1}
 
 
-def test_broken_plugins_are_reported_and_the_rest_load(tmp_path, monkeypatch, fresh_registry):
+def test_broken_plugins_are_reported_and_the_rest_load(fresh_registry, tmp_path, monkeypatch):
     _make_distribution(
         tmp_path,
         "broken-dist",
@@ -228,7 +230,7 @@ def test_broken_plugins_are_reported_and_the_rest_load(tmp_path, monkeypatch, fr
         sys.modules.pop(mod, None)
 
 
-def test_disable_env_blocks_distributions(monkeypatch, fresh_registry):
+def test_disable_env_blocks_distributions(fresh_registry, monkeypatch):
     monkeypatch.setenv(DISABLE_ENV, "tide_plugin_example, some-other")
     reg = get_registry(reload=True)
     assert "jensen_shannon" not in reg.available("objective")
