@@ -36,7 +36,7 @@ test-latest: install
 	$(PY) -m pytest -q
 
 test-compat: install-compat
-	$(VENV_COMPAT)/bin/python -m pytest -q -m "not slow"
+	$(VENV_COMPAT)/bin/python -m pytest -q
 
 demo: install
 	$(VENV)/bin/tide distill
