@@ -570,6 +570,22 @@ def build_trainer(
 # --------------------------------------------------------------------------------------
 # `tide distill`
 # --------------------------------------------------------------------------------------
+_DEMO_RUN: dict[str, Any] = {
+    # What both embedded demos share: short sequences, 30 steps at a high constant
+    # learning rate, so a tiny model moves visibly within the three-minute budget.
+    "max_length": 64,
+    "teacher_max_length": 96,
+    "block_size": 32,
+    "max_steps": 30,
+    "learning_rate": 2e-3,
+    "warmup_steps": 0,
+    "lr_scheduler_type": "constant",
+    "per_device_train_batch_size": 4,
+    "logging_steps": 2,
+    "save_strategy": "no",
+    "dataloader_pin_memory": False,
+    "seed": 0,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     # TIDE-Cross in miniature: tiny Qwen3 BD3LM student (real qwen tokenizer) <- tiny
     # Qwen3-MoE bidirectional teacher (real mistral tokenizer), Reverse CALM, chunks.
@@ -578,18 +594,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pipeline": "cross",
         "teacher": "bidirectional",
         "output_dir": "runs/demo",
-        "max_length": 64,
-        "teacher_max_length": 96,
-        "block_size": 32,
-        "max_steps": 30,
-        "learning_rate": 2e-3,
-        "warmup_steps": 0,
-        "lr_scheduler_type": "constant",
-        "per_device_train_batch_size": 4,
-        "logging_steps": 2,
-        "save_strategy": "no",
-        "dataloader_pin_memory": False,
-        "seed": 0,
+        **_DEMO_RUN,
     },
     # TIDE-Shared in miniature: shared vocabulary, teacher with another chat template,
     # template pairs, token TIDAL + CompDemo, block (WeDLM-style x0_xt) teacher.
@@ -601,18 +606,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "use_comp_demo": True,
         "shared_vocab_size": 151646,
         "output_dir": "runs/demo-shared",
-        "max_length": 64,
-        "teacher_max_length": 96,
-        "block_size": 32,
-        "max_steps": 30,
-        "learning_rate": 2e-3,
-        "warmup_steps": 0,
-        "lr_scheduler_type": "constant",
-        "per_device_train_batch_size": 4,
-        "logging_steps": 2,
-        "save_strategy": "no",
-        "dataloader_pin_memory": False,
-        "seed": 0,
+        **_DEMO_RUN,
     },
 }
 PRESET_MODELS = {
