@@ -708,22 +708,35 @@ def _tokenizer(spec: str) -> Any:
     return load_tokenizer(spec)
 
 
-def _student(run: Mapping[str, Any], vocab_size: int, config: DistillConfig) -> torch.nn.Module:
+def _special_ids(tok: Any) -> dict[str, int]:
+    """The tokenizer's special ids for a tiny model's config (so saving does not have
+    to reconcile the model's generation config with the tokenizer)."""
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    return {k: v for k, v in ids.items() if v is not None}
+
+
+def _student(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.nn.Module:
     impl = run.get("attn_implementation") or "sdpa"
     if run.get("model_name_or_path"):
         return transformers.AutoModelForCausalLM.from_pretrained(run["model_name_or_path"], attn_implementation=impl)
     from .tiny import tiny_qwen3
 
-    return tiny_qwen3(vocab_size, hidden_size=int(run.get("tiny_hidden_size") or 32), attn_implementation=impl, seed=config.seed)
+    return tiny_qwen3(
+        len(tok),
+        hidden_size=int(run.get("tiny_hidden_size") or 32),
+        attn_implementation=impl,
+        seed=config.seed,
+        **_special_ids(tok),
+    )
 
 
-def _teacher(run: Mapping[str, Any], vocab_size: int, config: DistillConfig) -> torch.nn.Module | str:
+def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.nn.Module | str:
     if run.get("teacher_model_name_or_path"):
         return run["teacher_model_name_or_path"]
     from .tiny import tiny_qwen3, tiny_qwen3_moe
 
     build = tiny_qwen3_moe if run.get("teacher_arch", "qwen3_moe") == "qwen3_moe" else tiny_qwen3
-    return build(vocab_size, hidden_size=int(run.get("tiny_hidden_size") or 32), seed=config.seed + 1)
+    return build(len(tok), hidden_size=int(run.get("tiny_hidden_size") or 32), seed=config.seed + 1, **_special_ids(tok))
 
 
 def _dataset(run: Mapping[str, Any], config: DistillConfig, student_tok: Any, teacher_tok: Any) -> Any:
@@ -809,8 +822,8 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     if config.teacher_mask_token_id is None and config.pipeline != "same":
         config.teacher_mask_token_id = resolve_mask_id(teacher_tok)
     dataset = _dataset(run, config, student_tok, teacher_tok)
-    student = _student(run, len(student_tok), config)
-    teacher = _teacher(run, len(teacher_tok), config)
+    student = _student(run, student_tok, config)
+    teacher = _teacher(run, teacher_tok, config)
     trainer = build_trainer(
         config,
         student=student,
