@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -70,7 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"tide {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    from .registry import PluginError
+
+    try:
+        return int(module.run(args) or 0)
+    except (PluginError, ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        # Bad input (unknown plugin, invalid option, missing file or package): one clear
+        # line, no traceback. TIDE_DEBUG=1 shows the traceback.
+        if os.environ.get("TIDE_DEBUG"):
+            raise
+        print(f"tide {name}: error: {exc}", file=sys.stderr)
+        print("(set TIDE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

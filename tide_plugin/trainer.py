@@ -718,7 +718,13 @@ def _special_ids(tok: Any) -> dict[str, int]:
 def _student(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.nn.Module:
     impl = run.get("attn_implementation") or "sdpa"
     if run.get("model_name_or_path"):
-        return transformers.AutoModelForCausalLM.from_pretrained(run["model_name_or_path"], attn_implementation=impl)
+        path = run["model_name_or_path"]
+        if not Path(path).is_dir():
+            raise FileNotFoundError(
+                f"student checkpoint {path!r} is not a local directory: models are loaded from local folders "
+                "only (download the checkpoint first and pass its folder)"
+            )
+        return transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation=impl, local_files_only=True)
     from .tiny import tiny_qwen3
 
     return tiny_qwen3(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -36,6 +37,8 @@ class TeacherConfig:
     :param sequential_views: run CompDemo views one after the other instead of batched.
     :param load_in_4bit: load a checkpoint path in 4-bit (needs bitsandbytes).
     :param attn_implementation: used when the adapter loads a checkpoint path.
+    :param trust_remote_code: allow a checkpoint whose architecture ships as code in its
+        folder (LLaDA2.0, WeDLM); that code must honour a 4D attention mask.
     """
 
     mask_token_id: int | None = None
@@ -43,6 +46,7 @@ class TeacherConfig:
     sequential_views: bool = False
     load_in_4bit: bool = False
     attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in TEACHER_DTYPES:
@@ -56,9 +60,14 @@ class TeacherConfig:
 
 
 def load_teacher_model(path: str, config: TeacherConfig) -> torch.nn.Module:
-    """Load a teacher checkpoint (a local directory or a hub name you have cached)."""
+    """Load a teacher checkpoint from a local directory; nothing is downloaded."""
     from transformers import AutoModelForCausalLM
 
+    if not Path(path).is_dir():
+        raise FileNotFoundError(
+            f"teacher checkpoint {path!r} is not a local directory: models are loaded from local folders "
+            "only (download the checkpoint first and pass its folder)"
+        )
     kwargs: dict = {"attn_implementation": config.attn_implementation}
     dtype = _TORCH_DTYPES.get(config.dtype)
     if dtype is not None:
@@ -71,7 +80,9 @@ def load_teacher_model(path: str, config: TeacherConfig) -> torch.nn.Module:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_compute_dtype=dtype or torch.bfloat16
         )
-    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(
+        path, trust_remote_code=config.trust_remote_code, local_files_only=True, **kwargs
+    )
 
 
 class TeacherAdapter(abc.ABC):
