@@ -206,6 +206,7 @@ def test_chunk_tidal_objective():
     torch.testing.assert_close(loss, want)
 
 
+@pytest.mark.filterwarnings("ignore:composing .* with the reverse objective")
 def test_composition_shares_chunk_log_probs():
     inputs = cross_inputs(progress=0.25)
     obj = tide_plugin.get_objective("calm+tidal_calm", calm={"weight": 0.5})
@@ -232,6 +233,7 @@ def test_composition_shares_chunk_log_probs():
     assert planted.cache[CACHE_STUDENT_CHUNK_LP] is fake_s
 
 
+@pytest.mark.filterwarnings("ignore:composing .* with the reverse objective")
 def test_chunk_objectives_without_active_chunks_give_zero():
     inputs = cross_inputs(active=torch.zeros(B, C, dtype=torch.bool))
     parts = tide_plugin.get_objective("calm+reverse_calm+tidal_calm")(inputs)
@@ -297,6 +299,7 @@ def test_registry_lists_names_and_aliases():
 
 
 # -- pipeline checks -------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:composing .* with the reverse objective")
 def test_check_pipeline():
     same, shared, cross = PipelineInfo("same"), PipelineInfo("shared"), PipelineInfo("cross")
     with pytest.raises(PipelineMismatchError, match=r"objective 'calm' needs chunk alignment .* got pipeline 'same'"):
@@ -356,3 +359,18 @@ def test_missing_batch_fields_are_named():
 def test_config_validation(name, config, exc, message):
     with pytest.raises(exc, match=message):
         tide_plugin.get_objective(name, **config)
+
+
+@pytest.mark.parametrize("spec", ["tidal+reverse_kl", "alm_taid+reverse_alm"])
+def test_tidal_with_a_reverse_objective_warns(spec):
+    with pytest.warns(UserWarning, match="TIDAL pairs with forward objectives only"):
+        tide_plugin.get_objective(spec)
+
+
+@pytest.mark.parametrize("spec", ["tidal+kl", "tidal_calm+calm", "reverse_calm+calm"])
+def test_forward_compositions_do_not_warn(spec):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tide_plugin.get_objective(spec)

@@ -257,6 +257,7 @@ def test_composition_spec_errors():
         tide_plugin.get_objective("calm+tidal_clam")
 
 
+@pytest.mark.filterwarnings("ignore:composing .* with the reverse objective")
 def test_composition_builds_components_with_their_config():
     from tide_plugin.objectives.base import ComposedObjective
 

@@ -9,6 +9,7 @@ already multiplied by the objective's weight.
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
@@ -33,6 +34,10 @@ class Objective(abc.ABC):
     name: ClassVar[str] = "objective"
     requires: frozenset[Requirement] = frozenset()
     weight: float = 1.0
+    mode_seeking: ClassVar[bool] = False
+    """Reverse (student-weighted) objectives: reverse KL, Reverse CALM."""
+    interpolates_teacher: ClassVar[bool] = False
+    """Objectives whose target mixes student and teacher by a lambda schedule (TIDAL)."""
 
     def check_pipeline(self, info: PipelineInfo) -> None:
         """Raise :class:`PipelineMismatchError` naming what is missing."""
@@ -78,6 +83,16 @@ class ComposedObjective(Objective):
             raise ValueError("a composed objective needs at least one component")
         self.components = list(components)
         self.requires = frozenset().union(*(c.requires for c in self.components))
+        tidal = [c.name for c in self.components if c.interpolates_teacher]
+        reverse = [c.name for c in self.components if c.mode_seeking]
+        if tidal and reverse:
+            warnings.warn(
+                f"composing {tidal} with the reverse objective(s) {reverse}: TIDAL pairs with forward "
+                "objectives only (SPEC 5.3); late in training its (1 - lambda) factor suppresses the "
+                "self-selection of reverse objectives",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def check_pipeline(self, info: PipelineInfo) -> None:
         for c in self.components:

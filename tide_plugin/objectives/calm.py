@@ -113,6 +113,7 @@ class ReverseCalm(Calm):
 
     name = "reverse_calm"
     reverse = True
+    mode_seeking = True
 
 
 @hookimpl

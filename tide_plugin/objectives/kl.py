@@ -108,6 +108,7 @@ class ReverseTokenKL(TokenKL):
 
     name = "reverse_kl"
     reverse = True
+    mode_seeking = True
 
 
 @hookimpl

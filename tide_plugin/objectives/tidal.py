@@ -72,6 +72,7 @@ class TidalCalmConfig(TidalConfig):
 
 class _TidalBase(Objective):
     config_cls: type[TidalConfig] = TidalConfig
+    interpolates_teacher = True
 
     def __init__(self, **config) -> None:
         self.config = self.config_cls(**config)
