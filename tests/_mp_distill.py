@@ -31,6 +31,7 @@ def main(out: str) -> None:
         output_dir=out,
         objective="tidal",
         pipeline="same",
+        shared_vocab_size=V,
         use_comp_demo=True,
         block_size=4,
         max_steps=3,

@@ -27,6 +27,7 @@ def _run(out, *, stop_at=None, resume=None):
         output_dir=str(out),
         objective="tidal",
         pipeline="same",
+        shared_vocab_size=V,
         use_comp_demo=True,
         block_size=4,
         max_steps=6,

@@ -27,6 +27,7 @@ def _config(tmp_path, **kw) -> DistillConfig:
         output_dir=str(tmp_path / "run"),
         objective="kl+tidal",
         pipeline="same",
+        shared_vocab_size=V,
         block_size=4,
         max_steps=4,
         logging_steps=2,
@@ -109,6 +110,7 @@ def _parse(argv):
     return resolve_options(parser.parse_args(argv))
 
 
+@pytest.mark.filterwarnings("ignore:composing .* with the reverse objective")
 def test_reference_style_command_line_is_accepted(tmp_path):
     options, run = _parse(
         [
@@ -300,3 +302,23 @@ def test_distill_reads_a_preprocessed_dataset_dir(tmp_path):
                            "--output_dir", str(tmp_path / "out")])
     metrics = distill(options, run)
     assert metrics["examples"] == len(ds) and metrics["history"][0]["step"] == 1
+
+
+@pytest.mark.parametrize(
+    ("teacher", "concat_order", "expected"),
+    [("block", None, "xt_x0"), ("wedlm", None, "x0_xt"), ("block", "x0_xt", "x0_xt"), ("wedlm", "xt_x0", "xt_x0")],
+)
+def test_teacher_layout_comes_from_alias_unless_given(teacher, concat_order, expected, tmp_path):
+    tr = _trainer(_config(tmp_path, teacher=teacher, concat_order=concat_order, shared_vocab_size=V), n=4)
+    assert tr.teacher.config.concat_order == expected
+    assert tr.teacher.config.block_size == 4  # the run's block size reaches any adapter that declares one
+
+
+def test_unset_shared_vocab_size_warns_for_token_objectives(tmp_path):
+    with pytest.warns(UserWarning, match="shared_vocab_size is unset.*151646"):
+        _trainer(_config(tmp_path, shared_vocab_size=None), n=4)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        _trainer(_config(tmp_path, shared_vocab_size=V), n=4)

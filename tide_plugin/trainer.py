@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,10 @@ class DistillArguments:
     teacher: str = field(default="bidirectional", metadata={"help": "teacher adapter: bidirectional | block | ..."})
     teacher_config: str | None = field(default=None, metadata={"help": "extra teacher adapter parameters as JSON"})
     teacher_mask_token_id: int | None = field(default=None, metadata={"help": "teacher mask id m_T"})
-    concat_order: str = field(default="xt_x0", metadata={"help": "block teacher input order: xt_x0 | x0_xt (WeDLM)"})
+    concat_order: str | None = field(
+        default=None,
+        metadata={"help": "block teacher input order: xt_x0 | x0_xt (WeDLM); default the adapter's (alias wedlm: x0_xt)"},
+    )
     teacher_dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16"})
     teacher_device: str | None = field(default=None, metadata={"help": "teacher placement; default the student's"})
     sequential_views: bool = field(default=False, metadata={"help": "run CompDemo views one after the other"})
@@ -144,7 +148,7 @@ class DistillArguments:
             self.pipeline = self.implied_pipeline()
         if self.pipeline is not None and self.pipeline not in PIPELINES:
             raise ValueError(f"pipeline {self.pipeline!r} is not one of {PIPELINES}")
-        if self.concat_order not in CONCAT_ORDERS:
+        if self.concat_order is not None and self.concat_order not in CONCAT_ORDERS:
             raise ValueError(f"concat_order {self.concat_order!r} is not one of {CONCAT_ORDERS}")
         if self.loss_norm_type not in LOSS_NORMS:
             raise ValueError(f"loss_norm_type {self.loss_norm_type!r} is not one of {LOSS_NORMS}")
@@ -170,7 +174,9 @@ class DistillArguments:
         position token alignment -> ``same``; ``None`` when they need none of these."""
         from .registry import get_objective
 
-        needs = get_objective(self.objective, **self.objective_kwargs()).requires
+        with warnings.catch_warnings():  # a probe: the trainer's own build reports composition warnings
+            warnings.simplefilter("ignore", UserWarning)
+            needs = get_objective(self.objective, **self.objective_kwargs()).requires
         for need, pipeline in (("chunks", "cross"), ("pairs", "shared"), ("token_alignment", "same")):
             if need in needs:
                 return pipeline
@@ -534,8 +540,13 @@ def build_trainer(
     }
     from .registry import get_registry
 
-    if get_registry().resolve("teacher", config.teacher).name == "block":
-        teacher_kwargs.update(concat_order=config.concat_order, block_size=int(config.block_size))
+    # Options the adapter's config declares (the block-diffusion layout, for one) are
+    # passed through, whichever plugin provides the adapter.
+    teacher_cls = get_registry().resolve("teacher", config.teacher).spec.config_cls
+    teacher_fields = {f.name for f in dataclasses.fields(teacher_cls)} if dataclasses.is_dataclass(teacher_cls) else set()
+    for key, value in (("concat_order", config.concat_order), ("block_size", int(config.block_size))):
+        if key in teacher_fields and value is not None:
+            teacher_kwargs[key] = value
     teacher_kwargs.update(config.teacher_config)
     teacher = get_teacher(config.teacher, model=teacher_model, **teacher_kwargs)
     teacher_mask = config.teacher_mask_token_id
@@ -543,6 +554,14 @@ def build_trainer(
         teacher_mask = teacher.mask_token_id if config.pipeline != "same" else mask_id
     objective_kwargs = config.objective_kwargs()
     objective = get_objective(config.objective, **objective_kwargs)
+    if config.shared_vocab_size is None and objective.requires & {"token_alignment", "pairs"}:
+        warnings.warn(
+            "shared_vocab_size is unset: token-level objectives compare the first min(V_S, V_T) ids of both "
+            "vocabularies, added tokens included; set shared_vocab_size to the ids both sides share "
+            "(Qwen family: 151646, SPEC 3.1)",
+            UserWarning,
+            stacklevel=2,
+        )
     info = PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size)
     objective.check_pipeline(info)  # before any model work
     collator = build_collator(
