@@ -315,7 +315,7 @@ def main() -> int:
 
     configs = []
     cpu_shape = (2, 128, 8000) if args.quick else (args.b, args.length, args.vocab)
-    for dtype in args.dtypes.split(","):
+    for dtype in [d for d in args.dtypes.split(",") if d]:  # --dtypes "" skips the CPU runs
         configs.append(("cpu", dtype, *cpu_shape))
     if torch.cuda.is_available():
         configs.append(("cuda", "bfloat16", 8, 512, 151936))

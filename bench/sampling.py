@@ -82,6 +82,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU students")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else 2
@@ -89,15 +90,16 @@ def main() -> int:
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s)")
 
     ok = True
-    tiny = build(QWEN_VOCAB, 64, 2, 4, 2, 16, 128, torch.float32, "cpu")
-    for prompt_len, batch in ((128, 1), (512, 4)):
-        ok &= report("CPU tiny student (hidden 64, 2 layers, Qwen vocab, fp32)", tiny, prompt_len=prompt_len,
-                     batch=batch, new_tokens=new, steps=new, device="cpu", repeats=repeats)[2]
-    # With a 152k vocabulary the tiny student's step is the output layer and the
-    # confidence pass; a student whose body costs more shows what the cache saves.
-    body = build(4096, 256, 4, 8, 4, 32, 768, torch.float32, "cpu")
-    ok &= report("CPU small student (hidden 256, 4 layers, vocab 4096, fp32)", body, prompt_len=512, batch=1,
-                 new_tokens=new // 2, steps=new // 2, device="cpu", repeats=repeats)[2]
+    if not args.gpu_only:
+        tiny = build(QWEN_VOCAB, 64, 2, 4, 2, 16, 128, torch.float32, "cpu")
+        for prompt_len, batch in ((128, 1), (512, 4)):
+            ok &= report("CPU tiny student (hidden 64, 2 layers, Qwen vocab, fp32)", tiny, prompt_len=prompt_len,
+                         batch=batch, new_tokens=new, steps=new, device="cpu", repeats=repeats)[2]
+        # With a 152k vocabulary the tiny student's step is the output layer and the
+        # confidence pass; a student whose body costs more shows what the cache saves.
+        body = build(4096, 256, 4, 8, 4, 32, 768, torch.float32, "cpu")
+        ok &= report("CPU small student (hidden 256, 4 layers, vocab 4096, fp32)", body, prompt_len=512, batch=1,
+                     new_tokens=new // 2, steps=new // 2, device="cpu", repeats=repeats)[2]
 
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
