@@ -77,7 +77,7 @@ def plain_chunk_lp(logits, ids, chunk_ids, num_chunks):
 
     lp = logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)  # [b, L]
     lp = torch.where(chunk_ids >= 0, lp, 0.0)
-    out = torch.zeros(logits.shape[0], num_chunks + 1, dtype=lp.dtype)
+    out = torch.zeros(logits.shape[0], num_chunks + 1, dtype=lp.dtype, device=lp.device)
     return out.scatter_add(1, torch.where(chunk_ids >= 0, chunk_ids, num_chunks), lp)[:, :num_chunks]
 
 
