@@ -322,3 +322,31 @@ def test_unset_shared_vocab_size_warns_for_token_objectives(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         _trainer(_config(tmp_path, shared_vocab_size=V), n=4)
+
+
+def test_objective_parts_and_ce_weight_reach_the_student_gradient(tmp_path):
+    """loss = ce_weight * CE + sum(parts), with gradients flowing from every term:
+    linear in ce_weight (value and gradient), and with ce_weight=0 the objective
+    alone still trains the student."""
+    from tide_plugin.trainer import _distill_batch
+
+    tr = _trainer(_config(tmp_path, objective="kl+tidal", use_comp_demo=True), n=8)
+    batch = _distill_batch(next(iter(tr.get_train_dataloader())))
+    params = [p for p in tr.model.parameters() if p.requires_grad]
+
+    def loss_and_grad(weight):
+        tr.args.ce_weight = weight
+        loss, logged = tr.distill_forward(tr.model, batch)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
+        return loss.detach(), flat, logged
+
+    l0, g0, logged0 = loss_and_grad(0.0)
+    l1, g1, _ = loss_and_grad(1.0)
+    l2, g2, _ = loss_and_grad(2.0)
+    assert torch.allclose(l0, logged0["kl"] + logged0["tidal"], rtol=1e-6, atol=1e-7)
+    assert g0.abs().max() > 0 and torch.isfinite(g0).all(), "objective parts do not reach the student"
+    ce = l1 - l0
+    assert ce > 0 and torch.allclose(l2 - l1, ce, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(g2 - g1, g1 - g0, rtol=1e-4, atol=1e-6)
+    assert (g1 - g0).abs().max() > 0, "CE does not reach the student"
