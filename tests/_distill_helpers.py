@@ -23,6 +23,31 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def tidal_comp_demo_config(output_dir, **overrides):
+    """The tiny token-TIDAL + CompDemo run (``same`` pipeline) that the resume and the
+    multi-process tests train; ``overrides`` set what each test varies."""
+    from tide_plugin.trainer import DistillConfig
+
+    settings = dict(
+        output_dir=str(output_dir),
+        objective="tidal",
+        pipeline="same",
+        shared_vocab_size=V,
+        use_comp_demo=True,
+        block_size=4,
+        gradient_accumulation_steps=2,
+        logging_steps=1,
+        learning_rate=1e-3,
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        dataloader_pin_memory=False,
+        seed=0,
+    )
+    settings.update(overrides)
+    return DistillConfig(**settings)
+
+
 def split_batch(batch: DistillBatch, idx: list[int]) -> DistillBatch:
     """Rows ``idx`` of a collated batch (views stay the leading dim of teacher_noisy_ids)."""
     sel = torch.tensor(idx)

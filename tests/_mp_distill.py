@@ -12,9 +12,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from _distill_helpers import EOS, MASK, V, synthetic_rows  # noqa: E402
+from _distill_helpers import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config  # noqa: E402
 
-from tide_plugin.trainer import DistillConfig, build_trainer  # noqa: E402
+from tide_plugin.trainer import build_trainer  # noqa: E402
 from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe  # noqa: E402
 
 
@@ -27,24 +27,7 @@ def checksum(model: torch.nn.Module) -> str:
 
 
 def main(out: str) -> None:
-    cfg = DistillConfig(
-        output_dir=out,
-        objective="tidal",
-        pipeline="same",
-        shared_vocab_size=V,
-        use_comp_demo=True,
-        block_size=4,
-        max_steps=3,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        logging_steps=1,
-        learning_rate=1e-3,
-        save_strategy="no",
-        disable_tqdm=True,
-        use_cpu=True,
-        dataloader_pin_memory=False,
-        seed=0,
-    )
+    cfg = tidal_comp_demo_config(out, max_steps=3, per_device_train_batch_size=2)
     initial = checksum(tiny_qwen3(V, seed=0))
     trainer = build_trainer(
         cfg,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import transformers
-from _distill_helpers import EOS, MASK, V, synthetic_rows
+from _distill_helpers import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config
 
-from tide_plugin.trainer import DistillConfig, build_trainer
+from tide_plugin.trainer import build_trainer
 from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
 
 
@@ -23,24 +23,7 @@ class StopAt(transformers.TrainerCallback):
 
 
 def _run(out, *, stop_at=None, resume=None):
-    cfg = DistillConfig(
-        output_dir=str(out),
-        objective="tidal",
-        pipeline="same",
-        shared_vocab_size=V,
-        use_comp_demo=True,
-        block_size=4,
-        max_steps=6,
-        logging_steps=1,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        learning_rate=1e-3,
-        save_strategy="no",
-        disable_tqdm=True,
-        use_cpu=True,
-        dataloader_pin_memory=False,
-        seed=0,
-    )
+    cfg = tidal_comp_demo_config(out, max_steps=6, per_device_train_batch_size=4)
     trainer = build_trainer(
         cfg,
         student=tiny_qwen3(V, seed=0),
