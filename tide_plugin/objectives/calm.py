@@ -94,7 +94,6 @@ class Calm(Objective):
 
     name = "calm"
     requires = frozenset({"chunks"})
-    reverse = False
 
     def __init__(self, **config) -> None:
         self.config = CalmConfig(**config)
@@ -102,7 +101,7 @@ class Calm(Objective):
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         lp_s, lp_t, active = active_chunk_log_probs(inputs, self.name)
-        return {self.name: calm(lp_s, lp_t, active, temperature=self.config.temperature, reverse=self.reverse)}
+        return {self.name: calm(lp_s, lp_t, active, temperature=self.config.temperature, reverse=self.mode_seeking)}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
@@ -112,7 +111,6 @@ class ReverseCalm(Calm):
     """Reverse CALM: gradient ``(s / tau) log((1-q)/q)`` per chunk (dual-end noise filtering)."""
 
     name = "reverse_calm"
-    reverse = True
     mode_seeking = True
 
 

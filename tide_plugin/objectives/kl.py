@@ -78,7 +78,6 @@ class TokenKL(Objective):
     """Forward KL. Student logits ``[b, L, V_S]``, teacher logits ``[b, L_T, V_T]``."""
 
     name = "kl"
-    reverse = False
 
     def __init__(self, **config) -> None:
         self.config = KLConfig(**config)
@@ -93,7 +92,7 @@ class TokenKL(Objective):
             b_idx,
             s_pos,
             t_pos,
-            mode="reverse" if self.reverse else "forward",
+            mode="reverse" if self.mode_seeking else "forward",
             temperature=self.config.temperature,
             shared_vocab_size=inputs.shared_vocab_size,
         )
@@ -107,7 +106,6 @@ class ReverseTokenKL(TokenKL):
     """Reverse KL ``KL(P_S || P_T)``."""
 
     name = "reverse_kl"
-    reverse = True
     mode_seeking = True
 
 
