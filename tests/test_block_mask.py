@@ -8,7 +8,6 @@ import torch
 from tide_plugin.bd3lm import (
     block_diffusion_mask,
     block_diffusion_position_ids,
-    pad_to_block,
     to_additive,
     with_key_padding,
 )
@@ -49,8 +48,6 @@ def test_bad_arguments():
         block_diffusion_mask(4, 2, order="xt_xt")
     with pytest.raises(ValueError, match=r"length \(0\) and block_size \(2\) must be positive"):
         block_diffusion_mask(0, 2)
-    with pytest.raises(ValueError, match="ids \\(2\\) and labels \\(1\\)"):
-        pad_to_block([1, 2], [1], 4, 0)
 
 
 def test_key_padding_blocks_pad_keys_and_keeps_rows_finite():
@@ -66,8 +63,5 @@ def test_key_padding_blocks_pad_keys_and_keeps_rows_finite():
     assert torch.isfinite(scores.softmax(-1)).all()
 
 
-def test_position_ids_and_block_padding():
+def test_position_ids():
     assert block_diffusion_position_ids(2, 3).tolist() == [[0, 1, 2, 0, 1, 2]] * 2
-    ids, labels = pad_to_block([5, 6, 7], [-100, 6, 7], 4, eos_id=9)
-    assert ids == [5, 6, 7, 9] and labels == [-100, 6, 7, 9]
-    assert pad_to_block([1, 2], [1, 2], 2, 9) == ([1, 2], [1, 2])

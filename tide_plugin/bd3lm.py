@@ -1,5 +1,5 @@
 """Block-diffusion (BD3LM) core: the attention mask of SPEC 2.1, position ids,
-block padding. Compatible with dllm's BD3LM layout (``x_t`` half first)."""
+the student forward and CE. Compatible with dllm's BD3LM layout (``x_t`` half first)."""
 
 from __future__ import annotations
 
@@ -67,14 +67,6 @@ def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """Boolean mask -> additive float mask (0 where allowed, dtype min elsewhere),
     for ``attn_implementation="eager"``, which silently mishandles boolean 4D masks."""
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-
-
-def pad_to_block(ids: list[int], labels: list[int], block_size: int, eos_id: int) -> tuple[list[int], list[int]]:
-    """SPEC 1.1: pad with EOS to a multiple of ``block_size``; EOS padding is a target."""
-    if len(ids) != len(labels):
-        raise ValueError(f"ids ({len(ids)}) and labels ({len(labels)}) differ in length")
-    extra = (-len(ids)) % block_size
-    return ids + [eos_id] * extra, labels + [eos_id] * extra
 
 
 # --------------------------------------------------------------------------
@@ -217,7 +209,10 @@ def block_diffusion_logits(
         )
     b, length = noisy_ids.shape
     if length % block_size:
-        raise ValueError(f"sequence length {length} is not a multiple of block_size {block_size}; pad with pad_to_block")
+        raise ValueError(
+            f"sequence length {length} is not a multiple of block_size {block_size}; "
+            "the distill_pad collator pads to it (block-EOS padding, SPEC 1.1)"
+        )
     impl = impl or attention_implementation(model)
     device = noisy_ids.device
     if order == "xt_x0":
