@@ -236,7 +236,7 @@ def test_third_party_schedules_are_selected_by_name(third_party_schedules):
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(obj.metrics(inputs)["lambda/tidal"], torch.tensor(0.7))
     # unknown names are caught by lookup, with the registered ones offered
-    with pytest.raises(UnknownPluginError, match="Did you mean 'square'"):
+    with pytest.raises(ValueError, match=r"masking schedule 'squares' is not one of the registered .*'square'.*Did you mean 'square'"):
         tide_plugin.get_collator("noise", mask_id=999, schedule="squares")
     with pytest.raises(UnknownPluginError, match="unknown strength_schedule 'constant'"):
         tide_plugin.get_objective("tidal_calm", schedule="constant")

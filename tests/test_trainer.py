@@ -275,14 +275,39 @@ def test_shipped_recipe_configs_resolve(name, pipeline, teacher, tmp_path):
     objective.check_pipeline(PipelineInfo(pipeline=cfg.pipeline, shared_vocab_size=cfg.shared_vocab_size))
 
 
-@pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("zero2", "DEEPSPEED")])
-def test_shipped_accelerate_configs(name, kind):
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("ddp", {"ACCELERATE_MIXED_PRECISION": "bf16"}),
+        ("fsdp", {"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
+                  "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT",
+                  "FSDP_USE_ORIG_PARAMS": "true"}),
+        ("zero2", {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+                   "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none"}),
+    ],
+)
+def test_shipped_accelerate_configs(name, expected):
+    """Each shipped config goes through accelerate's own launcher: its loader (which
+    refuses unknown keys and unknown distributed types), the launch validation, and
+    the environment the launcher hands every process."""
     from importlib.resources import files
 
-    import yaml
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    data = yaml.safe_load((files("tide_plugin") / "configs" / f"{name}.yaml").read_text())
-    assert data["distributed_type"] == kind and data["num_processes"] >= 1
+    path = str(files("tide_plugin") / "configs" / f"{name}.yaml")
+    argv = ["--config_file", path, "-m", "tide_plugin.cli", "distill", "--config", "run.yaml"]
+    args, defaults, mixed_precision = _validate_launch_command(launch_command_parser().parse_args(argv))
+    assert mixed_precision and args.num_processes == 8 and args.num_machines == 1
+    assert (bool(args.multi_gpu), bool(args.use_fsdp), bool(args.use_deepspeed)) == {
+        "ddp": (True, False, False), "fsdp": (False, True, False), "zero2": (False, False, True)
+    }[name]
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        _, env = prepare_deepspeed_cmd_env(args)
+    else:
+        env = prepare_multi_gpu_env(args)
+    assert {k: env.get(k) for k in expected} == expected
 
 
 @pytest.mark.slow

@@ -122,6 +122,7 @@ class RunContext:
     masking_schedule: str = "linear"
     time_epsilon: float = 1e-3
     ce_weighting: str = "elbo"
+    demo_ratio: float = 0.5
 
 
 # -- what each kind's factory builds ------------------------------------------------------
@@ -167,7 +168,12 @@ class CollatorStageProtocol(Protocol):
     :class:`~tide_plugin.batch.DistillBatch` (``"batch"``). ``requires`` and
     ``provides`` name chain capabilities (``padded``, ``noised``, ``comp_demo``)
     checked when the chain is built. A stage that draws random numbers also has
-    ``resume(batches_done)`` (:class:`ResumableStageProtocol`)."""
+    ``resume(batches_done)`` (:class:`ResumableStageProtocol`).
+
+    Optionally, the stage's class (the spec's factory) declares ``run_context``, a
+    mapping from its configuration keys to :class:`RunContext` fields, e.g.
+    ``{"mask_id": "student_mask_id", "seed": "seed"}``: the trainer fills those
+    keys from the run, whichever plugin provides the stage."""
 
     stage_input: str
     requires: frozenset[str]

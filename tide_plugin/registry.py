@@ -236,6 +236,16 @@ class Registry:
             raise UnknownPluginError(kind, name, [*table, *self._aliases[kind]])
         return table[canonical]
 
+    def check_name(self, kind: PluginKind, name: str, what: str) -> None:
+        """Raise ``ValueError`` if ``name`` is not registered for ``kind``, for config
+        validation: ``"<what> 'x' is not one of the registered <kind>s (...). Did you mean ...?"``."""
+        try:
+            self.resolve(kind, name)
+        except UnknownPluginError as exc:
+            close = difflib.get_close_matches(str(name), exc.available, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{what} {name!r} is not one of the registered {kind}s {tuple(exc.available)}.{hint}") from None
+
     def config_for(self, kind: PluginKind, name: str, **config: Any) -> dict[str, Any]:
         """The keywords :meth:`build` passes to the factory: the alias preset, then ``config``."""
         preset: Mapping[str, Any] = self.resolve(kind, name).spec.alias_config.get(name, {})

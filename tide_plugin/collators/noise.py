@@ -144,7 +144,7 @@ class NoiseConfig:
         _check_mask_id("teacher_mask_id", self.teacher_mask_id)
         from ..registry import get_registry
 
-        get_registry().resolve("masking_schedule", self.schedule)  # unknown: "did you mean", the registered names
+        get_registry().check_name("masking_schedule", self.schedule, "masking schedule")
         if not (isinstance(self.eps, (int, float)) and 0.0 <= float(self.eps) < 1.0):
             raise ValueError(f"eps must lie in [0, 1), got {self.eps!r}")
         if self.ce_weighting not in CE_WEIGHTINGS:
@@ -193,6 +193,15 @@ class Noise(SeededStage):
     stage_input = "batch"
     requires = frozenset({"padded"})
     provides = frozenset({"noised"})
+    run_context = {
+        "mask_id": "student_mask_id",
+        "teacher_mask_id": "teacher_mask_id",
+        "schedule": "masking_schedule",
+        "eps": "time_epsilon",
+        "ce_weighting": "ce_weighting",
+        "seed": "seed",
+    }
+    """Configuration filled from the run (:class:`~tide_plugin.hookspecs.RunContext`)."""
     salt = 0x6E6F697365  # "noise"
 
     def __init__(self, config: NoiseConfig | None = None, **kwargs: Any) -> None:
