@@ -48,17 +48,68 @@ def _trainer(cfg, n=32):
 
 
 def test_end_to_end_logs_every_part_and_saves_a_reloadable_student(tmp_path):
-    cfg = _config(tmp_path, use_comp_demo=True, gradient_accumulation_steps=2)
+    """Two SGD steps of two micro-batches each, checked against the same run rebuilt
+    from the primitives (student forward, teacher adapter, bd3lm_ce and the loss
+    functions, with lambda from SPEC 5.3's formula): every logged part, the logged
+    lambda and progress, and the parameters after both steps."""
+    import copy
+    import math
+
+    from tide_plugin.bd3lm import bd3lm_ce, block_diffusion_logits
+    from tide_plugin.objectives import functional as fn
+
+    lr = 0.05
+    cfg = _config(tmp_path, use_comp_demo=True, gradient_accumulation_steps=2, max_steps=2, logging_steps=1,
+                  optim="sgd", learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0)
     tr = _trainer(cfg)
-    before = [p.detach().clone() for p in tr.model.parameters()]
+
+    class Recording:  # the run's own collator, keeping a copy of every batch it hands out
+        def __init__(self, inner):
+            self.inner, self.batches = inner, []
+
+        def __call__(self, rows):
+            out = self.inner(rows)
+            self.batches.append(copy.deepcopy(out["distill_batch"]))
+            return out
+
+    tr.data_collator = Recording(tr.data_collator)
+    model = copy.deepcopy(tr.model)  # the student before training
     tr.train()
-    logs = [h for h in tr.state.log_history if "loss" in h]
-    assert [h["step"] for h in logs] == [2, 4]
-    for h in logs:
-        for key in ("ce", "kl", "tidal", "lambda/tidal", "progress"):
-            assert key in h and h[key] == h[key]  # present and not NaN
-    assert logs[0]["progress"] < logs[1]["progress"]
-    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    batches = tr.data_collator.batches[:4]  # the loader may collate one batch ahead
+    assert len(batches) == 4
+
+    def step(model, micro, progress):
+        """Loss of one optimizer step (as the gradient sees it) and the logged means."""
+        n_window = sum(int((b.labels != -100).sum()) for b in micro)
+        total, logs = 0.0, {"ce": 0.0, "kl": 0.0, "tidal": 0.0, "lambda/tidal": 0.0}
+        for b in micro:
+            zs = block_diffusion_logits(model, b.noisy_input_ids, b.input_ids, block_size=4,
+                                        attention_mask=b.attention_mask)
+            zt = tr.teacher(b)
+            maskable = b.labels != -100
+            ce_sum = bd3lm_ce(zs, b.input_ids, masked=b.masked, maskable=maskable, weight=b.ce_weight, denominator=1)
+            lam = (0.1 + 0.8 * (1 - math.cos(math.pi * progress)) / 2) * (1 - b.t)  # cosine decay, both axes
+            kl = fn.token_kl(zs, zt, b.masked, temperature=2.0, shared_vocab_size=V)
+            tidal = fn.tidal_kl(zs, zt, b.masked, lam, temperature=2.0, shared_vocab_size=V)
+            total = total + ce_sum / n_window + (kl + tidal) / len(micro)
+            for key, value in (("ce", ce_sum / maskable.sum()), ("kl", kl), ("tidal", tidal), ("lambda/tidal", lam.mean())):
+                logs[key] += float(value.detach()) / len(micro)
+        return total, logs
+
+    logged = [h for h in tr.state.log_history if "loss" in h]
+    assert [h["step"] for h in logged] == [1, 2]
+    params = [p for p in model.parameters() if p.requires_grad]
+    for k, progress in enumerate((0.0, 0.5)):  # progress = global_step / max_steps when the step ran
+        loss, want = step(model, batches[2 * k : 2 * k + 2], progress)
+        for key, value in want.items():
+            assert logged[k][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (k, key)
+        assert logged[k]["progress"] == progress
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= lr * g
+    for mine, theirs in zip(model.parameters(), tr.model.parameters()):
+        torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-4)
     assert not any(p.requires_grad for p in tr.teacher.model.parameters())
     out = tmp_path / "saved"
     tr.save_model(str(out))
