@@ -186,3 +186,47 @@ def test_tide_plugins_kind_filter_and_unknown_command():
     assert kinds == {"teacher"}
     bad = subprocess.run([sys.executable, "-m", "tide_plugin.cli", "distil"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command 'distil'" in bad.stderr and "distill" in bad.stderr
+
+
+def test_readme_chunk_objective_example_works(monkeypatch):
+    """The README's plugin example, run as written: registered, its requirements
+    read without building it, built, and its loss equal to the formula it states."""
+    import re
+    import types
+    from pathlib import Path
+
+    import torch
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("**A chunk objective, start to finish.**") :]
+    source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    module = types.ModuleType("readme_chunk_mse")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look their module up
+    exec(compile(source, "README.md", "exec"), module.__dict__)  # noqa: S102 - our own documentation
+    reg = Registry()
+    reg.register(module, distribution="readme-example")
+    assert reg.objective_config("chunk_mse").requirements == {"chunks"}
+    obj = reg.build("objective", "chunk_mse", temperature=1.5)
+    assert obj.units == {"chunk_mse": "active_chunks"}
+
+    g = torch.Generator().manual_seed(0)
+    b, length, v = 2, 6, 9
+    ids = torch.randint(0, v, (b, length), generator=g)
+    chunks = torch.tensor([[0, 0, 1, 2, 2, -1], [0, 1, 1, 1, -1, -1]])
+    batch = tide_plugin.DistillBatch(
+        pipeline="cross", input_ids=ids, labels=ids, attention_mask=torch.ones(b, length, dtype=torch.bool),
+        teacher_input_ids=ids, student_chunk_ids=chunks, teacher_chunk_ids=chunks, num_chunks=torch.tensor([3, 2]),
+        chunk_active=torch.tensor([[True, False, True], [True, True, False]]),
+    )
+    zs = torch.randn(b, length, v, generator=g, requires_grad=True)
+    zt = torch.randn(b, length, v, generator=g)
+    loss = obj(tide_plugin.DistillInputs(batch=batch, student_logits=zs, teacher_logits=zt))["chunk_mse"]
+    terms = []
+    for i in range(b):
+        lp_s = zs[i].log_softmax(-1).gather(-1, ids[i, :, None])[:, 0]
+        lp_t = zt[i].log_softmax(-1).gather(-1, ids[i, :, None])[:, 0]
+        for c in range(3):
+            if batch.chunk_active[i, c]:
+                sel = chunks[i] == c
+                terms.append((torch.exp(lp_s[sel].sum() / 1.5) - torch.exp(lp_t[sel].sum() / 1.5)) ** 2)
+    torch.testing.assert_close(loss, torch.stack(terms).mean())

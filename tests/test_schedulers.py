@@ -220,7 +220,7 @@ def test_third_party_schedules_are_selected_by_name(third_party_schedules):
     noise = tide_plugin.get_collator("noise", mask_id=999, schedule="square", seed=0)
     noised = noise(batch, t=torch.full((b,), 0.5))
     assert abs(noised.masked.float().mean().item() - 0.25) < 0.02
-    torch.testing.assert_close(noised.ce_weight, torch.full((b,), 1.0 / (0.25 + 1e-6)))  # -alpha'/(1-alpha) = 2t/t^2
+    torch.testing.assert_close(noised.ce_time_weight, torch.full((b,), 1.0 / (0.25 + 1e-6)))  # -alpha'/(1-alpha) = 2t/t^2
 
     # strength: lambda = 0.7 whatever the progress, omega = 2 - t
     g = torch.Generator().manual_seed(0)

@@ -87,7 +87,7 @@ def test_end_to_end_logs_every_part_and_saves_a_reloadable_student(tmp_path):
                                         attention_mask=b.attention_mask)
             zt = tr.teacher(b)
             maskable = b.labels != -100
-            ce_sum = bd3lm_ce(zs, b.input_ids, masked=b.masked, maskable=maskable, weight=b.ce_weight, denominator=1)
+            ce_sum = bd3lm_ce(zs, b.input_ids, masked=b.masked, maskable=maskable, weight=b.ce_time_weight, denominator=1)
             lam = (0.1 + 0.8 * (1 - math.cos(math.pi * progress)) / 2) * (1 - b.t)  # cosine decay, both axes
             kl = fn.token_kl(zs, zt, b.masked, temperature=2.0, shared_vocab_size=V)
             tidal = fn.tidal_kl(zs, zt, b.masked, lam, temperature=2.0, shared_vocab_size=V)

@@ -2,9 +2,9 @@
 of SPEC 3.4. ``DistillBatch -> DistillBatch``.
 
 Per example ``t ~ U[eps, 1)``; ``p = 1 - alpha(t)`` from the masking schedule
-(``linear`` or ``cosine``, built by name through the scheduler registry);
+(``linear``, ``cosine`` or a third party's, built by name through the registry);
 ``maskable = labels != -100``; ``masked = (u < p) & maskable``;
-``x_t = where(masked, m_S, x0)``; ``ce_weight = w(t)`` (``elbo``: ``-alpha'/(1-alpha)``,
+``x_t = where(masked, m_S, x0)``; ``ce_time_weight = w(t)`` (``elbo``: ``-alpha'/(1-alpha)``,
 or ``uniform``: 1).
 
 Teacher side, by pipeline:
@@ -17,7 +17,7 @@ Teacher side, by pipeline:
   hold no prompt (label -100) token.
 
 Fills (shapes): ``t`` ``[b]`` float32, ``masked`` ``[b, L]`` bool,
-``noisy_input_ids`` ``[b, L]``, ``ce_weight`` ``[b]`` float32, ``teacher_masked``
+``noisy_input_ids`` ``[b, L]``, ``ce_time_weight`` ``[b]`` float32, ``teacher_masked``
 ``[b, L_T]`` bool, ``teacher_noisy_ids`` ``[1, b, L_T]`` (``L_T = L`` for same),
 ``chunk_active`` ``[b, C]`` bool (cross, ``C = max num_chunks``).
 
@@ -277,7 +277,7 @@ class Noise(SeededStage):
         batch.masked = masked
         batch.noisy_input_ids = torch.where(masked, torch.full_like(x0, cfg.mask_id), x0)
         w = torch.ones_like(t) if cfg.ce_weighting == "uniform" else self.scheduler.elbo_weight(t)
-        batch.ce_weight = torch.as_tensor(w, dtype=torch.float32).to(dev)
+        batch.ce_time_weight = torch.as_tensor(w, dtype=torch.float32).to(dev)
         batch.teacher_masked = teacher_masked
         batch.teacher_noisy_ids = torch.where(teacher_masked, torch.full_like(y0, m_t), y0).unsqueeze(0)
         batch.teacher_view_index = None

@@ -115,7 +115,7 @@ class DistillLossMixin:
             attention_mask=batch.attention_mask,
         )
         maskable = batch.labels != -100
-        weight = batch.ce_weight if args.ce_weighting == "elbo" else None
+        weight = batch.ce_time_weight if args.ce_weighting == "elbo" else None
         denominator = None
         if model.training and self._tide_window is not None:
             denominator = self._tide_window[0] if args.loss_norm_type == "token" else self._tide_window[1]
