@@ -22,6 +22,7 @@ HOOK_NAMES = sorted(
 def test_every_hook_is_a_kind_and_every_kind_a_hook():
     assert HOOK_NAMES == sorted(HOOKS_BY_KIND.values())
     assert set(HOOKS_BY_KIND) == set(KINDS)
+    assert set(PROTOCOL_BY_KIND) == set(KINDS), "every kind states what its factory builds"
 
 
 @pytest.mark.parametrize("hook_name", HOOK_NAMES)

@@ -240,3 +240,46 @@ def test_third_party_schedules_are_selected_by_name(third_party_schedules):
         tide_plugin.get_collator("noise", mask_id=999, schedule="squares")
     with pytest.raises(UnknownPluginError, match="unknown strength_schedule 'constant'"):
         tide_plugin.get_objective("tidal_calm", schedule="constant")
+
+
+def test_third_party_schedules_drive_a_training_run(third_party_schedules, tmp_path):
+    """Through ``DistillConfig`` and the trainer: the masking schedule named by
+    ``masking_schedule`` noises the batches, the strength schedule named in the
+    objective's configuration sets the lambda the run logs."""
+    from _distill_helpers import EOS, MASK, V, synthetic_rows
+
+    from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
+    from tide_plugin.training import DistillConfig, build_trainer
+
+    cfg = DistillConfig(
+        output_dir=str(tmp_path / "run"), objective="tidal", pipeline="same", shared_vocab_size=V, block_size=4,
+        masking_schedule="square", objective_config={"tidal": {"schedule": "constant_strength", "value": 0.7}},
+        max_steps=1, logging_steps=1, per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True,
+        use_cpu=True, dataloader_pin_memory=False, report_to="none",
+    )
+    tr = build_trainer(cfg, student=tiny_qwen3(V, seed=0), teacher_model=tiny_qwen3_moe(V, seed=1),
+                       train_dataset=synthetic_rows(8), student_mask_id=MASK, student_eos_id=EOS)
+    noise = tr.data_collator.chain.stage("noise")
+    assert type(noise.scheduler).__name__ == "Square"
+    assert type(tr.objective.schedule).__name__ == "Constant"
+    tr.train()
+    logged = next(h for h in tr.state.log_history if "tidal" in h)
+    assert logged["lambda/tidal"] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="masking_schedule 'squre' is not one of the registered .*Did you mean 'square'"):
+        DistillConfig(output_dir=str(tmp_path / "bad"), objective="tidal", pipeline="same", masking_schedule="squre",
+                      use_cpu=True)
+
+
+@pytest.mark.parametrize(("typed", "weighting"), [("scheduler", "elbo"), ("elbo", "elbo"), ("uniform", "uniform")])
+def test_loss_weight_type_speaks_the_noise_stage_names(typed, weighting, tmp_path):
+    """``loss_weight_type`` takes ``elbo`` or ``uniform``; dllm's ``scheduler`` stays
+    accepted (and the default) and means ``elbo``; the noise stage gets the same name."""
+    from tide_plugin.training import DistillConfig, build_collator
+
+    cfg = DistillConfig(output_dir=str(tmp_path), objective="kl", pipeline="same", loss_weight_type=typed, use_cpu=True)
+    assert cfg.ce_weighting == weighting
+    chain = build_collator(cfg, student_eos_id=5, student_mask_id=6, teacher_mask_id=None).chain
+    assert chain.stage("noise").config.ce_weighting == weighting
+    assert DistillConfig(output_dir=str(tmp_path), objective="kl", pipeline="same", use_cpu=True).ce_weighting == "elbo"
+    with pytest.raises(ValueError, match=r"loss_weight_type 'sum' is not one of \('elbo', 'uniform'\)"):
+        DistillConfig(output_dir=str(tmp_path), objective="kl", pipeline="same", loss_weight_type="sum", use_cpu=True)

@@ -257,11 +257,12 @@ class Registry:
         the kind's protocol (:data:`tide_plugin.hookspecs.PROTOCOL_BY_KIND`)."""
         info = self.resolve(kind, name)
         built = info.spec.factory(**self.config_for(kind, name, **config))
-        missing = missing_members(built, PROTOCOL_BY_KIND[kind])
+        protocol = PROTOCOL_BY_KIND.get(kind)  # every kind has one; a kind being added may not yet
+        missing = missing_members(built, protocol) if protocol is not None else []
         if missing:
             raise PluginContractError(
                 f"{kind} {info.name!r} from distribution {info.distribution!r} built a {type(built).__name__} "
-                f"that lacks {missing} of {PROTOCOL_BY_KIND[kind].__name__}"
+                f"that lacks {missing} of {protocol.__name__}"
             )
         return built
 

@@ -17,7 +17,9 @@ from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
 PIPELINES = ("same", "shared", "cross")
 LOSS_WEIGHT_TYPES = ("elbo", "uniform")
 LOSS_WEIGHT_ALIASES = {"scheduler": "elbo"}
-"""dllm's name for the ELBO weighting, accepted as typed (dllm reads the field too)."""
+"""dllm's name for the ELBO weighting. It stays the field's default and is kept as
+typed, because dllm's own config checks the field against its names; the code reads
+:attr:`DistillArguments.ce_weighting`, which speaks the ``noise`` stage's names."""
 TIDAL_FIELDS = {
     "taid_lambda_init": "lambda_init",
     "taid_lambda_max": "lambda_max",
@@ -93,7 +95,8 @@ class DistillArguments:
     masking_schedule: str = field(default="linear", metadata={"help": "alpha(t): linear | cosine"})
     time_epsilon: float = field(default=1e-3, metadata={"help": "t ~ U[eps, 1)"})
     loss_weight_type: str = field(
-        default="elbo", metadata={"help": "per-example CE weight: elbo (w(t); alias scheduler, dllm's name) | uniform"}
+        default="scheduler",
+        metadata={"help": "per-example CE weight: scheduler (dllm's name) = elbo, w(t) from the masking schedule | uniform"},
     )
     loss_norm_type: str = field(default="token", metadata={"help": "CE normalisation: token | sequence | batch"})
     right_shift_logits: bool = field(default=False, metadata={"help": "(dllm compatibility; must stay False)"})
