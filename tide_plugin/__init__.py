@@ -10,10 +10,12 @@ Public API::
 Everything a plugin author needs is exported here: the hook markers and
 :class:`PluginSpec`, the protocols of what each kind builds, the objective base
 class and its helpers, the batch structures an objective reads, and the masking
-schedule base class. The registry reads entry points on first use, never at import.
+schedule base class. The registry reads entry points on first use, never at
+import; the names that need torch are imported when first used.
 """
 
-from .batch import DistillBatch, DistillInputs, PipelineInfo
+from typing import TYPE_CHECKING, Any
+
 from .hookspecs import (
     KINDS,
     REQUIREMENTS,
@@ -33,17 +35,6 @@ from .hookspecs import (
     hookimpl,
     hookspec,
 )
-from .objectives import functional
-from .objectives.base import (
-    ComposedObjective,
-    Objective,
-    PipelineMismatchError,
-    check_requirements,
-    check_temperature_weight,
-    unit_count,
-)
-from .objectives.calm import active_chunk_log_probs
-from .objectives.kl import token_rows
 from .registry import (
     DuplicatePluginError,
     PluginContractError,
@@ -60,7 +51,49 @@ from .registry import (
     get_teacher,
     objective_requirements,
 )
-from .schedulers.masking import MaskingSchedule
+
+# The names below need torch: they are imported on first access, so that
+# `import tide_plugin` (and the `tide` command's start) stays light.
+_LAZY: dict[str, str] = {
+    "DistillBatch": "tide_plugin.batch",
+    "DistillInputs": "tide_plugin.batch",
+    "PipelineInfo": "tide_plugin.batch",
+    "ComposedObjective": "tide_plugin.objectives.base",
+    "Objective": "tide_plugin.objectives.base",
+    "PipelineMismatchError": "tide_plugin.objectives.base",
+    "check_requirements": "tide_plugin.objectives.base",
+    "check_temperature_weight": "tide_plugin.objectives.base",
+    "unit_count": "tide_plugin.objectives.base",
+    "active_chunk_log_probs": "tide_plugin.objectives.calm",
+    "token_rows": "tide_plugin.objectives.kl",
+    "MaskingSchedule": "tide_plugin.schedulers.masking",
+}
+
+if TYPE_CHECKING:
+    from .batch import DistillBatch, DistillInputs, PipelineInfo
+    from .objectives import functional
+    from .objectives.base import (
+        ComposedObjective,
+        Objective,
+        PipelineMismatchError,
+        check_requirements,
+        check_temperature_weight,
+        unit_count,
+    )
+    from .objectives.calm import active_chunk_log_probs
+    from .objectives.kl import token_rows
+    from .schedulers.masking import MaskingSchedule
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "functional":
+        return importlib.import_module("tide_plugin.objectives.functional")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tide_plugin' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
