@@ -231,3 +231,23 @@ def test_readme_chunk_objective_example_works(monkeypatch):
                 sel = chunks[i] == c
                 terms.append((torch.exp(lp_s[sel].sum() / 1.5) - torch.exp(lp_t[sel].sum() / 1.5)) ** 2)
     torch.testing.assert_close(loss, torch.stack(terms).mean())
+
+
+def test_package_root_exports_resolve_and_stay_light():
+    for name in tide_plugin.__all__:
+        assert getattr(tide_plugin, name) is not None, name
+    code = "import sys, tide_plugin; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False", "import tide_plugin must not import torch (the tide command starts light)"
+
+
+def test_example_plugin_imports_only_the_package_root():
+    import ast
+    from pathlib import Path
+
+    import tide_plugin_example.jensen_shannon as example
+
+    tree = ast.parse(Path(example.__file__).read_text())
+    ours = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("tide_plugin")}
+    ours |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name.startswith("tide_plugin")}
+    assert ours == {"tide_plugin"}

@@ -67,6 +67,8 @@ _LAZY: dict[str, str] = {
     "active_chunk_log_probs": "tide_plugin.objectives.calm",
     "token_rows": "tide_plugin.objectives.kl",
     "MaskingSchedule": "tide_plugin.schedulers.masking",
+    "TeacherAdapter": "tide_plugin.teachers.base",
+    "TeacherConfig": "tide_plugin.teachers.base",
 }
 
 if TYPE_CHECKING:
@@ -83,6 +85,7 @@ if TYPE_CHECKING:
     from .objectives.calm import active_chunk_log_probs
     from .objectives.kl import token_rows
     from .schedulers.masking import MaskingSchedule
+    from .teachers.base import TeacherAdapter, TeacherConfig
 
 
 def __getattr__(name: str) -> Any:
@@ -123,6 +126,8 @@ __all__ = [
     "ResumableStageProtocol",
     "RunContext",
     "StrengthScheduleProtocol",
+    "TeacherAdapter",
+    "TeacherConfig",
     "TeacherProtocol",
     "Unit",
     "UnknownPluginError",

@@ -192,7 +192,7 @@ class ResumableStageProtocol(Protocol):
 
 @runtime_checkable
 class TeacherProtocol(Protocol):
-    """A teacher adapter (base class ``tide_plugin.teachers.base.TeacherAdapter``):
+    """A teacher adapter (base class :class:`tide_plugin.TeacherAdapter`):
     ``__call__(batch)`` returns teacher logits ``[b, L_T, V_T]`` under ``no_grad``,
     views merged; ``mask_token_id`` is ``m_T`` (or ``None`` when unknown)."""
 
