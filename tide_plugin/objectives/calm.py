@@ -94,6 +94,7 @@ class Calm(Objective):
 
     name = "calm"
     requires = frozenset({"chunks"})
+    unit = "active_chunks"  # what the part is a mean over
 
     def __init__(self, **config) -> None:
         self.config = CalmConfig(**config)

@@ -83,6 +83,7 @@ class TokenKL(Objective):
         self.config = KLConfig(**config)
         self.weight = self.config.weight
         self.requires = frozenset({"pairs"} if self.config.aligned else {"token_alignment"})
+        self.unit = "pairs" if self.config.aligned else "masked_rows"  # what the part is a mean over
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         b_idx, s_pos, t_pos = token_rows(inputs, self.config.aligned, self.name)

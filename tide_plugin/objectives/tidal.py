@@ -105,6 +105,7 @@ class TokenTidal(_TidalBase):
         super().__init__(**config)
         align = "pairs" if self.config.aligned else "token_alignment"
         self.requires = frozenset({align, "timestep", "progress"})
+        self.unit = "pairs" if self.config.aligned else "masked_rows"  # what the part is a mean over
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         b_idx, s_pos, t_pos = token_rows(inputs, self.config.aligned, self.name)
@@ -130,6 +131,7 @@ class ChunkTidal(_TidalBase):
     name = "tidal_calm"
     config_cls = TidalCalmConfig
     requires = frozenset({"chunks", "timestep", "progress"})
+    unit = "active_chunks"  # what the part is a mean over
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         lp_s, lp_t, active = active_chunk_log_probs(inputs, self.name)
