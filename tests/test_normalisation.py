@@ -64,6 +64,8 @@ def test_a_window_without_units_adds_zero_not_nan(tmp_path):
     torch.testing.assert_close(window_gradient(tr, tr.model, halves), window_gradient(tr, tr.model, [full]))
     only_empty = window_gradient(tr, tr.model, [halves[0]])
     assert torch.isfinite(only_empty).all() and only_empty.abs().max() == 0
+    loss, _ = tr.distill_forward(tr.model, halves[0])  # the window counted above: no unit at all
+    assert float(loss) == 0.0
 
 
 def test_window_arithmetic_by_hand():
