@@ -42,8 +42,14 @@ def main(out: str) -> None:
         student_mask_id=MASK,
         student_eos_id=EOS,
     )
+    seen = []  # the batches this rank collated, in order
+    chain = trainer.data_collator.chain
+    trainer.data_collator.chain = lambda rows: seen.append(chain(rows)) or seen[-1]
     trainer.train()
+    trainer.data_collator.chain = chain
     rank = trainer.args.process_index
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    accumulation = trainer.args.gradient_accumulation_steps
     first_batch = trainer.data_collator(synthetic_rows(2, seed=9))["distill_batch"]
     report = {
         "rank": rank,
@@ -53,6 +59,11 @@ def main(out: str) -> None:
         "initial": initial,
         "logged_steps": [h["step"] for h in trainer.state.log_history if "loss" in h],
         "noise_masked": first_batch.masked.tolist(),
+        "local_masked_tokens": [
+            sum(b.stats["masked_tokens"] for b in seen[i * accumulation : (i + 1) * accumulation]) for i in range(len(logs))
+        ],
+        "logged_masked_tokens": [h["stats/masked_tokens"] for h in logs],
+        "logged_ce": [h["ce"] for h in logs],
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
 

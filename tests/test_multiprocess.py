@@ -49,6 +49,10 @@ def test_two_cpu_processes_train_in_sync(tmp_path):
     assert reports[0]["checksum"] == reports[1]["checksum"]  # DDP kept the replicas identical
     assert reports[0]["checksum"] != reports[0]["initial"]  # and they trained
     assert reports[0]["noise_masked"] != reports[1]["noise_masked"]  # ranks draw their own noise
+    # counters are summed over both ranks' batches, parts averaged over ranks: every rank logs the same
+    both = [a + b for a, b in zip(reports[0]["local_masked_tokens"], reports[1]["local_masked_tokens"])]
+    assert reports[0]["logged_masked_tokens"] == reports[1]["logged_masked_tokens"] == both
+    assert reports[0]["logged_ce"] == reports[1]["logged_ce"]
     import torch
 
     for pipeline in ("same", "cross"):
