@@ -148,7 +148,7 @@ def _tokenizer(spec: str) -> Any:
         tok = copy.deepcopy(tokenizer("qwen"))
         tok.chat_template = ALT_TEMPLATE
         return tok
-    from ..collators.preprocess import load_tokenizer
+    from ..alignment.preprocess import load_tokenizer
 
     return load_tokenizer(spec)
 
@@ -187,7 +187,7 @@ def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.n
 
 
 def _dataset(run: Mapping[str, Any], config: DistillConfig, student_tok: Any, teacher_tok: Any) -> Any:
-    from ..collators.preprocess import DEMO_DATA, load_jsonl, preprocess
+    from ..alignment.preprocess import DEMO_DATA, load_jsonl, preprocess
 
     data = run.get("data")
     if data and Path(data).is_dir():
@@ -224,7 +224,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     config = DistillConfig(**options)
     student_tok = _tokenizer(run.get("student_tokenizer") or "offline:qwen")
     teacher_tok = _tokenizer(run.get("teacher_tokenizer") or "offline:mistral")
-    from ..collators.alignment import resolve_mask_id
+    from ..alignment import resolve_mask_id
 
     student_mask = resolve_mask_id(student_tok)
     if config.teacher_mask_token_id is None and config.pipeline != "same":
