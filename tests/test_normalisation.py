@@ -155,7 +155,8 @@ def test_dllm_nll_and_ppl_match_dllms_formula(tmp_path):
             logits = block_diffusion_logits(tr.model, b.noisy_input_ids, b.input_ids, block_size=4,
                                             attention_mask=b.attention_mask)
             token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), b.input_ids, reduction="none")
-            token_nll = token_nll * b.ce_weight[:, None] * b.masked
+            w = 1.0 / (1.0 - (1.0 - b.t) + 1e-6)  # SPEC 1.6, linear alpha(t) = 1 - t: -alpha' / (1 - alpha + 1e-6)
+            token_nll = token_nll * w[:, None] * b.masked
             maskable = (b.labels != -100).float()
             num += float((token_nll * maskable).sum())
             den += float(maskable.sum())
