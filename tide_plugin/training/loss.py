@@ -100,8 +100,11 @@ class DistillLossMixin:
 
     # -- the step -----------------------------------------------------------------------
     def distill_forward(self, model: torch.nn.Module, batch: DistillBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(loss, parts)``: parts holds ``ce`` (per micro-batch normalisation, for
-        logging) and every objective part, all scalars with the graph."""
+        """``(loss, logged)``. ``loss`` is trained on: in training, after
+        :meth:`get_batch_samples` counted the window, CE and every objective part are
+        normalised over the window's units (:mod:`~tide_plugin.training.normalise`).
+        ``logged`` holds ``ce`` and every part with the micro-batch's own normalisation
+        (what the reference logs; detached scalars), and ``lambda/<objective>``."""
         args = self.args
         if batch.noisy_input_ids is None or batch.masked is None:
             raise ValueError("the batch is not noised: put 'noise' in the collator chain")
