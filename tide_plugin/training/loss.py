@@ -137,6 +137,7 @@ class DistillLossMixin:
         # Logged: every term with its micro-batch's own normalisation (as the reference logs).
         logged: dict[str, Tensor] = {"ce": ce.detach()}
         if denominator is not None:
+            # max(1, .): the micro-batch's own CE divides by it too (ce_from_nll)
             local = maskable.sum().clamp_min(1) if args.loss_norm_type == "token" else batch.batch_size
             logged["ce"] = ce.detach() * (denominator / local)
         logged.update({k: v.detach() for k, v in parts.items()})
