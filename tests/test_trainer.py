@@ -79,8 +79,11 @@ def test_end_to_end_logs_every_part_and_saves_a_reloadable_student(tmp_path):
     assert len(batches) == 4
 
     def step(model, micro, progress):
-        """Loss of one optimizer step (as the gradient sees it) and the logged means."""
+        """Loss of one optimizer step (as the gradient sees it: every term summed over the
+        window and divided by the window's count of its units) and the logged means (each
+        micro-batch normalised by its own count, averaged over the window)."""
         n_window = sum(int((b.labels != -100).sum()) for b in micro)
+        rows_window = sum(int(b.masked.sum()) for b in micro)  # kl's and tidal's unit: masked rows (SPEC 2.1)
         total, logs = 0.0, {"ce": 0.0, "kl": 0.0, "tidal": 0.0, "lambda/tidal": 0.0}
         for b in micro:
             zs = block_diffusion_logits(model, b.noisy_input_ids, b.input_ids, block_size=4,
@@ -91,7 +94,7 @@ def test_end_to_end_logs_every_part_and_saves_a_reloadable_student(tmp_path):
             lam = (0.1 + 0.8 * (1 - math.cos(math.pi * progress)) / 2) * (1 - b.t)  # cosine decay, both axes
             kl = fn.token_kl(zs, zt, b.masked, temperature=2.0, shared_vocab_size=V)
             tidal = fn.tidal_kl(zs, zt, b.masked, lam, temperature=2.0, shared_vocab_size=V)
-            total = total + ce_sum / n_window + (kl + tidal) / len(micro)
+            total = total + ce_sum / n_window + (kl + tidal) * int(b.masked.sum()) / rows_window
             for key, value in (("ce", ce_sum / maskable.sum()), ("kl", kl), ("tidal", tidal), ("lambda/tidal", lam.mean())):
                 logs[key] += float(value.detach()) / len(micro)
         return total, logs

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..batch import PipelineInfo
 from ..training.config import DistillArguments
-from ..training.loss import DistillLossMixin
+from ..training.loss import DistillLossMixin, dllm_nll_update
 
 try:
     from dllm.core.trainers import BD3LMConfig, BD3LMTrainer
@@ -56,8 +56,16 @@ class DllmDistillConfig(DistillArguments, BD3LMConfig):
 
 class DllmDistillBD3LMTrainer(DistillLossMixin, BD3LMTrainer):
     """TIDE distillation on dllm's ``BD3LMTrainer``; arguments as
-    :class:`~tide_plugin.training.DistillBD3LMTrainer`."""
+    :class:`~tide_plugin.training.DistillBD3LMTrainer`.
+
+    dllm's own metrics (``nll``, ``ppl`` and their ``eval_`` forms, reported by dllm's
+    callback when the trainer evaluates) are fed every step as dllm feeds them
+    (:func:`~tide_plugin.training.loss.dllm_nll_update`)."""
 
     def __init__(self, *args: Any, teacher: Any, objective: Any, pipeline_info: PipelineInfo, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.setup_distillation(teacher=teacher, objective=objective, pipeline_info=pipeline_info)
+
+    def record_nll(self, training: bool, row_nll: Any, maskable: Any) -> None:
+        value, weight = dllm_nll_update(row_nll, maskable)
+        self.meter.update(split="train" if training else "eval", value=value, weight=weight)

@@ -24,9 +24,10 @@ import transformers
 from torch import Tensor
 
 from ..batch import DistillBatch, DistillInputs, PipelineInfo
-from ..bd3lm import bd3lm_ce, block_diffusion_logits, unwrap_model
+from ..bd3lm import bd3lm_nll, block_diffusion_logits, ce_from_nll, unwrap_model
 from ..checkpoints import TIDE_CONFIG_NAME
 from ..hookspecs import ResumableStageProtocol
+from .normalise import count_units, normalise_parts, part_units, window_denominators, window_units
 
 def _distill_batch(inputs: Any) -> DistillBatch:
     if isinstance(inputs, DistillBatch):
@@ -72,38 +73,39 @@ class DistillLossMixin:
         self.model_accepts_loss_kwargs = False
         if hasattr(self, "loss_is_scaled_for_ga"):
             self.loss_is_scaled_for_ga = False
-        self._tide_window: tuple[Tensor, Tensor] | None = None
+        self._tide_units = part_units(objective)  # part -> unit; fails when built, not at step 1
+        self._tide_window: dict[str, Tensor] | None = None
         self._tide_sums: dict[str, Tensor] = {}
+        self._tide_stats: dict[str, Any] = {}
         self._tide_count = 0
 
     # -- counting the gradient-accumulation window -----------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
+        """Count every term's units (CE's and each objective part's) over the window and
+        all ranks, on the device: no host sync here or per micro-step (SPEC 2.1, ours)."""
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
-        device = self.args.device
-        counts = torch.zeros(2, dtype=torch.float64, device=device)
+        batches = []
         for sample in batch_samples:
             try:
-                b = _distill_batch(sample)
+                batches.append(_distill_batch(sample))
             except TypeError:
                 continue
-            # device-side arithmetic only: no host sync here or per micro-step
-            counts[0] += (b.labels != -100).sum().to(device)
-            counts[1] += b.batch_size
-        micro = max(len(batch_samples), 1)
+        units = window_units(self._tide_units)
+        counts = count_units(batches, units, self.args.device)
         world = self.accelerator.num_processes
         if world > 1:
             counts = self.accelerator.gather(counts[None]).sum(0)
-        # Denominator per micro-batch such that, after the Trainer divides by the
-        # accumulation steps and DDP averages over ranks, the gradient is sum / N_global
-        # (max(1, .): a window without any target contributes 0, not NaN).
-        window = counts.clamp_min(1.0) / (micro * world)
-        self._tide_window = (window[0].float(), window[1].float())
+        denominators = window_denominators(counts, len(batch_samples), world)
+        self._tide_window = dict(zip(units, denominators.unbind()))
         return batch_samples, num_items
 
     # -- the step -----------------------------------------------------------------------
     def distill_forward(self, model: torch.nn.Module, batch: DistillBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(loss, parts)``: parts holds ``ce`` (per micro-batch normalisation, for
-        logging) and every objective part, all scalars with the graph."""
+        """``(loss, logged)``. ``loss`` is trained on: in training, after
+        :meth:`get_batch_samples` counted the window, CE and every objective part are
+        normalised over the window's units (:mod:`~tide_plugin.training.normalise`).
+        ``logged`` holds ``ce`` and every part with the micro-batch's own normalisation
+        (what the reference logs; detached scalars), and ``lambda/<objective>``."""
         args = self.args
         if batch.noisy_input_ids is None or batch.masked is None:
             raise ValueError("the batch is not noised: put 'noise' in the collator chain")
@@ -116,18 +118,13 @@ class DistillLossMixin:
         )
         maskable = batch.labels != -100
         weight = batch.ce_time_weight if args.ce_weighting == "elbo" else None
+        window = self._tide_window if model.training else None
         denominator = None
-        if model.training and self._tide_window is not None:
-            denominator = self._tide_window[0] if args.loss_norm_type == "token" else self._tide_window[1]
-        ce = bd3lm_ce(
-            student_logits,
-            batch.input_ids,
-            masked=batch.masked,
-            maskable=maskable,
-            weight=weight,
-            norm=args.loss_norm_type,
-            denominator=denominator,
-        )
+        if window is not None:
+            denominator = window["maskable_tokens" if args.loss_norm_type == "token" else "sequences"]
+        row_nll = bd3lm_nll(student_logits, batch.input_ids, masked=batch.masked, maskable=maskable, weight=weight)
+        self.record_nll(model.training, row_nll.detach(), maskable)
+        ce = ce_from_nll(row_nll, maskable, norm=args.loss_norm_type, denominator=denominator)
         teacher_logits = self.teacher(batch)
         progress = self.state.global_step / max(self.state.max_steps, 1)
         inputs = DistillInputs(
@@ -138,16 +135,25 @@ class DistillLossMixin:
             shared_vocab_size=args.shared_vocab_size,
         )
         parts = self.objective(inputs)
-        loss = ce * float(args.ce_weight)
-        for value in parts.values():
-            loss = loss + value
+        # Logged: every term with its micro-batch's own normalisation (as the reference logs).
         logged: dict[str, Tensor] = {"ce": ce.detach()}
-        if denominator is not None:  # report CE with this micro-batch's own normalisation
+        if denominator is not None:
+            # max(1, .): the micro-batch's own CE divides by it too (ce_from_nll)
             local = maskable.sum().clamp_min(1) if args.loss_norm_type == "token" else batch.batch_size
             logged["ce"] = ce.detach() * (denominator / local)
         logged.update({k: v.detach() for k, v in parts.items()})
         logged.update({k: v.detach() for k, v in self.objective.metrics(inputs).items()})  # e.g. lambda/tidal
+        if window is not None:  # trained on: every part over the window's units, like CE
+            parts = normalise_parts(parts, batch, self._tide_units, window)
+        loss = ce * float(args.ce_weight)
+        for value in parts.values():
+            loss = loss + value
         return loss, logged
+
+    def record_nll(self, training: bool, row_nll: Tensor, maskable: Tensor) -> None:
+        """Called every step with the CE numerator ``[b]`` (:func:`~tide_plugin.bd3lm.bd3lm_nll`,
+        detached) and ``maskable`` ``[b, L]``: a hook for trainers that keep their own
+        metrics (the dllm-based trainer feeds dllm's NLL/PPL meter). Nothing by default."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):  # noqa: ARG002
         batch = _distill_batch(inputs).to(self.args.device)
@@ -156,19 +162,34 @@ class DistillLossMixin:
             for k, v in logged.items():
                 v = v.float()
                 self._tide_sums[k] = self._tide_sums[k] + v if k in self._tide_sums else v
+            for k, v in batch.stats.items():  # host floats from the collators: no sync
+                self._tide_stats[k] = self._tide_stats.get(k, 0.0) + v
             self._tide_count += 1
             self._tide_progress = self.state.global_step / max(self.state.max_steps, 1)
         return (loss, {"parts": logged}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """At logging steps: each part's mean over the micro-batches since the last log
+        (and over ranks), and ``stats/<name>``: the collators' counters (dropped pairs and
+        chunks, masked tokens, CompDemo A/B sizes, truncated examples, ...) summed over
+        those batches and all ranks. One device sync."""
         if "loss" in logs and self._tide_count:
-            keys = list(self._tide_sums)
-            values = (torch.stack([self._tide_sums[k] for k in keys]) / self._tide_count).tolist()  # one sync
-            for k, v in zip(keys, values):
-                logs[k] = float(v)
+            logs.update(self._tide_logs())
             logs["progress"] = float(getattr(self, "_tide_progress", 0.0))
-            self._tide_sums, self._tide_count = {}, 0
+            self._tide_sums, self._tide_stats, self._tide_count = {}, {}, 0
         super().log(logs, *args, **kwargs)
+
+    def _tide_logs(self) -> dict[str, float]:
+        device = self.args.device
+        means = [self._tide_sums[k].to(device) / self._tide_count for k in self._tide_sums]
+        stats = [torch.as_tensor(v, dtype=torch.float32).to(device) for v in self._tide_stats.values()]
+        values = torch.stack(means + stats) if means or stats else torch.zeros(0, device=device)
+        world = self.accelerator.num_processes
+        if world > 1:  # every rank logs the same keys (one pipeline), so the shapes agree
+            values = self.accelerator.reduce(values, reduction="sum")
+            values[: len(means)] /= world
+        keys = list(self._tide_sums) + [f"stats/{k}" for k in self._tide_stats]
+        return dict(zip(keys, (float(v) for v in values.tolist())))  # the one sync
 
     # -- resume: continue the collators' random streams ------------------------------------
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
@@ -198,6 +219,24 @@ class DistillLossMixin:
         out = Path(output_dir or self.args.output_dir)
         info = tide_config(self.args, unwrap_model(self.model), getattr(self, "processing_class", None))
         (out / TIDE_CONFIG_NAME).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def dllm_nll_update(row_nll: Tensor, maskable: Tensor) -> tuple[Tensor, Tensor]:
+    """``(value, weight)`` for one step of dllm's NLL/PPL meter, filled as dllm's own
+    ``MDLMTrainer``/``BD3LMTrainer`` fill it.
+
+    dllm updates a weighted mean with the per-token NLL ``CE * w(t) * masked`` ``[b, L]``
+    and the weight ``maskable`` ``[b, L]``; its NLL is ``sum(NLL) / sum(maskable)`` over all
+    updates (and ranks), its PPL ``exp(NLL)``. A weighted mean keeps only
+    ``sum(value * weight)`` and ``sum(weight)``, so the pair ``(sum / max(1, n), n)`` (``n``
+    the maskable count; ``max(1, .)``: a step without targets adds 0 to both) accumulates
+    the same, without a ``[b, L]`` tensor.
+
+    :param row_nll: ``[b]`` float32 (:func:`~tide_plugin.bd3lm.bd3lm_nll`).
+    :param maskable: ``[b, L]`` bool. :return: two float32 scalars.
+    """
+    n = maskable.sum().float()
+    return row_nll.sum().float() / n.clamp_min(1), n
 
 
 def tide_config(args: Any, model: torch.nn.Module, tokenizer: Any = None) -> dict[str, Any]:

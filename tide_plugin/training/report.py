@@ -17,7 +17,7 @@ def write_metrics(trainer: transformers.Trainer, output_dir: str | os.PathLike[s
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = next((h for h in reversed(trainer.state.log_history) if "train_runtime" in h), {})
     skip = {"loss", "grad_norm", "learning_rate", "epoch", "step", "progress"}
-    parts = sorted({k for h in history for k in h if k not in skip and not k.startswith("lambda/")})
+    parts = sorted({k for h in history for k in h if k not in skip and not k.startswith(("lambda/", "stats/"))})
     metrics = {
         "history": history,
         "parts": parts,
