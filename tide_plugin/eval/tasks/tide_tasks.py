@@ -76,16 +76,20 @@ def hellaswag_docs(dataset: Any) -> Any:
 
 # ------------------------------------------------------------------------- MBPP
 
-_FENCED = re.compile(r"```(?:\w+)?\n?(.*?)\n?```", re.DOTALL)
+_FENCE_OPEN = re.compile(r"```[\w+-]*[ \t]*\n")
 
 
 def mbpp_code(text: str) -> str:
-    """The first fenced code block; the answer prefix opened one, so a reply
-    without a closing fence is the code up to its end."""
-    blocks = _FENCED.findall("```" + text)
-    if not blocks:
-        blocks = _FENCED.findall(text.replace("```python", "```"))
-    return blocks[0] if blocks else ""
+    """The code of a reply that continues an opened ```python block: everything up
+    to the closing fence (or the end). A reply that opens a block of its own gives
+    that block's content. (lm-eval's extraction reads a first word right after the
+    fence as a language tag, which drops ``def`` from ``def f(...)``; not here.)"""
+    body = text
+    opened = _FENCE_OPEN.match(body.lstrip("\n"))
+    if opened:
+        body = body.lstrip("\n")[opened.end():]
+    end = body.find("```")
+    return body if end == -1 else body[:end]
 
 
 def mbpp_code_blocks(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
