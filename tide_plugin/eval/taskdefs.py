@@ -14,6 +14,7 @@ when that is not available the error names the task and the dataset.
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,7 @@ class TaskCatalog:
     """lm-eval's task index plus this package's tasks (and ``include_paths``)."""
 
     def __init__(self, include_paths: list[str] | tuple[str, ...] = (), include_defaults: bool = True) -> None:
-        from lm_eval.tasks import TaskManager
-
-        self.manager = TaskManager(include_path=[str(TASKS_DIR), *include_paths], include_defaults=include_defaults)
+        self.manager = _task_manager((str(TASKS_DIR), *include_paths), include_defaults)
         self.include_defaults = include_defaults
 
     # ------------------------------------------------------------ names
@@ -126,6 +125,14 @@ class TaskCatalog:
         from lm_eval.tasks import get_task_dict
 
         return dict(get_task_dict([spec], self.manager))
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_paths: tuple[str, ...], include_defaults: bool) -> Any:
+    """lm-eval's task index, built once per process (indexing its ~15 000 tasks takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_paths), include_defaults=include_defaults)
 
 
 def dataset_id(cfg: dict[str, Any]) -> str:
