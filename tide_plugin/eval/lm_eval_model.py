@@ -26,6 +26,8 @@ import lm_eval.models  # noqa: F401  - fill lm-eval's registry before adding our
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from tide_plugin.checkpoints import TIDE_CONFIG_NAME  # written by the trainer next to the student
+
 from .runtime import THINK_BLOCK, check_checkpoint_dir, strip_think
 from .runtime import all_gather as _all_gather
 from .runtime import barrier as _barrier
@@ -39,7 +41,6 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "tide_bd3lm"
 DEFAULT_BLOCK_SIZE = 32
-TIDE_CONFIG_NAME = "tide_config.json"  # written by the trainer next to the student
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
