@@ -233,3 +233,12 @@ def test_a_likelihood_task_names_the_generative_variants_before_any_download(stu
 def test_a_missing_dataset_names_the_task_and_the_dataset(student, tmp_path):
     line = _one_line(_cli("eval", "--model", str(student), "--tasks", "gsm8k_cot", "--data-dir", str(tmp_path)))
     assert "task 'gsm8k_cot' (gsm8k_cot) needs the dataset openai/gsm8k/main" in line
+
+
+def test_think_blocks_are_stripped_from_answers():
+    from tide_plugin.eval.runtime import strip_think
+
+    assert strip_think("<think>\nx\n</think>\n\nThe answer is 7.") == "The answer is 7."
+    assert strip_think("\n</think>\n\nB") == "B"  # the opening tag was in the prompt
+    assert strip_think("C. Mars <think> unfinished") == "C. Mars "
+    assert strip_think("no think here") == "no think here"
