@@ -1,126 +1,142 @@
 """``tide eval``: evaluate a BD3LM student with lm-evaluation-harness.
 
-Registers the ``tide_bd3lm`` model, adds this package's offline tasks
-(``humaneval_offline``, ``humaneval_offline_instruct``, ``tide_smoke``) to
-lm-eval's task list, applies the paper's protocol as defaults (block 32, no
-CFG, one token per denoising step: ``steps = max_gen_toks``, 256 for
-HumanEval), prints lm-eval's results table and writes the results as JSON.
+Two ways to choose what runs:
+
+* ``--suite paper`` (or ``--suite path/to/suite.yaml``): a suite's tasks, each with
+  its own protocol (generation length, steps, shots, chat template, think block),
+  one results file per task (a rerun skips finished tasks; ``--overwrite`` redoes
+  them) and the suite's table beside its published columns, as JSON and Markdown.
+* ``--tasks a,b``: lm-eval task names with one protocol for all (block 32, no CFG,
+  one token per denoising step). This package ships offline tasks
+  (``humaneval_offline``, ``humaneval_offline_instruct``, ``tide_smoke``) and the
+  paper's ``mmlu_generative_dream``, ``hellaswag_gen`` and ``mbpp_offline_instruct``.
+
+Several processes: ``accelerate launch -m tide_plugin.cli eval ...`` splits each
+task's requests across them and merges the results on rank 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-OFFLINE_TASKS = ("humaneval_offline", "humaneval_offline_instruct", "tide_smoke")
-CODE_TASKS = ("humaneval_offline", "humaneval_offline_instruct")
+from .taskdefs import OFFLINE_TASKS, SHIPPED_TASKS, TASKS_DIR  # noqa: F401  - TASKS_DIR is part of the API
+
+CODE_TASKS = ("humaneval_offline", "humaneval_offline_instruct", "mbpp_offline_instruct")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="runs/demo", help="student checkpoint directory (default: runs/demo)")
-    parser.add_argument(
-        "--tasks", default="humaneval_offline",
-        help=f"comma-separated lm-eval task names; offline ones shipped here: {', '.join(OFFLINE_TASKS)}",
-    )
-    parser.add_argument("--limit", type=float, default=None, help="documents per task (int) or fraction (< 1)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--block-size", type=int, default=None, help="default: the checkpoint's, else 32")
-    steps = parser.add_mutually_exclusive_group()
+    _add_selection_arguments(parser)
+    _add_sampling_arguments(parser)
+    _add_run_arguments(parser)
+
+
+def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("what to evaluate")
+    group.add_argument("--suite", default=None,
+                       help="a shipped suite (paper: the paper's eight benchmarks) or a suite .yaml file")
+    group.add_argument("--tasks", default=None,
+                       help=f"comma-separated lm-eval task names (default: humaneval_offline); shipped here: "
+                            f"{', '.join(SHIPPED_TASKS)}")
+    group.add_argument("--list-tasks", action="store_true", help="print every task name and exit")
+    group.add_argument("--limit", type=float, default=None, help="documents per task (int) or fraction (< 1)")
+    group.add_argument("--data-dir", default=None,
+                       help="local datasets: DIR/<dataset_path>/<dataset_name or default>/<split>.jsonl")
+    group.add_argument("--include-path", action="append", default=[], help="another folder of task YAMLs")
+    group.add_argument("--num-fewshot", type=int, default=None, help="--tasks only")
+    group.add_argument("--apply-chat-template", action="store_true", help="--tasks only: render prompts as chat")
+    group.add_argument("--gen-kwargs", default=None,
+                       help="--tasks only: override generation arguments, e.g. max_gen_toks=64,until=\\n (lm-eval syntax)")
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--batch-size", type=int, default=8)
+    group.add_argument("--block-size", type=int, default=None, help="default: the checkpoint's, else 32")
+    steps = group.add_mutually_exclusive_group()
     steps.add_argument("--steps", type=int, default=None,
                        help="denoising steps per request (default: max_gen_toks, one token per step)")
     steps.add_argument("--steps-per-block", type=int, default=None)
-    parser.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--max-gen-toks", type=int, default=256, help="for tasks that set no max_gen_toks")
-    parser.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance (only 0, the paper's)")
-    parser.add_argument("--no-kv-cache", action="store_true", help="recompute clean context every step")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
-    parser.add_argument("--gen-kwargs", default=None,
-                        help="override every task's generation arguments, e.g. max_gen_toks=64,until=\\n (lm-eval syntax)")
-    parser.add_argument("--num-fewshot", type=int, default=None)
-    parser.add_argument("--apply-chat-template", action="store_true", help="render prompts with the chat template")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", default="runs/eval", help="results JSON goes here (default: runs/eval)")
-    parser.add_argument("--log-samples", action="store_true", help="also write every prompt and answer")
-    parser.add_argument("--include-path", action="append", default=[], help="another folder of task YAMLs")
-    parser.add_argument("--exec-timeout", type=float, default=10.0, help="seconds per HumanEval program")
-    parser.add_argument("--exec-memory-mb", type=int, default=1024, help="address-space limit per program")
+    group.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    group.add_argument("--temperature", type=float, default=0.0)
+    group.add_argument("--max-gen-toks", type=int, default=256, help="for tasks that set no max_gen_toks")
+    group.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance (only 0, the paper's)")
+    group.add_argument("--no-kv-cache", action="store_true", help="recompute clean context every step")
+    group.add_argument("--no-think-injection", action="store_true",
+                       help="no empty think block after the chat template's generation prompt (suites inject it)")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("running")
+    group.add_argument("--device", default=None, help="default: cuda (one per process) if available, else cpu")
+    group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--output-dir", default="runs/eval", help="results go here (default: runs/eval)")
+    group.add_argument("--overwrite", action="store_true", help="--suite: redo tasks whose results exist")
+    group.add_argument("--log-samples", action="store_true", help="also write every prompt and answer")
+    group.add_argument("--exec-timeout", type=float, default=10.0, help="seconds per generated program")
+    group.add_argument("--exec-memory-mb", type=int, default=1024, help="address-space limit per program")
+    group.add_argument("--allow-unsafe-code", action="store_true",
+                       help="let lm-eval's own code tasks (humaneval, mbpp, ...) run generated code in this "
+                            "process's children without limits; this package's code tasks never need it")
 
 
 def _task_list(text: str) -> list[str]:
     tasks = [t.strip() for t in text.split(",") if t.strip()]
     if not tasks:
-        raise SystemExit(f"tide eval: --tasks {text!r} names no task")
+        raise ValueError(f"--tasks {text!r} names no task")
     return tasks
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Run lm-eval with the ``tide_bd3lm`` model; returns lm-eval's results dict."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from . import lm_eval_model  # noqa: F401  - registers tide_bd3lm
+def _check_common(args: argparse.Namespace) -> None:
+    from .runtime import check_checkpoint_dir
 
     if args.cfg_scale != 0.0:
-        raise SystemExit(f"tide eval: --cfg-scale {args.cfg_scale} is not supported; the paper's protocol uses 0")
-    if not Path(args.model).is_dir():
-        raise SystemExit(
-            f"tide eval: --model {args.model!r} is not a checkpoint directory; train one with `tide distill` "
-            "(writes runs/demo) or point at a save_pretrained folder"
-        )
-    tasks = _task_list(args.tasks)
-    os.environ["TIDE_EXEC_TIMEOUT_S"] = str(args.exec_timeout)
-    os.environ["TIDE_EXEC_MEMORY_MB"] = str(args.exec_memory_mb)
-    if any(t in CODE_TASKS for t in tasks):
+        raise ValueError(f"--cfg-scale {args.cfg_scale} is not supported; the paper's protocol uses 0")
+    if args.suite and args.tasks:
+        raise ValueError("give --suite or --tasks, not both")
+    check_checkpoint_dir(args.model)
+
+
+def _warn_code(tasks: list[str], args: argparse.Namespace) -> None:
+    if any(t in CODE_TASKS or t.startswith(("humaneval", "mbpp")) for t in tasks):
         print(
-            "tide eval: HumanEval runs model-written code, each program in its own process "
+            "tide eval: code tasks run model-written code, each program in its own process "
             f"(python -I, {args.exec_timeout:g} s, {args.exec_memory_mb} MiB, temporary directory); "
             "this limits runaway programs but is not a security sandbox",
             file=sys.stderr,
         )
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--tasks``: lm-eval on the named tasks with one protocol; lm-eval's results
+    dict on rank 0, ``None`` on the others."""
+    from .runner import make_lm, set_exec_limits, simple_evaluate
+    from .taskdefs import TaskCatalog
+
+    _check_common(args)
+    tasks = _task_list(args.tasks or "humaneval_offline")
     # Indexing lm-eval's own task folder takes ~10 s: skip it when only our offline tasks are asked for.
     only_ours = not args.include_path and all(t in (*OFFLINE_TASKS, "tide_offline") for t in tasks)
-    manager = TaskManager(include_path=[str(TASKS_DIR), *args.include_path], include_defaults=not only_ours)
-    model_args: dict[str, Any] = {
-        "pretrained": args.model,
-        "block_size": args.block_size,
-        "steps": args.steps,
-        "steps_per_block": args.steps_per_block,
-        "remasking": args.remasking,
-        "temperature": args.temperature,
-        "max_gen_toks": args.max_gen_toks,
-        "dtype": args.dtype,
-        "use_cache": not args.no_kv_cache,
-        "seed": args.seed,
-    }
-    model_args = {k: v for k, v in model_args.items() if v is not None}
-    limit = args.limit
-    if limit is not None and limit >= 1:
-        limit = int(limit)
-    return lm_eval.simple_evaluate(
-        model="tide_bd3lm",
-        model_args=model_args,
-        tasks=tasks,
+    catalog = TaskCatalog(args.include_path, include_defaults=not only_ours)
+    catalog.check(tasks)
+    for t in tasks:
+        catalog.require_generative(t)
+    _warn_code(tasks, args)
+    set_exec_limits(args)
+    built = [task for t in tasks for task in catalog.build(t, args.data_dir)]
+    lm = make_lm(args, think_injection=args.apply_chat_template and not args.no_think_injection)
+    return simple_evaluate(
+        lm, built, args,
         num_fewshot=args.num_fewshot,
         gen_kwargs=args.gen_kwargs,
-        batch_size=args.batch_size,
-        device=args.device,
-        limit=limit,
-        task_manager=manager,
-        log_samples=args.log_samples,
         apply_chat_template=args.apply_chat_template,
-        confirm_run_unsafe_code=True,  # our code tasks run programs in limited processes (see above)
-        random_seed=args.seed,
-        numpy_random_seed=args.seed,
-        torch_random_seed=args.seed,
-        fewshot_random_seed=args.seed,
+        fewshot_as_multiturn=False,
     )
 
 
@@ -143,6 +159,20 @@ def write_results(results: dict[str, Any], output_dir: str | Path, model: str) -
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list_tasks:
+        from .taskdefs import TaskCatalog
+
+        print("\n".join(sorted(TaskCatalog(args.include_path).manager.all_tasks)))
+        return 0
+    if args.suite:
+        from .runner import run_suite
+        from .suite import load_suite
+
+        suite = load_suite(args.suite)
+        _check_common(args)
+        _warn_code([t.task for t in suite.tasks], args)
+        run_suite(args, suite)
+        return 0
     from lm_eval.utils import make_table
 
     results = evaluate(args)

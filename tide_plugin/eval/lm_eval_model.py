@@ -26,20 +26,21 @@ import lm_eval.models  # noqa: F401  - fill lm-eval's registry before adding our
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from tide_plugin.checkpoints import TIDE_CONFIG_NAME  # written by the trainer next to the student
+
+from .runtime import THINK_BLOCK, check_checkpoint_dir, strip_think
+from .runtime import all_gather as _all_gather
+from .runtime import barrier as _barrier
+from .runtime import default_device as _default_device
+from .runtime import distributed_rank as _distributed_rank
+from .runtime import gather_object as _gather_object
 from .sampler import REMASKING, generate
+from .taskdefs import GENERATIVE_VARIANTS
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "tide_bd3lm"
 DEFAULT_BLOCK_SIZE = 32
-TIDE_CONFIG_NAME = "tide_config.json"  # written by the trainer next to the student
-GENERATIVE_VARIANTS = (
-    "mmlu_generative",
-    "hellaswag_gen",
-    "arc_challenge_chat",
-    "gsm8k_cot",
-    "humaneval_offline (or humaneval_offline_instruct)",
-)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -98,6 +99,9 @@ class TideBD3LM(LM):
     :param max_gen_toks: used when a task gives none (default 256).
     :param dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (checkpoint's).
     :param use_cache: cache clean context (same tokens, faster).
+    :param think_injection: put an empty think block (``<think>\n\n</think>\n\n``) right
+        after the chat template's generation prompt (the paper's protocol; ``tide eval``
+        turns it on with the chat template); think blocks are always stripped from answers.
     """
 
     def __init__(
@@ -117,17 +121,15 @@ class TideBD3LM(LM):
         mask_id: int | None = None,
         seed: int | None = 0,
         attn_implementation: str = "sdpa",
+        think_injection: bool | str = False,
         **unused: Any,
     ) -> None:
         super().__init__()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        path = Path(str(pretrained)).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"pretrained={pretrained!r} is not a local checkpoint directory (model + tokenizer saved with "
-                "save_pretrained, e.g. the output of `tide distill`); nothing is downloaded"
-            )
+        from tide_plugin.checkpoints import load_student
+
+        path = check_checkpoint_dir(pretrained)
         for key in unused:
             if key not in ("max_batch_size", "trust_remote_code"):
                 log.warning("tide_bd3lm ignores model argument %s=%r", key, unused[key])
@@ -135,18 +137,12 @@ class TideBD3LM(LM):
             raise ValueError(f"remasking {remasking!r} is not one of {REMASKING}")
         if dtype != "auto" and dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {('auto', *_DTYPES)}")
+        self._rank, self._world_size = _distributed_rank()
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = _default_device(self._rank, self._world_size)
         self._device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        load_kwargs: dict[str, Any] = {"local_files_only": True, "attn_implementation": attn_implementation}
-        if dtype != "auto":
-            load_kwargs["dtype"] = _DTYPES[dtype]
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
-        except TypeError:  # transformers 4.x spells it torch_dtype
-            load_kwargs["torch_dtype"] = load_kwargs.pop("dtype", None)
-            self.model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
+        self.model = load_student(path, attn_implementation=attn_implementation, dtype=dtype)
         self.model.to(self._device).eval()
         self.path = path
         saved = read_tide_config(path)
@@ -167,6 +163,23 @@ class TideBD3LM(LM):
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 4096) or 4096)
         self.truncated_contexts = 0
         self.ignored_gen_kwargs: dict[str, int] = defaultdict(int)
+        self.think_injection = str(think_injection).lower() not in ("false", "0", "no")
+
+    # ------------------------------------------------------------ processes
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return _all_gather(tensor) if self._world_size > 1 else tensor
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        return _gather_object(obj, dst) if self._world_size > 1 else [obj]
+
+    def barrier(self) -> None:
+        if self._world_size > 1:
+            _barrier()
 
     # ------------------------------------------------------------ lm-eval API
 
@@ -178,12 +191,16 @@ class TideBD3LM(LM):
         return getattr(self.tokenizer, "chat_template", None)
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(
-            chat_history,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=not add_generation_prompt,
-        )
+        """The chat rendered up to the answer. A task's answer prefix (``gen_prefix``)
+        arrives as a final assistant message to continue; it is rendered as the text
+        after the generation prompt, so the think block goes between the two."""
+        history, prefix = list(chat_history), ""
+        if not add_generation_prompt and history and history[-1].get("role") == "assistant":
+            prefix = history.pop()["content"]
+        text = self.tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+        if self.think_injection and not text.endswith(THINK_BLOCK):
+            text += THINK_BLOCK
+        return text + prefix
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         raise NotImplementedError(self._no_likelihood("loglikelihood"))
@@ -243,7 +260,7 @@ class TideBD3LM(LM):
                     use_cache=self.use_cache,
                 )
                 for i, ids in zip(chunk, outs):
-                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    text = strip_think(self.tokenizer.decode(ids, skip_special_tokens=True))
                     for stop in s["until"]:
                         if stop:
                             text = text.split(stop)[0]

@@ -1,0 +1,244 @@
+"""``tide eval --suite``: suite files, the results table, reruns, one-line errors,
+and the same scores from two processes as from one (offline, tiny student)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _eval_fixtures import GSM8K, MMLU, write_paper_fixtures
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+# ------------------------------------------------------------------ suites
+
+
+def test_the_paper_suite_is_the_papers_protocol():
+    from tide_plugin.eval.suite import load_suite
+
+    suite = load_suite("paper")
+    rows = {t.name: (t.max_new_tokens, t.steps, t.num_fewshot) for t in suite.tasks}
+    assert rows == {
+        "gsm8k_cot": (256, 256, 0), "minerva_math": (256, 256, 0), "bbh": (256, 256, 3), "mmlu_pro": (256, 256, 0),
+        "hellaswag_gen": (3, 3, 0), "mmlu_generative_dream": (3, 3, 0), "humaneval_instruct": (256, 256, 0),
+        "mbpp_instruct": (256, 256, 0),
+    }
+    assert all(t.block_size == 32 and t.cfg_scale == 0 and t.chat_template and t.think_injection for t in suite.tasks)
+    # the code tasks are ours (sandboxed executor), never lm-eval's unsafe ones
+    assert {t.name: t.task for t in suite.tasks}["mbpp_instruct"] == "mbpp_offline_instruct"
+    assert {t.name: t.task for t in suite.tasks}["humaneval_instruct"] == "humaneval_offline_instruct"
+    for column, scores in suite.published.items():  # the printed averages are the means of the printed rows
+        assert sum(scores.values()) / 8 == pytest.approx(suite.published_average[column], abs=0.011), column
+    assert suite.published_average["Cross TIDE-Cross"] == 34.20 and suite.published_average["BD3LM"] == 32.67
+
+
+def test_bad_suites_are_named(tmp_path):
+    from tide_plugin.eval.suite import load_suite
+
+    with pytest.raises(ValueError, match="did you mean 'paper'"):
+        load_suite("papr")
+    bad = tmp_path / "s.yaml"
+    bad.write_text(yaml.safe_dump({"tasks": [{"name": "x", "max_new_tokens": 4, "step": 4, "num_fewshot": 0,
+                                              "metric": "exact_match,none"}]}))
+    with pytest.raises(ValueError, match="unknown keys 'step' \\(did you mean 'steps'\\?\\)"):
+        load_suite(str(bad))
+    bad.write_text(yaml.safe_dump({"tasks": [{"name": "x", "max_new_tokens": 4, "steps": 8, "num_fewshot": 0,
+                                              "metric": "exact_match,none"}]}))
+    with pytest.raises(ValueError, match="steps \\(8\\) must be <= max_new_tokens \\(4\\)"):
+        load_suite(str(bad))
+
+
+def test_the_table_weights_group_members_by_size_and_averages_rows():
+    from tide_plugin.eval.report import build_table, task_score, to_markdown
+    from tide_plugin.eval.suite import suite_from_dict
+
+    suite = suite_from_dict({
+        "name": "t",
+        "tasks": [{"name": "a", "label": "A", "max_new_tokens": 4, "steps": 4, "num_fewshot": 0, "metric": "m,f"},
+                  {"name": "b", "label": "B", "max_new_tokens": 4, "steps": 4, "num_fewshot": 0, "metric": "m,f"}],
+        "published": {"paper": {"a": 10.0, "b": 30.0}},
+    })
+    results = {"results": {"x": {"m,f": 1.0}, "y": {"m,f": 0.0}}, "n-samples": {"x": {"effective": 1}, "y": {"effective": 3}}}
+    assert task_score(suite.tasks[0], results, ["x", "y"]) == (25.0, 4)
+    with pytest.raises(ValueError, match="no 'm,g'"):
+        task_score(suite_from_dict({"tasks": [{"name": "a", "max_new_tokens": 1, "steps": 1, "num_fewshot": 0,
+                                               "metric": "m,g"}]}).tasks[0], results, ["x"])
+    table = build_table(suite, {"a": {"score": 25.0, "n": 4}, "b": {"score": 75.0, "n": 2}})
+    assert table["columns"] == ["paper", "ours"] and table["average"] == {"paper": 20.0, "ours": 50.0}
+    md = to_markdown(table)
+    assert "| A | 10.00 | 25.00 |" in md and "| Avg | 20.00 | 50.00 |" in md
+
+
+# --------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    from tide_plugin.offline import tokenizer
+    from tide_plugin.tiny import tiny_qwen3
+
+    tok = tokenizer("qwen")
+    model = tiny_qwen3(len(tok), initializer_range=0.2)
+    model.config.eos_token_id = tok.eos_token_id
+    path = tmp_path_factory.mktemp("student")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from tide_plugin.eval.taskdefs import TaskCatalog
+
+    catalog = TaskCatalog()
+    names = lambda group: [catalog.config(leaf)["dataset_name"] for leaf in catalog.leaves(group)]  # noqa: E731
+    root = write_paper_fixtures(tmp_path_factory.mktemp("eval-data"), names("bbh"), names("minerva_math"))
+    rows = [dict(MMLU, question=f"{MMLU['question']} ({i})", answer=i % 4) for i in range(5)]
+    (root / "cais" / "mmlu" / "all" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [dict(GSM8K, question=f"{GSM8K['question']} ({i})") for i in range(3)]  # more rows than processes
+    (root / "openai" / "gsm8k" / "main" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def _suite_file(tmp_path: Path, only: tuple[str, ...] = ()) -> Path:
+    """The paper suite, generation cut to 4 tokens / 2 steps so a CPU run takes seconds."""
+    from tide_plugin.eval.suite import SUITES_DIR
+
+    data = yaml.safe_load((SUITES_DIR / "paper.yaml").read_text())
+    data["name"] = "small"
+    data["tasks"] = [t for t in data["tasks"] if not only or t["name"] in only]
+    for t in data["tasks"]:
+        t["max_new_tokens"], t["steps"] = min(t["max_new_tokens"], 4), min(t["steps"], 2)
+    for col in data["published"]:
+        data["published"][col] = {k: v for k, v in data["published"][col].items() if k in {t["name"] for t in data["tasks"]}}
+    data.pop("published_average")
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _eval_cmd(student, data_dir, suite, out, *extra) -> list[str]:
+    return ["eval", "--model", str(student), "--suite", str(suite), "--data-dir", str(data_dir),
+            "--dtype", "float32", "--batch-size", "4", "--output-dir", str(out), "--log-samples", *extra]
+
+
+@pytest.mark.slow
+def test_the_paper_suite_runs_all_eight_tasks_and_prints_the_table(student, data_dir, tmp_path, capsys):
+    from tide_plugin.cli import main
+
+    suite, out = _suite_file(tmp_path), tmp_path / "out"
+    assert main(_eval_cmd(student, data_dir, suite, out, "--limit", "1")) == 0
+    printed = capsys.readouterr().out
+    table = json.loads((out / "small_table.json").read_text())
+    assert [r["label"] for r in table["rows"]] == ["GSM8K", "MATH", "BBH", "MMLU-Pro", "HellaSwag", "MMLU",
+                                                   "HumanEval", "MBPP"]
+    assert table["columns"][0] == "AR" and table["columns"][-1] == "ours"
+    assert [r["n"] for r in table["rows"]] == [1, 7, 27, 14, 1, 1, 1, 1]  # groups: one row per subtask
+    assert all(0.0 <= r["ours"] <= 100.0 for r in table["rows"])
+    assert "| Benchmark | AR | BD3LM |" in printed and "| Avg |" in printed
+    assert (out / "small_table.md").read_text() in printed
+    # every prompt went through the chat template with the empty think block; answers come back without it
+    sample = json.loads((out / "samples_gsm8k_cot.jsonl").read_text().splitlines()[0])
+    assert sample["arguments"][0][0].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert "<think>" not in sample["resps"][0][0]
+
+
+@pytest.mark.slow
+def test_a_rerun_skips_finished_tasks_unless_overwrite(student, data_dir, tmp_path, capsys):
+    from tide_plugin.cli import main
+
+    suite, out = _suite_file(tmp_path, only=("mmlu_generative_dream", "hellaswag_gen")), tmp_path / "out"
+    assert main(_eval_cmd(student, data_dir, suite, out, "--limit", "2", "--no-think-injection")) == 0
+    first = (out / "mmlu_generative_dream.json").stat().st_mtime_ns
+    sample = json.loads((out / "samples_hellaswag_gen.jsonl").read_text().splitlines()[0])
+    assert "<think>" not in sample["arguments"][0][0]
+    (out / "hellaswag_gen.json").unlink()
+    capsys.readouterr()
+    assert main(_eval_cmd(student, data_dir, suite, out, "--limit", "2")) == 0
+    err = capsys.readouterr().err
+    assert "mmlu_generative_dream: results exist" in err and "hellaswag_gen: results exist" not in err
+    assert (out / "mmlu_generative_dream.json").stat().st_mtime_ns == first
+    assert main(_eval_cmd(student, data_dir, suite, out, "--limit", "2", "--overwrite")) == 0
+    assert (out / "mmlu_generative_dream.json").stat().st_mtime_ns != first
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_scores(student, data_dir, tmp_path):
+    suite = _suite_file(tmp_path, only=("mmlu_generative_dream", "gsm8k_cot"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1",
+           "HF_HUB_OFFLINE": "1"}
+    one = [sys.executable, "-m", "tide_plugin.cli", *_eval_cmd(student, data_dir, suite, tmp_path / "one")]
+    two = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "tide_plugin.cli",
+           *_eval_cmd(student, data_dir, suite, tmp_path / "two")]
+    for cmd in (one, two):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("mmlu_generative_dream", "gsm8k_cot"):
+        a, b = (json.loads((tmp_path / d / f"{name}.json").read_text())["tide"] for d in ("one", "two"))
+        assert (a["score"], a["n"], a["processes"], b["processes"]) == (b["score"], b["n"], 1, 2), name
+    a, b = ((tmp_path / d / "samples_mmlu_generative_dream.jsonl").read_text().splitlines() for d in ("one", "two"))
+    key = lambda rows: sorted((json.loads(r)["doc_id"], json.loads(r)["resps"][0][0]) for r in rows)  # noqa: E731
+    assert len(a) == 5 and key(a) == key(b)  # every document answered once, with the same answer
+
+
+# ---------------------------------------------------------- one-line errors
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "tide_plugin.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("tide eval: error:")]
+    return line
+
+
+def test_an_unknown_task_gets_did_you_mean_and_the_choices(student):
+    line = _one_line(_cli("eval", "--model", str(student), "--tasks", "gsm8k_cott"))
+    assert "unknown task 'gsm8k_cott'; did you mean 'gsm8k_cot'" in line and "mmlu_generative_dream" in line
+
+
+def test_a_folder_that_is_no_checkpoint_says_so(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    line = _one_line(_cli("eval", "--model", str(tmp_path), "--tasks", "tide_smoke"))
+    assert "is not a checkpoint: it has no config.json" in line and "sentencepiece" not in line
+
+
+def test_a_likelihood_task_names_the_generative_variants_before_any_download(student):
+    line = _one_line(_cli("eval", "--model", str(student), "--tasks", "hellaswag"))
+    assert "'hellaswag' (hellaswag) is a multiple_choice task" in line and "hellaswag_gen" in line
+
+
+def test_a_missing_dataset_names_the_task_and_the_dataset(student, tmp_path):
+    line = _one_line(_cli("eval", "--model", str(student), "--tasks", "gsm8k_cot", "--data-dir", str(tmp_path)))
+    assert "task 'gsm8k_cot' (gsm8k_cot) needs the dataset openai/gsm8k/main" in line
+
+
+def test_think_blocks_are_stripped_from_answers():
+    from tide_plugin.eval.runtime import strip_think
+
+    assert strip_think("<think>\nx\n</think>\n\nThe answer is 7.") == "The answer is 7."
+    assert strip_think("\n</think>\n\nB") == "B"  # the opening tag was in the prompt
+    assert strip_think("C. Mars <think> unfinished") == "C. Mars "
+    assert strip_think("no think here") == "no think here"

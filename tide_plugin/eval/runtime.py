@@ -1,0 +1,93 @@
+"""What ``tide eval`` needs around the model: the checkpoint-folder check, the
+process group (one process or ``accelerate launch``), and the empty think
+block of the paper's protocol."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+THINK_BLOCK = "<think>\n\n</think>\n\n"
+_THINK_RE = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_checkpoint_dir(path: str | Path) -> Path:
+    """The folder, if it holds a model (``config.json``) and a tokenizer; else one
+    clear error saying what is missing (nothing is downloaded)."""
+    folder = Path(str(path)).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"--model {str(path)!r} is not a local checkpoint directory (model + tokenizer saved with "
+            "save_pretrained, e.g. the output of `tide distill`); nothing is downloaded"
+        )
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--model {str(path)!r} is not a checkpoint: it has no config.json (a student folder holds "
+            "config.json, the weights and the tokenizer files)"
+        )
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"--model {str(path)!r} has a config.json but no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+            "save the tokenizer next to the model"
+        )
+    return folder
+
+
+def strip_think(text: str) -> str:
+    """An answer without its think blocks (closed ones, and an unclosed one the
+    generation ran into, which is cut from ``<think>`` on)."""
+    text = _THINK_RE.sub("", text)
+    if "</think>" in text:  # the opening tag was in the prompt
+        text = text.split("</think>", 1)[1].lstrip()
+    start = text.find("<think>")
+    return text if start == -1 else text[:start]
+
+
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world_size)``: from the process group ``accelerate launch``
+    starts (initialised here when its environment is set), else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        import torch
+
+        # accelerate launch / torchrun set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def default_device(rank: int, world_size: int) -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    local = int(os.environ.get("LOCAL_RANK", rank if world_size > 1 else 0))
+    return f"cuda:{local % torch.cuda.device_count()}"
+
+
+def all_gather(tensor: Any) -> Any:
+    import torch
+    import torch.distributed as dist
+
+    parts = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor)
+    return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+
+def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)  # gloo and nccl both; gather_object needs a device on nccl
+    return out if dist.get_rank() == dst else None
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
