@@ -24,7 +24,7 @@ class StudyConfig:
     :param curve_rows: held-out sequences scored every ``eval_every`` steps (the plot).
     """
 
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(max_heldout_rows=300))
     tokenizers: str = "trained"
     student_vocab: int = 2048
     cross_vocab: int = 2048

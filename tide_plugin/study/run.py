@@ -177,6 +177,8 @@ def run_study(cfg: StudyConfig, output: str | Path, *, device: str = "cpu", teac
                               "teacher_A": non_embedding_params(teachers["A"]),
                               "teacher_B": non_embedding_params(teachers["B"])}}
     if teachers_only:
+        dump({**result_base, "timings_seconds": {k: round(v, 1) for k, v in timings.items()}}, out / "teachers.json")
+        _log(f"wrote {out / 'teachers.json'} (teachers and student init only)")
         return result_base
     settings = RunSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, max_length=cfg.max_length,
                            teacher_max_length=cfg.teacher_max_length, block_size=cfg.block_size, device=device,
