@@ -64,7 +64,7 @@ def test_corpus_config_rejects_bad_values():
 
 # -- tokenizers -----------------------------------------------------------------------
 def test_tokenizers_follow_the_pair_conventions(toks):
-    from tide_plugin.collators.alignment import byte_table
+    from tide_plugin.alignment import byte_table
 
     student, cross, shared = toks["student"], toks["cross"], toks["shared"]
     assert byte_table(student).kind == "byte_level" and byte_table(student).unicode_form == "NFC"
@@ -82,7 +82,7 @@ def test_tokenizers_follow_the_pair_conventions(toks):
 
 
 def test_targets_spell_exactly_the_assistant_content(toks, corpus):
-    from tide_plugin.collators.alignment import byte_table
+    from tide_plugin.alignment import byte_table
 
     for kind in ("student", "cross", "shared"):
         tok = toks[kind]

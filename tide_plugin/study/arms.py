@@ -83,7 +83,7 @@ class RunSettings:
 
 
 def distill_config(spec: ArmSpec, settings: RunSettings, *, seed: int, steps: int, output_dir: str, shared_vocab: int) -> Any:
-    from ..trainer import DistillConfig
+    from ..training import DistillConfig
 
     pipe = {"A": {"pipeline": "cross", "teacher": "bidirectional"},
             "B": {"pipeline": "shared", "teacher": "block", "concat_order": "x0_xt", "shared_vocab_size": shared_vocab}}
@@ -130,7 +130,7 @@ def run_arm(
     """Train ``student`` in place; returns ``{"wall_seconds", "steps", "curve": [(step, bpb)], "log"}``."""
     import transformers
 
-    from ..trainer import build_trainer
+    from ..training import build_trainer
 
     steps = settings.steps if steps is None else steps
     tok = toks["student"]

@@ -43,7 +43,7 @@ class Encoded:
 def encode_targets(tokenizer: Any, messages: Sequence[Mapping[str, Any]], role: str = "assistant") -> Encoded:
     """Render ``messages`` with the tokenizer's template; targets: tokens overlapping the
     content of every ``role`` message."""
-    from ..collators.alignment import encode_side
+    from ..alignment import encode_side
 
     enc = encode_side(tokenizer, messages, side="study")
     if enc.content_chars is None:

@@ -36,7 +36,9 @@ class StudyConfig:
         default_factory=lambda: ModelSpec("qwen3", hidden=192, layers=6, heads=6, kv_heads=2, intermediate=576)
     )
     teacher_schedule: TrainSchedule = field(
-        default_factory=lambda: TrainSchedule(steps=6000, batch_size=64, lr=2e-3, warmup=200, max_length=256)
+        default_factory=lambda: TrainSchedule(
+            steps=6000, batch_size=64, lr=2e-3, warmup=200, weight_decay=0.1, max_length=256, validate_every=250
+        )
     )
     init_schedule: TrainSchedule = field(
         default_factory=lambda: TrainSchedule(steps=150, batch_size=16, lr=2e-3, warmup=10, max_length=192)
@@ -90,7 +92,8 @@ def _quick() -> StudyConfig:
         student=tiny,
         teacher_a=ModelSpec("qwen3_moe", hidden=64, layers=2, heads=4, kv_heads=2, intermediate=64, experts=4),
         teacher_b=ModelSpec("qwen3", hidden=64, layers=3, heads=4, kv_heads=2, intermediate=192),
-        teacher_schedule=TrainSchedule(steps=300, batch_size=16, lr=3e-3, warmup=20, max_length=256),
+        teacher_schedule=TrainSchedule(steps=300, batch_size=16, lr=3e-3, warmup=20, weight_decay=0.1, max_length=256,
+                                       validate_every=100),
         init_schedule=TrainSchedule(steps=40, batch_size=16, lr=3e-3, warmup=4, max_length=192),
         steps=30,
         seeds=(0, 1, 2),

@@ -2,8 +2,8 @@
 order for every arm, and the held-out encodings of every tokenizer.
 
 Alignment goes through the public per-conversation functions that ``tide preprocess``
-maps over a dataset (:func:`~tide_plugin.collators.alignment.chunk_alignment` for
-pipeline A's cross tokenizers, :func:`~tide_plugin.collators.alignment.template_pairs`
+maps over a dataset (:func:`~tide_plugin.alignment.chunk_alignment` for
+pipeline A's cross tokenizers, :func:`~tide_plugin.alignment.template_pairs`
 for pipeline B's shared vocabulary), so the study needs no ``datasets`` install; rejected
 conversations and dropped chunks / pairs are counted as the preprocess report counts them.
 """
@@ -49,7 +49,7 @@ def align_study_rows(
     teacher_max_length: int,
 ) -> AlignedData:
     """Align every conversation for both pipelines; keep those both accept."""
-    from ..collators.alignment import AlignmentError, PromptTooLongError, chunk_alignment, template_pairs
+    from ..alignment import AlignmentError, PromptTooLongError, chunk_alignment, template_pairs
 
     kept: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     status: Counter = Counter()

@@ -16,7 +16,7 @@ import torch
 from .arms import ARMS, BASELINE, EQUAL_COMPUTE, RunSettings, run_arm
 from .bpb import heldout_bpb
 from .config import StudyConfig
-from .corpus import build_corpus
+from .corpus import build_corpus, is_heldout
 from .data import align_study_rows, encode_heldout
 from .models import config_hash, find_artifact, load_model, non_embedding_params, read_meta, save_model, write_meta
 from .models import cache_root
@@ -36,11 +36,25 @@ def _corpus_key(cfg: StudyConfig) -> dict[str, Any]:
     return key
 
 
+def tokenizers_key(cfg: StudyConfig) -> str:
+    return config_hash("tokenizers/1", _corpus_key(cfg), cfg.student_vocab, cfg.cross_vocab)
+
+
+def teacher_name(which: str, cfg: StudyConfig, tok_key: str) -> str:
+    spec = cfg.teacher_a if which == "A" else cfg.teacher_b
+    return f"teacher-{which}-{config_hash('teacher/1', tok_key, spec, cfg.teacher_schedule)}"
+
+
+def init_name(cfg: StudyConfig, tok_key: str) -> str:
+    key = config_hash("student-init/1", tok_key, cfg.student, cfg.init_schedule, cfg.block_size, cfg.max_length)
+    return f"student-init-{key}"
+
+
 def tokenizers_for(cfg: StudyConfig, train_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     """The study's tokenizers and their hash (trained once, then cached / shipped)."""
     if cfg.tokenizers == "real":
         return real_tokenizers(), "real"
-    key = config_hash("tokenizers/1", _corpus_key(cfg), cfg.student_vocab, cfg.cross_vocab)
+    key = tokenizers_key(cfg)
     name = f"tokenizers-{key}"
     folder = find_artifact(name)
     if folder is None:
@@ -57,16 +71,23 @@ def teacher_for(which: str, cfg: StudyConfig, toks: dict[str, Any], tok_key: str
     """Teacher ``A`` or ``B``: loaded from the shipped / cached artifact, else trained."""
     spec = cfg.teacher_a if which == "A" else cfg.teacher_b
     tok = toks["cross"] if which == "A" else toks["shared"]
-    name = f"teacher-{which}-{config_hash('teacher/1', tok_key, spec, cfg.teacher_schedule)}"
+    name = teacher_name(which, cfg, tok_key)
     folder = find_artifact(name)
     if folder is None:
-        data = encode_heldout(train_rows, tok)
+        fit = [r for r in train_rows if not is_heldout("valid:" + r["module"], 50)]
+        valid = encode_heldout([r for r in train_rows if is_heldout("valid:" + r["module"], 50)][:128], tok)
+        data = encode_heldout(fit, tok)
+
+        def validate(m):  # train-split modules the teacher does not fit on; never held-out ones
+            return heldout_bpb(m, TEACHER_KIND[which], valid, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
+                               block_size=cfg.block_size, samples=2, seed=99).bpb
+
         model = spec.build(tok, seed=cfg.teacher_schedule.seed + (1 if which == "A" else 2))
         _log(f"training teacher {which} ({name}: {spec.arch}, {non_embedding_params(model) / 1e6:.2f}M non-embedding "
              f"parameters) on {len(data)} train rows")
         summary = train_diffusion_lm(model, TEACHER_KIND[which], data, cfg.teacher_schedule, mask_id=tok.mask_token_id,
                                      pad_id=tok.pad_token_id, device=device, time_budget_s=budget_s, progress=progress,
-                                     desc=f"teacher {which}")
+                                     desc=f"teacher {which}", validate=validate if valid else None)
         folder = cache_root() / name
         save_model(model.cpu(), folder)
         toks_dir = folder / "tokenizer"
@@ -80,7 +101,7 @@ def teacher_for(which: str, cfg: StudyConfig, toks: dict[str, Any], tok_key: str
 def student_init_for(cfg: StudyConfig, toks, tok_key: str, rows_b, teacher_b, *, device: str) -> tuple[Path, str]:
     """The shared student init: one BD3LM student trained briefly with CE (cached)."""
     init = cfg.init_schedule
-    name = f"student-init-{config_hash('student-init/1', tok_key, cfg.student, init, cfg.block_size, cfg.max_length)}"
+    name = init_name(cfg, tok_key)
     folder = find_artifact(name)
     if folder is None:
         student = cfg.student.build(toks["student"], seed=init.seed)
@@ -171,8 +192,9 @@ def run_study(cfg: StudyConfig, output: str | Path, *, device: str = "cpu", teac
                    "student_init_bpb": init_score.bpb, "student_init_bpb_se": init_score.se,
                    "config": cfg.to_dict(), "python": corpus.python, "machine": machine(), "device": device,
                    "corpus": corpus.counts, "alignment": aligned.report, "artifacts": names,
-                   "teacher_meta": {w: {k: metas[w].get(k) for k in ("steps_done", "steps_planned", "wall_seconds",
-                                                                      "device", "python")} for w in metas},
+                   "teacher_meta": {w: {k: metas[w].get(k) for k in ("steps_done", "steps_planned", "kept_step",
+                                                                      "wall_seconds", "device", "python", "torch")}
+                                    for w in metas},
                    "params": {"student": non_embedding_params(init_model),
                               "teacher_A": non_embedding_params(teachers["A"]),
                               "teacher_B": non_embedding_params(teachers["B"])}}

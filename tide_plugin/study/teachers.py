@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,8 @@ class TrainSchedule:
     block_size: int = 32
     eps: float = 1e-3
     seed: int = 0
+    validate_every: int = 0
+    """Score a validation set every N steps and keep the best weights (0: never)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_length", "block_size"):
@@ -79,9 +81,12 @@ def train_diffusion_lm(
     time_budget_s: float | None = None,
     progress: bool = True,
     desc: str = "teacher",
+    validate: Callable[[torch.nn.Module], float] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (``mdlm`` or ``block``) on ``data``; returns a summary
-    (steps done, wall seconds, loss trace). Stops early at ``time_budget_s``."""
+    (steps done, wall seconds, loss trace). The schedule is shortened to fit
+    ``time_budget_s``. With ``validate`` (lower is better) and ``schedule.validate_every``,
+    the best-scoring weights are kept (a small model trained long on a small corpus overfits)."""
     from tqdm.auto import tqdm
 
     if not data:
@@ -99,6 +104,8 @@ def train_diffusion_lm(
     order: list[int] = []
     trace: list[tuple[int, float]] = []
     start, running, done = time.time(), None, 0
+    best: tuple[float, int, dict] | None = None
+    valid_trace: list[tuple[int, float]] = []
     total = schedule.steps  # shortened once the time budget says the schedule cannot finish
     bar = tqdm(total=schedule.steps, desc=desc, disable=not progress, mininterval=2.0)
     for step in range(schedule.steps):
@@ -134,9 +141,19 @@ def train_diffusion_lm(
         value = float(loss.detach())
         running = value if running is None else 0.98 * running + 0.02 * value
         bar.update(1)
+        if validate is not None and schedule.validate_every and (done % schedule.validate_every == 0 or done == total):
+            score = validate(model)
+            model.train()
+            valid_trace.append((done, score))
+            if best is None or score < best[0]:
+                best = (score, done, {k: v.detach().clone() for k, v in model.state_dict().items()})
         if step % 25 == 0 or done == total:
             trace.append((done, running))
             bar.set_postfix(nelbo_per_token=f"{running:.3f}")
     bar.close()
     model.eval()
-    return {"steps_done": done, "steps_planned": schedule.steps, "wall_seconds": round(time.time() - start, 1), "loss_trace": trace}
+    kept = done
+    if best is not None:
+        model.load_state_dict(best[2])
+        kept = best[1]
+    return {"steps_done": done, "steps_planned": schedule.steps, "kept_step": kept, "valid_trace": valid_trace, "wall_seconds": round(time.time() - start, 1), "loss_trace": trace}
