@@ -7,35 +7,11 @@ import json
 
 import pytest
 
-from tide_plugin.study.config import StudyConfig
-from tide_plugin.study.corpus import CorpusConfig
-from tide_plugin.study.models import ModelSpec
-from tide_plugin.study.teachers import TrainSchedule
+from tide_plugin.study.config import preset
 
 pytestmark = pytest.mark.slow
 
-TINY = ModelSpec("qwen3", hidden=32, layers=1, heads=4, kv_heads=2, intermediate=32)
-SMOKE = StudyConfig(
-    corpus=CorpusConfig(packages=("json", "http", "urllib"), sources=("code",), heldout_permille=300,
-                        max_train_rows=48, max_heldout_rows=6, max_prompt_chars=120, max_response_chars=160),
-    student_vocab=300,
-    cross_vocab=300,
-    student=TINY,
-    teacher_a=ModelSpec("qwen3_moe", hidden=32, layers=1, heads=4, kv_heads=2, intermediate=32, experts=2,
-                        experts_per_token=1),
-    teacher_b=TINY,
-    teacher_schedule=TrainSchedule(steps=4, batch_size=4, warmup=1, max_length=96, validate_every=2),
-    init_schedule=TrainSchedule(steps=2, batch_size=4, warmup=1, max_length=64),
-    steps=3,
-    batch_size=4,
-    max_length=96,
-    teacher_max_length=128,
-    seeds=(0, 1),
-    arms=("BD3LM", "B/TIDE-Shared", "A/TIDE-Cross", "BD3LM (equal compute)"),
-    eval_samples=1,
-    curve_rows=2,
-    eval_every=3,
-)
+SMOKE = preset("smoke")
 
 
 def test_study_smoke_writes_table_plot_and_json(tmp_path, monkeypatch):

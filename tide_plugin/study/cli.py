@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="runs/study", help="folder for study.md, study.json, study.png (must be new)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the smoke size (same as --size quick)")
-    size.add_argument("--size", default=None, help="quick | default | gpu (default: default)")
+    size.add_argument("--size", default=None, help="smoke | quick | default | gpu (default: default)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (cuda:N)")
     parser.add_argument("--tokenizers", default=None, choices=["trained", "real"],
                         help="trained (small BPEs, default) or real (offline Qwen / Mistral, for GPU runs)")

@@ -43,7 +43,7 @@ class StudyConfig:
     init_schedule: TrainSchedule = field(
         default_factory=lambda: TrainSchedule(steps=150, batch_size=16, lr=2e-3, warmup=10, max_length=192)
     )
-    steps: int = 150
+    steps: int = 120
     batch_size: int = 16
     lr: float = 1e-3
     max_length: int = 192
@@ -107,7 +107,33 @@ def _gpu() -> StudyConfig:
     return StudyConfig(steps=400, seeds=(0, 1, 2, 3, 4), eval_samples=8, curve_rows=96, eval_every=50)
 
 
-PRESETS = {"quick": _quick, "default": StudyConfig, "gpu": _gpu}
+def _smoke() -> StudyConfig:
+    """Seconds, not minutes: the test suite's end-to-end check (numbers mean nothing)."""
+    tiny = ModelSpec("qwen3", hidden=32, layers=1, heads=4, kv_heads=2, intermediate=32)
+    return StudyConfig(
+        corpus=CorpusConfig(packages=("json", "http", "urllib"), sources=("code",), heldout_permille=300,
+                            max_train_rows=48, max_heldout_rows=6, max_prompt_chars=120, max_response_chars=160),
+        student_vocab=300,
+        cross_vocab=300,
+        student=tiny,
+        teacher_a=ModelSpec("qwen3_moe", hidden=32, layers=1, heads=4, kv_heads=2, intermediate=32, experts=2,
+                            experts_per_token=1),
+        teacher_b=tiny,
+        teacher_schedule=TrainSchedule(steps=4, batch_size=4, warmup=1, max_length=96, validate_every=2),
+        init_schedule=TrainSchedule(steps=2, batch_size=4, warmup=1, max_length=64),
+        steps=3,
+        batch_size=4,
+        max_length=96,
+        teacher_max_length=128,
+        seeds=(0, 1),
+        arms=("BD3LM", "B/TIDE-Shared", "A/TIDE-Cross", "BD3LM (equal compute)"),
+        eval_samples=1,
+        curve_rows=2,
+        eval_every=3,
+    )
+
+
+PRESETS = {"smoke": _smoke, "quick": _quick, "default": StudyConfig, "gpu": _gpu}
 
 
 def preset(name: str) -> StudyConfig:
