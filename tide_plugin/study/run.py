@@ -21,7 +21,7 @@ from .data import align_study_rows, encode_heldout
 from .models import config_hash, find_artifact, load_model, non_embedding_params, read_meta, save_model, write_meta
 from .models import cache_root
 from .teachers import train_diffusion_lm
-from .tokenizers import load_tokenizers, real_tokenizers, save_tokenizers, train_tokenizers
+from .tokenizers import load_tokenizers, real_tokenizers, save_tokenizer, save_tokenizers, train_tokenizers
 
 TEACHER_KIND = {"A": "mdlm", "B": "block"}
 
@@ -91,7 +91,7 @@ def teacher_for(which: str, cfg: StudyConfig, toks: dict[str, Any], tok_key: str
         folder = cache_root() / name
         save_model(model.cpu(), folder)
         toks_dir = folder / "tokenizer"
-        tok.save_pretrained(str(toks_dir))
+        save_tokenizer(tok, toks_dir)
         write_meta(folder, {"spec": spec, "schedule": cfg.teacher_schedule, "tokenizers": tok_key, "device": device,
                             "python": sys.version.split()[0], "torch": torch.__version__, **summary})
     model = load_model(folder).to(device)

@@ -137,9 +137,19 @@ def real_tokenizers() -> dict[str, Any]:
     return {"student": student, "cross": tokenizer("mistral"), "shared": shared_tokenizer(student)}
 
 
+def save_tokenizer(tok: Any, folder: str | os.PathLike[str]) -> None:
+    """``save_pretrained``, readable by both transformers lines: 5.x writes its own class
+    name (``TokenizersBackend``), which 4.57's ``AutoTokenizer`` does not know."""
+    tok.save_pretrained(str(folder))
+    config = Path(folder) / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
 def save_tokenizers(toks: dict[str, Any], folder: str | os.PathLike[str]) -> None:
     for kind in ("student", "cross"):
-        toks[kind].save_pretrained(str(Path(folder) / kind))
+        save_tokenizer(toks[kind], Path(folder) / kind)
 
 
 def load_tokenizers(folder: str | os.PathLike[str]) -> dict[str, Any]:
