@@ -39,9 +39,13 @@ ARMS: dict[str, ArmSpec] = {
     "A/TIDE-Shared": ArmSpec("A", "tidal_calm", comp_demo=True),
     "A/TIDE-Cross": ArmSpec("A", "reverse_calm"),
     EQUAL_COMPUTE: ArmSpec("B", None),
+    "A/CE only": ArmSpec("A", None),
 }
 """Arm name -> spec. Objective names are the registry's (the ``*_aligned`` spellings read
-template pairs, SPEC 3.2)."""
+template pairs, SPEC 3.2). ``A/CE only`` is a diagnostic, not in the default table: CE
+alone on pipeline A's batches, whose noise closes every hit chunk (more masked tokens
+than ``t`` asks for, under the same ``1/t`` weight)."""
+DEFAULT_ARMS = tuple(a for a in ARMS if a != "A/CE only")
 
 
 class _NoTeacher:

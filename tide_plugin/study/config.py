@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .arms import ARMS
+from .arms import ARMS, DEFAULT_ARMS
 from .corpus import CorpusConfig
 from .models import ModelSpec
 from .teachers import TrainSchedule
@@ -43,14 +43,14 @@ class StudyConfig:
     init_schedule: TrainSchedule = field(
         default_factory=lambda: TrainSchedule(steps=150, batch_size=16, lr=2e-3, warmup=10, max_length=192)
     )
-    steps: int = 120
+    steps: int = 150
     batch_size: int = 16
     lr: float = 1e-3
     max_length: int = 192
     teacher_max_length: int = 256
     block_size: int = 32
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
-    arms: tuple[str, ...] = tuple(ARMS)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    arms: tuple[str, ...] = DEFAULT_ARMS
     eval_samples: int = 4
     eval_seed: int = 1234
     curve_rows: int = 48
