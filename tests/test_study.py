@@ -176,3 +176,12 @@ def test_differences_to_bd3lm_are_paired_by_seed():
     assert arms["B/KL"]["diff_vs_bd3lm_mean"] == pytest.approx(m) and arms["B/KL"]["diff_vs_bd3lm_se"] == pytest.approx(se)
     assert arms["B/KL"]["bpb_se"] == pytest.approx(mean_se([2.9, 3.8, 4.9])[1])
     assert arms["B/KL"]["bpb_se"] > 10 * arms["B/KL"]["diff_vs_bd3lm_se"]  # the pairing removes the seed spread
+
+
+def test_tide_study_rejects_unknown_arms_with_a_suggestion(tmp_path, capsys):
+    from tide_plugin.cli import main
+
+    rc = main(["study", "--arms", "BD3LM,B/KLL", "--output", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "B/KLL" in err and "'B/KL'" in err
+    assert not (tmp_path / "s").exists()
