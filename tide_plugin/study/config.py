@@ -64,8 +64,11 @@ class StudyConfig:
         if unknown:
             import difflib
 
-            hint = {a: difflib.get_close_matches(a, list(ARMS), n=1) for a in unknown}
-            raise ValueError(f"unknown arms {hint} (did you mean the suggestions?); allowed: {list(ARMS)}")
+            def said(a: str) -> str:
+                close = difflib.get_close_matches(a, list(ARMS), n=1)
+                return f"{a!r} (did you mean {close[0]!r}?)" if close else repr(a)
+
+            raise ValueError(f"unknown arms {', '.join(map(said, unknown))}; allowed: {list(ARMS)}")
         if "BD3LM" not in self.arms:
             raise ValueError("the arms must include 'BD3LM' (every difference is taken against it)")
         if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
