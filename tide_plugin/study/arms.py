@@ -70,6 +70,9 @@ class _NoObjective:
     def __call__(self, inputs: Any) -> dict:  # noqa: ARG002
         return {}
 
+    def metrics(self, inputs: Any) -> dict:  # noqa: ARG002
+        return {}
+
 
 @dataclass(frozen=True)
 class RunSettings:
