@@ -232,7 +232,7 @@ def test_yaml_config_and_flag_precedence(tmp_path):
     path.write_text("objective: calm\nlearning_rate: 0.001\nmax_steps: 7\npreset: demo\n")
     options, run = _parse(["--config", str(path), "--max_steps", "3"])
     assert options["objective"] == "calm" and options["learning_rate"] == 0.001 and options["max_steps"] == 3
-    assert DistillConfig(**options).pipeline == "cross" and run["teacher_tokenizer"] == "offline:mistral"
+    assert DistillConfig(**options).pipeline == "cross" and run["study_assets"] is True
     options, _ = _parse(["--num_train_epochs", "2"])
     assert options["num_train_epochs"] == 2 and "max_steps" not in options
     with pytest.raises(ValueError, match="unknown options.*'nonsense'"):
@@ -257,6 +257,11 @@ def test_demo_writes_checkpoint_metrics_and_plot(tmp_path):
     out = tmp_path / "demo"
     assert metrics["parts"] == ["ce", "reverse_calm"] and len(metrics["history"]) == 2
     assert (out / "loss.png").stat().st_size > 1000 and (out / "metrics.json").exists()
+    # the shipped trained teacher knows more than the student: held-out bits per byte
+    heldout = json.loads((out / "metrics.json").read_text())["heldout"]
+    assert set(heldout) == {"teacher_bpb", "student_bpb_before", "student_bpb_after"}
+    assert heldout["teacher_bpb"] < heldout["student_bpb_before"]
+    assert [c[0] for c in metrics["heldout_curve"]] == [0, 1, 2]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(out))

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("tide_plugin.alignment.preprocess", "tokenise and align chat JSONL into a dataset"),
     "eval": ("tide_plugin.eval.cli", "evaluate a student with lm-eval (offline tasks included)"),
     "plugins": ("tide_plugin.cli.plugins", "list every registered plugin"),
+    "study": ("tide_plugin.study.cli", "the paper's comparison in miniature: teachers, arms, held-out bits per byte"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,14 +33,24 @@ _DEMO_RUN: dict[str, Any] = {
     "seed": 0,
 }
 PRESETS: dict[str, dict[str, Any]] = {
-    # TIDE-Cross in miniature: tiny Qwen3 BD3LM student (real qwen tokenizer) <- tiny
-    # Qwen3-MoE bidirectional teacher (real mistral tokenizer), Reverse CALM, chunks.
+    # TIDE-Cross in miniature with a teacher that knows something: the study's trained
+    # Qwen3-MoE masked-diffusion teacher and its SentencePiece-style tokenizer, shipped with
+    # the package (tide_plugin.study.demo), distilled into the study's BD3LM student init
+    # (byte-level BPE) on standard-library rows; Reverse CALM over chunks; held-out bits
+    # per byte before and after.
     "demo": {
         "objective": "reverse_calm",
         "pipeline": "cross",
         "teacher": "bidirectional",
         "output_dir": "runs/demo",
         **_DEMO_RUN,
+        "max_length": 192,
+        "teacher_max_length": 256,
+        "max_steps": 60,
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 8,
+        "logging_steps": 5,
+        "teacher_dtype": "float32",  # shipped in bfloat16 to halve the bytes
     },
     # TIDE-Shared in miniature: shared vocabulary, teacher with another chat template,
     # template pairs, token TIDAL + CompDemo, block (WeDLM-style x0_xt) teacher.
@@ -55,7 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 PRESET_MODELS = {
-    "demo": {"student_tokenizer": "offline:qwen", "teacher_tokenizer": "offline:mistral", "teacher_arch": "qwen3_moe"},
+    "demo": {"study_assets": True, "teacher_arch": "qwen3_moe"},
     "shared": {"student_tokenizer": "offline:qwen", "teacher_tokenizer": "offline:qwen-alt-template", "teacher_arch": "qwen3"},
 }
 _RUN_KEYS = (
@@ -70,6 +81,7 @@ _RUN_KEYS = (
     "tiny_hidden_size",
     "backend",
     "attn_implementation",
+    "heldout",
 )
 ALT_TEMPLATE = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + ' says:\\n' + m['content'] + '<|im_end|>\\n' }}"
@@ -96,6 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max_samples", type=int, default=None, help="use only the first N conversations")
     run.add_argument("--tiny_hidden_size", type=int, default=None, help="hidden size of the tiny default models")
     run.add_argument("--backend", default=None, choices=["auto", "dllm", "transformers"], help="trainer base class")
+    run.add_argument("--heldout", default=None, help="chat JSONL scored in held-out bits per byte before/after")
     run.add_argument("--attn_implementation", default=None, help="student attention: sdpa | eager | flex_attention")
     hf = _config_parser()
     for action in hf._actions:  # every dataclass flag, defaults suppressed: only explicit flags reach run()
@@ -132,7 +145,7 @@ def resolve_options(args: argparse.Namespace | Mapping[str, Any]) -> tuple[dict[
     merged.update(explicit)
     merged["preset"] = preset
     names = {f.name for f in dataclasses.fields(DistillConfig) if f.init}
-    run_keys = set(_RUN_KEYS) | {"teacher_arch"}
+    run_keys = set(_RUN_KEYS) | {"teacher_arch", "study_assets"}
     unknown = set(merged) - names - run_keys
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}; see `tide distill --help`")
@@ -222,6 +235,15 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     """Run a distillation from resolved options; returns the metrics written."""
     start = time.time()
     config = DistillConfig(**options)
+    if run.get("study_assets"):  # the demo: shipped trained teacher, tokenizers, student init, data
+        from ..study.demo import demo_assets
+
+        try:
+            assets = demo_assets()
+        except FileNotFoundError as exc:  # a source checkout without the shipped weights
+            print(f"tide distill: {exc}; falling back to tiny randomly initialised models")
+            assets = {"student_tokenizer": "offline:qwen", "teacher_tokenizer": "offline:mistral"}
+        run = {**assets, **{k: v for k, v in run.items() if v is not None}}
     student_tok = _tokenizer(run.get("student_tokenizer") or "offline:qwen")
     teacher_tok = _tokenizer(run.get("teacher_tokenizer") or "offline:mistral")
     from ..alignment import resolve_mask_id
@@ -245,8 +267,28 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         f"tide distill: {type(trainer).__name__}, objective {config.objective!r}, pipeline {config.pipeline!r}, "
         f"teacher {config.teacher!r}, collators {config.collator_names()}, -> {config.output_dir}"
     )
+    heldout: dict[str, Any] = {}
+    curve: list = []
+    if run.get("heldout"):
+        from ..study.demo import heldout_callback, heldout_scorer
+
+        kind = {"bidirectional": "mdlm", "block": "block"}.get(config.teacher)
+        score_student, score_teacher = heldout_scorer(
+            run["heldout"], student_tok, teacher_tok, block_size=int(config.block_size), teacher_kind=kind or "mdlm"
+        )
+        device = trainer.args.device
+        if kind is not None:
+            heldout["teacher_bpb"] = score_teacher(trainer.teacher.model)
+        heldout["student_bpb_before"] = score_student(student.to(device))
+        curve.append((0, heldout["student_bpb_before"]))
+        trainer.add_callback(heldout_callback(score_student, max(1, config.max_steps // 4), curve))
     resume = config.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=resume if resume else None)
+    if heldout:
+        heldout["student_bpb_after"] = score_student(trainer.model)
+        if not curve or curve[-1][0] != trainer.state.global_step:
+            curve.append((trainer.state.global_step, heldout["student_bpb_after"]))
+        print("tide distill: held-out bits per byte " + json.dumps({"heldout": heldout}))
     trainer.save_model(config.output_dir)
     metrics = {}
     if trainer.is_world_process_zero():
@@ -259,6 +301,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
                 "preset": run.get("preset"),
                 "examples": len(dataset),
                 "wall_seconds": round(time.time() - start, 2),
+                **({"heldout": heldout, "heldout_curve": curve} if heldout else {}),
             },
         )
         print(f"tide distill: wrote the student, metrics.json and loss.png to {config.output_dir} "

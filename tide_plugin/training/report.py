@@ -35,7 +35,19 @@ def write_metrics(trainer: transformers.Trainer, output_dir: str | os.PathLike[s
         print("tide distill: matplotlib is not installed; skipped loss.png (pip install matplotlib)")
         return metrics
     # one panel per part: CE and the objective parts live on very different scales
-    fig, axes = plt.subplots(1, max(len(parts), 1), figsize=(4 * max(len(parts), 1), 3.4), squeeze=False)
+    curve = extra.get("heldout_curve") or []  # [(step, student bits per byte)], when held-out data was given
+    panels = max(len(parts) + bool(curve), 1)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.4), squeeze=False)
+    if curve:
+        ax = axes[0][len(parts)]
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", markersize=3, label="student")
+        teacher = (extra.get("heldout") or {}).get("teacher_bpb")
+        if teacher is not None:
+            ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
+        ax.set_title("held-out bits per byte")
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     for ax, name in zip(axes[0], parts):
         steps = [h["step"] for h in history if name in h]
         ax.plot(steps, [h[name] for h in history if name in h], marker="o", markersize=3)

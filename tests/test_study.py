@@ -1,0 +1,187 @@
+"""The study's corpus, tokenizers, bits-per-byte estimator and report statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tide_plugin.study.bpb import Encoded, _noise, encode_targets, heldout_bpb, ratio_bpb
+from tide_plugin.study.corpus import CorpusConfig, build_corpus, is_heldout
+from tide_plugin.study.models import ModelSpec
+from tide_plugin.study.report import mean_se, summarise
+from tide_plugin.study.tokenizers import train_tokenizers
+
+SMALL = CorpusConfig(packages=("json", "email", "http", "urllib"), sources=("code",), heldout_permille=300)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(SMALL)
+
+
+@pytest.fixture(scope="module")
+def toks(corpus):
+    return train_tokenizers(corpus.train[:120], student_vocab=384, cross_vocab=384)
+
+
+# -- corpus -------------------------------------------------------------------------
+def test_corpus_is_deterministic_and_heldout_modules_are_never_trained_on(corpus):
+    again = build_corpus(SMALL)
+    assert again.train == corpus.train and again.heldout == corpus.heldout
+    train, held = corpus.modules("train"), corpus.modules("heldout")
+    assert train and held and not train & held
+    assert all(is_heldout(m, SMALL.heldout_permille) for m in held)
+    row = corpus.train[0]
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    assert row["messages"][0]["content"].startswith(("def ", "async def "))
+    assert len(row["messages"][1]["content"]) <= SMALL.max_response_chars
+    counts = corpus.counts
+    assert counts["rows"] == counts["train_rows"] + counts["heldout_rows"] + counts["capped_rows"]
+
+
+def test_corpus_caps_are_deterministic_subsets(corpus):
+    capped = build_corpus(CorpusConfig(**{**SMALL.__dict__, "max_train_rows": 10, "max_heldout_rows": 3}))
+    assert len(capped.train) == 10 and len(capped.heldout) == 3
+    assert all(r in corpus.train for r in capped.train)
+    assert capped.counts["capped_rows"] == corpus.counts["train_rows"] + corpus.counts["heldout_rows"] - 13
+
+
+def test_corpus_prose_comes_from_pydoc_topics():
+    prose = build_corpus(CorpusConfig(sources=("prose",), max_response_chars=300))
+    rows = prose.train + prose.heldout
+    assert rows and all(r["module"].startswith("pydoc_data.topics:") for r in rows)
+    assert all(len(r["messages"][1]["content"]) <= 300 for r in rows)
+
+
+def test_corpus_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="heldout_permille 0 must lie in"):
+        CorpusConfig(heldout_permille=0)
+    with pytest.raises(ValueError, match="sources .*'poetry'"):
+        CorpusConfig(sources=("poetry",))
+
+
+# -- tokenizers -----------------------------------------------------------------------
+def test_tokenizers_follow_the_pair_conventions(toks):
+    from tide_plugin.alignment import byte_table
+
+    student, cross, shared = toks["student"], toks["cross"], toks["shared"]
+    assert byte_table(student).kind == "byte_level" and byte_table(student).unicode_form == "NFC"
+    assert byte_table(cross).kind == "metaspace"
+    text = "x = 'é€😀'  # rare"
+    ids = cross(text, add_special_tokens=False)["input_ids"]
+    pieces = cross.convert_ids_to_tokens(ids)
+    assert any(p.startswith("<0x") for p in pieces)  # byte fallback, not <unk>
+    assert cross.unk_token_id not in ids
+    assert cross.decode(ids) == text
+    assert student.decode(student(text, add_special_tokens=False)["input_ids"]) == text
+    assert shared.get_vocab() == student.get_vocab() and shared.chat_template != student.chat_template
+    for tok in (student, cross):
+        assert tok.mask_token_id is not None and tok.pad_token_id is not None and tok.eos_token_id is not None
+
+
+def test_targets_spell_exactly_the_assistant_content(toks, corpus):
+    from tide_plugin.alignment import byte_table
+
+    for kind in ("student", "cross", "shared"):
+        tok = toks[kind]
+        for row in corpus.heldout[:5]:
+            enc = encode_targets(tok, row["messages"])
+            content = row["messages"][1]["content"].encode("utf-8")
+            spelled = byte_table(tok).token_bytes([i for i, t in zip(enc.ids, enc.targets) if t])
+            assert enc.nbytes == len(content)
+            assert spelled.strip() == content.strip(), kind
+            assert enc.targets[-1] or enc.ids[-1] != tok.eos_token_id  # the end-of-turn token is scored
+
+
+# -- bits per byte ----------------------------------------------------------------------------
+def _tiny(tok, arch="qwen3"):
+    spec = ModelSpec(arch, hidden=32, layers=1, heads=4, kv_heads=2, intermediate=32, experts=2 if arch != "qwen3" else 0,
+                     experts_per_token=1)
+    return spec.build(tok, seed=0).eval()
+
+
+@torch.no_grad()
+def test_bpb_matches_a_hand_computation(toks, corpus):
+    tok = toks["cross"]
+    model = _tiny(tok, "qwen3_moe")
+    data = [encode_targets(tok, r["messages"]) for r in corpus.heldout[:3]]
+    got = heldout_bpb(model, "mdlm", data, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id, samples=3, seed=7)
+    nats = []
+    for i, enc in enumerate(data):
+        t, masked = _noise(i, torch.tensor(enc.targets), 3, 7, 1e-3)
+        total = 0.0
+        for k in range(3):
+            ids = torch.tensor(enc.ids)
+            noisy = torch.where(masked[k], torch.tensor(tok.mask_token_id), ids)
+            full = torch.ones(1, 1, len(ids), len(ids), dtype=torch.bool)  # every token sees every token
+            logits = model(input_ids=noisy[None], attention_mask=full, position_ids=torch.arange(len(ids))[None]).logits[0]
+            logp = torch.log_softmax(logits.double(), -1)
+            total += float(-logp[masked[k], ids[masked[k]]].sum()) / float(t[k])
+        nats.append(total / 3)
+    want = sum(nats) / math.log(2) / sum(e.nbytes for e in data)
+    assert got.bpb == pytest.approx(want, rel=1e-4)
+    assert got.nats == pytest.approx(nats, rel=1e-4)
+
+
+def test_bpb_does_not_depend_on_batching(toks, corpus):
+    tok = toks["student"]
+    model = _tiny(tok)
+    data = [encode_targets(tok, r["messages"]) for r in corpus.heldout[:4]]
+    kw = dict(mask_id=tok.mask_token_id, pad_id=tok.pad_token_id, samples=2, seed=3)
+    one = heldout_bpb(model, "bd3lm", data, max_tokens=1, **kw)
+    many = heldout_bpb(model, "bd3lm", data, max_tokens=100_000, **kw)
+    assert one.nats == pytest.approx(many.nats, rel=1e-4)
+
+
+class _Uniform(torch.nn.Module):
+    """Equal logits everywhere: -log p = log V for every token."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("C", (), {"_attn_implementation": "sdpa"})()
+
+    def forward(self, input_ids, **kwargs):
+        return type("O", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)})()
+
+
+def test_bpb_weighting_is_unbiased_for_a_known_model():
+    """For a uniform model the NELBO is (targets x ln V) exactly; the 1/t-weighted
+    estimate must agree within its standard error."""
+    vocab = 50
+    data = [Encoded(ids=list(range(3, 40)), targets=[j >= 5 for j in range(37)], nbytes=90) for _ in range(40)]
+    got = heldout_bpb(_Uniform(vocab), "mdlm", data, mask_id=1, pad_id=0, samples=16, seed=0)
+    want = 32 * math.log2(vocab) / 90
+    assert abs(got.bpb - want) < 4 * got.se and got.se < 0.05 * want
+
+
+def test_ratio_bpb_standard_error():
+    bpb, se = ratio_bpb([10.0, 20.0, 30.0], [10, 10, 10])
+    assert bpb == pytest.approx(2.0 / math.log(2))
+    assert se == pytest.approx(math.sqrt(((10 - 20) ** 2 + 0 + (30 - 20) ** 2) / 6) * 3 / 30 / math.log(2))
+
+
+# -- report ---------------------------------------------------------------------------------------
+def test_differences_to_bd3lm_are_paired_by_seed():
+    def run(bpb):
+        return {"bpb": bpb, "eval_se": 0.0, "steps": 5, "wall_seconds": 1.0, "log": [], "curve": []}
+
+    runs = {"BD3LM": {0: run(3.0), 1: run(4.0), 2: run(5.0)}, "B/KL": {0: run(2.9), 1: run(3.8), 2: run(4.9)}}
+    arms = summarise(runs, [0, 1, 2])["arms"]
+    assert arms["B/KL"]["diff_vs_bd3lm_seeds"] == pytest.approx([-0.1, -0.2, -0.1])
+    m, se = mean_se([-0.1, -0.2, -0.1])
+    assert arms["B/KL"]["diff_vs_bd3lm_mean"] == pytest.approx(m) and arms["B/KL"]["diff_vs_bd3lm_se"] == pytest.approx(se)
+    assert arms["B/KL"]["bpb_se"] == pytest.approx(mean_se([2.9, 3.8, 4.9])[1])
+    assert arms["B/KL"]["bpb_se"] > 10 * arms["B/KL"]["diff_vs_bd3lm_se"]  # the pairing removes the seed spread
+
+
+def test_tide_study_rejects_unknown_arms_with_a_suggestion(tmp_path, capsys):
+    from tide_plugin.cli import main
+
+    rc = main(["study", "--arms", "BD3LM,B/KLL", "--output", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown arms 'B/KLL' (did you mean 'B/KL'?)" in err
+    assert not (tmp_path / "s").exists()

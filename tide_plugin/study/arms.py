@@ -1,0 +1,179 @@
+"""The study's arms, each one run of the distillation trainer (the code users run):
+the same student init, steps, learning rate, data order and noise per seed.
+
+``BD3LM`` is the trainer with the CE term alone: its teacher and objective are swapped
+for ones that do nothing, so it pays no teacher forward (that is what CE-only training
+costs). ``BD3LM (equal compute)`` is the same given the distilled arms' mean wall-clock.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+BASELINE = "BD3LM"
+EQUAL_COMPUTE = "BD3LM (equal compute)"
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One column of the table: pipeline ``A`` (cross tokenizer, bidirectional MoE teacher)
+    or ``B`` (shared vocabulary, block teacher with ``x0_xt``); ``objective`` ``None`` = CE only."""
+
+    pipeline: str
+    objective: str | None
+    comp_demo: bool = False
+
+
+ARMS: dict[str, ArmSpec] = {
+    BASELINE: ArmSpec("B", None),
+    "B/KL": ArmSpec("B", "kl_aligned"),
+    "B/TIDE-Cross": ArmSpec("B", "reverse_kl_aligned"),
+    "B/TIDE-Shared": ArmSpec("B", "taid_aligned", comp_demo=True),
+    "A/CALM": ArmSpec("A", "calm"),
+    "A/TIDE-Shared": ArmSpec("A", "tidal_calm", comp_demo=True),
+    "A/TIDE-Cross": ArmSpec("A", "reverse_calm"),
+    EQUAL_COMPUTE: ArmSpec("B", None),
+    "A/CE only": ArmSpec("A", None),
+}
+"""Arm name -> spec. Objective names are the registry's (the ``*_aligned`` spellings read
+template pairs, SPEC 3.2). ``A/CE only`` is a diagnostic, not in the default table: CE
+alone on pipeline A's batches, whose noise closes every hit chunk (more masked tokens
+than ``t`` asks for, under the same ``1/t`` weight)."""
+DEFAULT_ARMS = tuple(a for a in ARMS if a != "A/CE only")
+
+
+class _NoTeacher:
+    """A CE-only run's teacher: never asked for logits (the objective needs none)."""
+
+    mask_token_id = None
+
+    def to(self, device: Any) -> _NoTeacher:  # noqa: ARG002
+        return self
+
+    def __call__(self, batch: Any) -> None:  # noqa: ARG002
+        return None
+
+
+class _NoObjective:
+    name = "none"
+    requires: frozenset = frozenset()
+
+    def check_pipeline(self, info: Any) -> None:  # noqa: ARG002
+        return None
+
+    def __call__(self, inputs: Any) -> dict:  # noqa: ARG002
+        return {}
+
+    def metrics(self, inputs: Any) -> dict:  # noqa: ARG002
+        return {}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every arm shares."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    max_length: int
+    teacher_max_length: int
+    block_size: int = 32
+    warmup_ratio: float = 0.05
+    device: str = "cpu"
+    eval_every: int = 0
+
+
+def distill_config(spec: ArmSpec, settings: RunSettings, *, seed: int, steps: int, output_dir: str, shared_vocab: int) -> Any:
+    from ..training import DistillConfig
+
+    pipe = {"A": {"pipeline": "cross", "teacher": "bidirectional"},
+            "B": {"pipeline": "shared", "teacher": "block", "concat_order": "x0_xt", "shared_vocab_size": shared_vocab}}
+    return DistillConfig(
+        output_dir=output_dir,
+        objective=spec.objective or ("reverse_calm" if spec.pipeline == "A" else "kl_aligned"),
+        use_comp_demo=spec.comp_demo,
+        max_length=settings.max_length,
+        teacher_max_length=settings.teacher_max_length,
+        block_size=settings.block_size,
+        max_steps=steps,
+        learning_rate=settings.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(round(settings.warmup_ratio * steps)),
+        weight_decay=0.01,
+        per_device_train_batch_size=settings.batch_size,
+        logging_steps=max(1, steps // 20),
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        noise_seed=seed,
+        dataloader_pin_memory=False,
+        use_cpu=settings.device == "cpu",
+        disable_tqdm=True,
+        **pipe[spec.pipeline],
+    )
+
+
+def run_arm(
+    spec: ArmSpec,
+    settings: RunSettings,
+    *,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    teacher_mask_id: int | None,
+    rows: Sequence[dict[str, Any]],
+    toks: dict[str, Any],
+    seed: int,
+    steps: int | None = None,
+    evaluate: Callable[[torch.nn.Module], float] | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Train ``student`` in place; returns ``{"wall_seconds", "steps", "curve": [(step, bpb)], "log"}``."""
+    import transformers
+
+    from ..training import build_trainer
+
+    steps = settings.steps if steps is None else steps
+    tok = toks["student"]
+    curve: list[tuple[int, float]] = []
+    eval_time = [0.0]
+
+    class _Curve(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ARG002
+            if progress is not None:
+                progress.update(1)
+            if evaluate is not None and settings.eval_every and state.global_step % settings.eval_every == 0:
+                t0 = time.time()
+                curve.append((state.global_step, evaluate(model)))
+                eval_time[0] += time.time() - t0
+
+    with tempfile.TemporaryDirectory(prefix="tide-study-") as tmp:
+        config = distill_config(spec, settings, seed=seed, steps=steps, output_dir=tmp, shared_vocab=len(tok))
+        if spec.pipeline == "A":
+            config.teacher_mask_token_id = teacher_mask_id
+        trainer = build_trainer(
+            config,
+            student=student,
+            teacher_model=teacher,
+            train_dataset=list(rows),
+            student_tokenizer=tok,
+            student_mask_id=tok.mask_token_id,
+            backend="transformers",
+            callbacks=[_Curve()],
+        )
+        for noisy in (transformers.PrinterCallback, transformers.trainer_callback.ProgressCallback):
+            trainer.remove_callback(noisy)  # the study draws its own progress bar
+        if spec.objective is None:
+            trainer.teacher, trainer.objective = _NoTeacher(), _NoObjective()
+        start = time.time()
+        trainer.train()
+        wall = time.time() - start - eval_time[0]  # training only: the curve's evaluations excluded
+        log = [h for h in trainer.state.log_history if "loss" in h]
+    student.eval()
+    return {"wall_seconds": wall, "steps": steps, "curve": curve, "log": log}

@@ -1,0 +1,106 @@
+"""What ``tide distill`` (no arguments) distils: the study's pipeline-A teacher (a trained
+bidirectional masked-diffusion MoE) and its tokenizers, shipped with the package, into the
+study's student init, on study corpus rows; held-out bits per byte before and after.
+
+The shipped files are made by::
+
+    tide study --teachers-only --export DIR      # (on a GPU: study_gpu.sh) then copy DIR/* to
+                                                  # tide_plugin/data/study/
+    python -m tide_plugin.study.demo              # demo/train.jsonl, demo/heldout.jsonl
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .models import SHIPPED_DIR
+
+DEMO_DATA_DIR = SHIPPED_DIR / "demo"
+
+
+def demo_assets() -> dict[str, str]:
+    """Paths of the shipped demo pieces: student / teacher tokenizers, student init,
+    teacher A, train and held-out chat JSONL. One clear error when any is missing."""
+    from .config import StudyConfig
+    from .models import find_artifact
+    from .run import init_name, teacher_name, tokenizers_key
+
+    cfg = StudyConfig()
+    key = tokenizers_key(cfg)
+    names = {"tokenizers": f"tokenizers-{key}", "teacher": teacher_name("A", cfg, key), "student": init_name(cfg, key)}
+    found = {k: find_artifact(v) for k, v in names.items()}
+    missing = [names[k] for k, v in found.items() if v is None or not str(v).startswith(str(SHIPPED_DIR))]
+    data = {"data": DEMO_DATA_DIR / "train.jsonl", "heldout": DEMO_DATA_DIR / "heldout.jsonl"}
+    missing += [str(p) for p in data.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the demo's trained teacher is not shipped in {SHIPPED_DIR} (missing {missing}); make it with "
+            "`tide study --teachers-only --export DIR` and copy DIR/* there, or pass --preset none with your own models"
+        )
+    return {
+        "student_tokenizer": str(found["tokenizers"] / "student"),
+        "teacher_tokenizer": str(found["tokenizers"] / "cross"),
+        "model_name_or_path": str(found["student"]),
+        "teacher_model_name_or_path": str(found["teacher"]),
+        "data": str(data["data"]),
+        "heldout": str(data["heldout"]),
+    }
+
+
+def heldout_scorer(heldout_path: str, student_tok: Any, teacher_tok: Any, *, block_size: int, teacher_kind: str,
+                   samples: int = 2, seed: int = 1234):
+    """``(score_student(model) -> float, score_teacher(model) -> float)`` on the held-out chat JSONL."""
+    from ..alignment.preprocess import load_jsonl
+    from .bpb import heldout_bpb
+    from .data import encode_heldout
+
+    rows = load_jsonl(heldout_path)
+    s_data, t_data = encode_heldout(rows, student_tok), encode_heldout(rows, teacher_tok)
+
+    def student(model) -> float:
+        return heldout_bpb(model, "bd3lm", s_data, mask_id=student_tok.mask_token_id, pad_id=student_tok.pad_token_id,
+                           block_size=block_size, samples=samples, seed=seed).bpb
+
+    def teacher(model) -> float:
+        return heldout_bpb(model, teacher_kind, t_data, mask_id=teacher_tok.mask_token_id,
+                           pad_id=teacher_tok.pad_token_id, block_size=block_size, samples=samples, seed=seed).bpb
+
+    return student, teacher
+
+
+def write_demo_data(folder: str | Path = DEMO_DATA_DIR, train_rows: int = 320, heldout_rows: int = 48) -> None:
+    """The demo's train / held-out rows: a deterministic subset of the study corpus (held-out
+    rows come from modules no study model was trained on)."""
+    import json
+
+    from .corpus import CorpusConfig, build_corpus
+
+    start = time.time()
+    corpus = build_corpus(CorpusConfig(max_train_rows=train_rows, max_heldout_rows=heldout_rows))
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", corpus.train), ("heldout", corpus.heldout)):
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps({"messages": r["messages"], "module": r["module"]}, ensure_ascii=False) + "\n")
+    print(f"wrote {len(corpus.train)} train and {len(corpus.heldout)} held-out rows (Python {corpus.python}) "
+          f"to {out} in {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    write_demo_data(*sys.argv[1:2])
+
+
+def heldout_callback(score_student, every: int, curve: list):
+    """A ``TrainerCallback`` appending ``(step, student bits per byte)`` to ``curve`` every ``every`` steps."""
+    import transformers
+
+    class _Heldout(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ARG002
+            if every and state.global_step % every == 0 and state.is_world_process_zero:
+                curve.append((state.global_step, score_student(model)))
+
+    return _Heldout()
