@@ -46,6 +46,7 @@ def build_collator(
     teacher_mask_id: int | None,
     student_pad_id: int | None = None,
     teacher_pad_id: int = 0,
+    teacher_eos_id: int | None = None,
 ) -> DistillCollator:
     from ..collators.chain import build_collator_chain
 
@@ -59,10 +60,19 @@ def build_collator(
                 "block_size": int(config.block_size),
                 "pipeline": config.pipeline,
                 "pad_id": student_pad_id,
-                "teacher_pad_id": int(teacher_pad_id),
+                "teacher_pad_id": int(teacher_pad_id if config.teacher_pad_token_id is None else config.teacher_pad_token_id),
                 "max_length": config.max_length,
                 "teacher_max_length": config.teacher_max_length,
             }
+            if config.teacher_eos_token_id is not None or teacher_eos_id is not None:
+                # the teacher's block-EOS padding (SPEC 1.1), where the pad stage offers it
+                from ..registry import get_registry
+
+                pad_cls = get_registry().resolve("collator", name).spec.config_cls
+                fields = {f.name for f in dataclasses.fields(pad_cls)} if dataclasses.is_dataclass(pad_cls) else set()
+                eos = config.teacher_eos_token_id if config.teacher_eos_token_id is not None else teacher_eos_id
+                if "teacher_eos_id" in fields:
+                    per_stage[name]["teacher_eos_id"] = int(eos)
         elif name == "noise":
             per_stage[name] = {
                 "mask_id": int(student_mask_id),
@@ -78,6 +88,21 @@ def build_collator(
     return DistillCollator(build_collator_chain(names, **per_stage))
 
 
+def _teacher_special_ids(tok: Any) -> dict[str, int]:
+    """Teacher pad (else EOS) and EOS ids from its tokenizer, as the reference takes them."""
+    if tok is None:
+        return {}
+    eos = getattr(tok, "eos_token_id", None)
+    pad = getattr(tok, "pad_token_id", None)
+    pad = eos if pad is None else pad
+    out = {}
+    if pad is not None:
+        out["teacher_pad_id"] = int(pad)
+    if eos is not None:
+        out["teacher_eos_id"] = int(eos)
+    return out
+
+
 def build_trainer(
     config: DistillConfig,
     *,
@@ -87,6 +112,7 @@ def build_trainer(
     student_tokenizer: Any = None,
     student_mask_id: int | None = None,
     student_eos_id: int | None = None,
+    teacher_tokenizer: Any = None,
     backend: str = "auto",
     callbacks: Sequence[Any] | None = None,
 ) -> transformers.Trainer:
@@ -100,26 +126,6 @@ def build_trainer(
     eos_id = student_eos_id if student_eos_id is not None else getattr(tok, "eos_token_id", None)
     if mask_id is None or eos_id is None:
         raise ValueError(f"student mask id ({mask_id}) and EOS id ({eos_id}) are needed; pass a tokenizer or the ids")
-    teacher_kwargs: dict[str, Any] = {
-        "mask_token_id": config.teacher_mask_token_id,
-        "dtype": config.teacher_dtype,
-        "sequential_views": config.sequential_views,
-        "load_in_4bit": config.teacher_load_in_4bit,
-    }
-    from ..registry import get_registry
-
-    # Options the adapter's config declares (the block-diffusion layout, for one) are
-    # passed through, whichever plugin provides the adapter.
-    teacher_cls = get_registry().resolve("teacher", config.teacher).spec.config_cls
-    teacher_fields = {f.name for f in dataclasses.fields(teacher_cls)} if dataclasses.is_dataclass(teacher_cls) else set()
-    for key, value in (("concat_order", config.concat_order), ("block_size", int(config.block_size))):
-        if key in teacher_fields and value is not None:
-            teacher_kwargs[key] = value
-    teacher_kwargs.update(config.teacher_config)
-    teacher = get_teacher(config.teacher, model=teacher_model, **teacher_kwargs)
-    teacher_mask = config.teacher_mask_token_id
-    if teacher_mask is None:
-        teacher_mask = teacher.mask_token_id if config.pipeline != "same" else mask_id
     objective_kwargs = config.objective_kwargs()
     objective = get_objective(config.objective, **objective_kwargs)
     if config.shared_vocab_size is None and objective.requires & {"token_alignment", "pairs"}:
@@ -132,12 +138,37 @@ def build_trainer(
         )
     info = PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size)
     objective.check_pipeline(info)  # before any model work
+    teacher_kwargs: dict[str, Any] = {
+        "mask_token_id": config.teacher_mask_token_id,
+        "dtype": config.teacher_dtype,
+        "sequential_views": config.sequential_views,
+        "load_in_4bit": config.teacher_load_in_4bit,
+    }
+    from ..registry import get_registry
+
+    # Options the adapter's config declares (the block-diffusion layout, for one) are
+    # passed through, whichever plugin provides the adapter.
+    teacher_cls = get_registry().resolve("teacher", config.teacher).spec.config_cls
+    teacher_fields = {f.name for f in dataclasses.fields(teacher_cls)} if dataclasses.is_dataclass(teacher_cls) else set()
+    for key, value in (
+        ("concat_order", config.concat_order),
+        ("block_size", int(config.block_size)),
+        ("attn_implementation", config.teacher_attn_implementation),
+    ):
+        if key in teacher_fields and value is not None:
+            teacher_kwargs[key] = value
+    teacher_kwargs.update(config.teacher_config)
+    teacher = get_teacher(config.teacher, model=teacher_model, **teacher_kwargs)
+    teacher_mask = config.teacher_mask_token_id
+    if teacher_mask is None:
+        teacher_mask = teacher.mask_token_id if config.pipeline != "same" else mask_id
     collator = build_collator(
         config,
         student_eos_id=int(eos_id),
         student_mask_id=int(mask_id),
         teacher_mask_id=None if teacher_mask is None else int(teacher_mask),
         student_pad_id=getattr(tok, "pad_token_id", None),
+        **_teacher_special_ids(teacher_tokenizer),
     )
     student.config.mask_token_id = int(mask_id)
     student.config.block_size = int(config.block_size)

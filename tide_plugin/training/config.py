@@ -108,9 +108,41 @@ class DistillArguments:
     taid_decay: str | None = field(default=None, metadata={"help": "TIDAL g: cosine | linear"})
     taid_axis_mode: str | None = field(default=None, metadata={"help": "both | training_only | timestep_only"})
     taid_timestep_weight: str | None = field(default=None, metadata={"help": "uniform | midrange"})
+    # the rest of the reference trainer config (DistillBD3LMConfig)
+    use_complementary_demo: bool | None = field(default=None, metadata={"help": "reference name of use_comp_demo"})
+    taid_lambda_decay: str | None = field(default=None, metadata={"help": "reference name of taid_decay"})
+    alm_weight: float | None = field(default=None, metadata={"help": "weight of chunk objectives (alm, *_alm_taid)"})
+    kl_weight: float | None = field(default=None, metadata={"help": "weight of token KL / reverse KL objectives"})
+    taid_weight: float | None = field(default=None, metadata={"help": "weight of token TIDAL (taid, taid_aligned)"})
+    # the reference entry points' model / teacher / data arguments that shape a run
+    max_teacher_length: int | None = field(default=None, metadata={"help": "reference name of teacher_max_length"})
+    teacher_attn_implementation: str | None = field(
+        default=None, metadata={"help": "teacher attention when loading a teacher folder: sdpa | eager | flex_attention"}
+    )
+    teacher_eos_token_id: int | None = field(
+        default=None, metadata={"help": "teacher EOS id for block padding (default: the teacher tokenizer's)"}
+    )
+    teacher_pad_token_id: int | None = field(
+        default=None, metadata={"help": "teacher batch-padding id (default: the teacher tokenizer's pad, else EOS)"}
+    )
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "pad student rows to max_length (accepted; changes only tensor shapes)"}
+    )
+    teacher_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
+    student_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
+    dtype: str | None = field(default=None, metadata={"help": "student dtype when loading a folder: auto | float32 | bfloat16 | float16"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "(reference; 4-bit students are refused: full weights are trained)"})
+    lora: bool = field(default=False, metadata={"help": "(reference; LoRA is refused: full weights are trained)"})
+    target_modules: str | None = field(default=None, metadata={"help": "(reference LoRA option)"})
+    r: int | None = field(default=None, metadata={"help": "(reference LoRA option)"})
+    lora_alpha: int | None = field(default=None, metadata={"help": "(reference LoRA option)"})
+    lora_dropout: float | None = field(default=None, metadata={"help": "(reference LoRA option)"})
+    bias: str | None = field(default=None, metadata={"help": "(reference LoRA option)"})
+    modules_to_save: str | None = field(default=None, metadata={"help": "(reference LoRA option)"})
 
     # -- validation and resolution ------------------------------------------------
     def _distill_post_init(self) -> None:
+        self._resolve_reference_names()
         if self.distill_mode:
             self.objective = self.distill_mode
         parts = [p.strip() for p in str(self.objective).split("+")]
@@ -138,12 +170,76 @@ class DistillArguments:
             raise ValueError(f"time_epsilon {self.time_epsilon} must lie in (0, 1)")
         if int(self.block_size) <= 0:
             raise ValueError(f"block_size {self.block_size} must be a positive integer")
+        if self.max_length is not None and "distill_pad" in self.collator_names() and int(self.max_length) % int(self.block_size):
+            raise ValueError(
+                f"max_length ({self.max_length}) must be a multiple of block_size ({self.block_size}) so that "
+                "block-EOS padding never exceeds it"
+            )
         if not 0.0 < float(self.demo_ratio) < 1.0:
             raise ValueError(f"demo_ratio {self.demo_ratio} must lie in (0, 1)")
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight {self.ce_weight} must be >= 0")
         if _bool(self.right_shift_logits):
             raise ValueError("right_shift_logits=True is not supported: BD3LM predicts x0 at the x_t position")
+        for name in ("alm_weight", "kl_weight", "taid_weight"):
+            value = getattr(self, name)
+            if value is not None and float(value) < 0:
+                raise ValueError(f"{name} {value} must be >= 0")
+        for name in ("max_length", "teacher_max_length"):
+            value = getattr(self, name)
+            if value is not None and int(value) <= 0:
+                raise ValueError(f"{name} {value} must be a positive integer (or unset)")
+        if self.dtype not in (None, "auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype {self.dtype!r} is not one of ('auto', 'float32', 'bfloat16', 'float16')")
+        if _bool(self.lora):
+            raise ValueError("lora=True is not supported: tide distill trains the student's full weights (drop --lora)")
+        if _bool(self.load_in_4bit):
+            raise ValueError(
+                "load_in_4bit=True is not supported for the student: tide distill trains its full weights "
+                "(4-bit students need LoRA adapters); drop --load_in_4bit (teachers: --teacher_load_in_4bit)"
+            )
+
+    def _resolve_reference_names(self) -> None:
+        """The reference's names for fields we also name otherwise: the reference name
+        wins when only it is given; both given with different values is an error."""
+        pairs = (
+            ("use_complementary_demo", "use_comp_demo", False),
+            ("taid_lambda_decay", "taid_decay", None),
+            ("max_teacher_length", "teacher_max_length", None),
+        )
+        for ref, ours, default in pairs:
+            ref_value, our_value = getattr(self, ref), getattr(self, ours)
+            if ref_value is None:
+                continue
+            if ref == "use_complementary_demo":
+                ref_value, our_value = _bool(ref_value), _bool(our_value)
+            if our_value not in (default, None) and our_value != ref_value:
+                raise ValueError(f"{ref}={ref_value!r} and {ours}={our_value!r} disagree; give one of them")
+            setattr(self, ours, ref_value)
+        self.pad_to_max_length = _bool(self.pad_to_max_length)
+        self.lora = _bool(self.lora)
+        self.load_in_4bit = _bool(self.load_in_4bit)
+
+    def reference_notes(self) -> list[str]:
+        """One line per reference option given that has no effect here, saying why."""
+        notes = []
+        if self.pad_to_max_length:
+            notes.append(
+                "pad_to_max_length has no effect on the result: rows are padded to a block multiple with EOS "
+                "(as the reference does first), and padding beyond that starts a new block that no target attends "
+                "to and carries no target; the reference pads for fixed-length flex attention"
+            )
+        for name in ("teacher_byteify_spec", "student_byteify_spec"):
+            if getattr(self, name):
+                notes.append(
+                    f"{name} has no effect: byte tables come from each tokenizer itself (tide_plugin alignment), "
+                    "not from a byteify spec"
+                )
+        lora_opts = [n for n in ("target_modules", "r", "lora_alpha", "lora_dropout", "bias", "modules_to_save")
+                     if getattr(self, n) is not None]
+        if lora_opts:
+            notes.append(f"{', '.join(lora_opts)} have no effect: LoRA is off (lora=False), the full student is trained")
+        return notes
 
     # -- what the pieces are built from -------------------------------------------------
     def implied_pipeline(self) -> str | None:
@@ -173,10 +269,23 @@ class DistillArguments:
             cls = info.spec.config_cls
             names = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else set()
             cfg: dict[str, Any] = {}
-            chunk_level = "chunks" in reg.build("objective", p).requires
+            with warnings.catch_warnings():  # a probe: the trainer's own build reports warnings
+                warnings.simplefilter("ignore", UserWarning)
+                probe = reg.build("objective", p)
+            chunk_level = "chunks" in probe.requires
             temp = self.alm_temperature if chunk_level else self.kl_temperature
             if temp is not None and "temperature" in names:
                 cfg["temperature"] = float(temp)
+            # the reference's weights: alm_weight for every chunk mode (alm, reverse_alm,
+            # alm_taid, reverse_alm_taid), taid_weight for token TIDAL, kl_weight for KL
+            if chunk_level:
+                weight = self.alm_weight
+            elif probe.interpolates_teacher:
+                weight = self.taid_weight
+            else:
+                weight = self.kl_weight
+            if weight is not None and "weight" in names:
+                cfg["weight"] = float(weight)
             for flag, key in TIDAL_FIELDS.items():
                 value = getattr(self, flag)
                 if value is not None and key in names:
@@ -206,7 +315,33 @@ class DistillConfig(DistillArguments, transformers.TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep the distillation columns"})
     logging_steps: float = field(default=10, metadata={"help": "log every N optimizer steps"})
 
+    # transformers 5 dropped these two TrainingArguments (4.57 has them, same defaults)
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "train into an output_dir that already holds a finished run or checkpoints"},
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "batch rows of similar length (transformers 5: train_sampling_strategy)"}
+    )
+
     def __post_init__(self) -> None:
+        check_training_values(self)
         super().__post_init__()
         self._distill_post_init()
+        self.group_by_length = _bool(self.group_by_length)
+        if self.group_by_length and hasattr(self, "train_sampling_strategy"):
+            self.train_sampling_strategy = "group_by_length"
+
+
+def check_training_values(args: Any) -> None:
+    """The ``TrainingArguments`` values that would otherwise fail late or in silence."""
+    if int(args.max_steps) == 0:
+        raise ValueError(
+            "max_steps 0 trains nothing; give a positive --max_steps, or leave it unset (-1) to train "
+            "--num_train_epochs"
+        )
+    if float(args.learning_rate) < 0:
+        raise ValueError(f"learning_rate {args.learning_rate} must be >= 0")
+    if float(args.num_train_epochs) <= 0 and int(args.max_steps) < 0:
+        raise ValueError(f"num_train_epochs {args.num_train_epochs} must be > 0 when max_steps is unset")
 
