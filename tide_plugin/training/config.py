@@ -16,6 +16,7 @@ import transformers
 from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
 
 PIPELINES = ("same", "shared", "cross")
+_TRAINING_ARGS_HAVE_WARMUP_RATIO = "warmup_ratio" in {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
 LOSS_WEIGHT_TYPES = ("scheduler", "uniform")
 TIDAL_FIELDS = {
     "taid_lambda_init": "lambda_init",
@@ -143,6 +144,10 @@ class DistillArguments:
     # -- validation and resolution ------------------------------------------------
     def _distill_post_init(self) -> None:
         self._resolve_reference_names()
+        for name in ("alm_weight", "kl_weight", "taid_weight"):
+            value = getattr(self, name)
+            if value is not None and float(value) < 0:
+                raise ValueError(f"{name} {value} must be >= 0")
         if self.distill_mode:
             self.objective = self.distill_mode
         parts = [p.strip() for p in str(self.objective).split("+")]
@@ -181,10 +186,6 @@ class DistillArguments:
             raise ValueError(f"ce_weight {self.ce_weight} must be >= 0")
         if _bool(self.right_shift_logits):
             raise ValueError("right_shift_logits=True is not supported: BD3LM predicts x0 at the x_t position")
-        for name in ("alm_weight", "kl_weight", "taid_weight"):
-            value = getattr(self, name)
-            if value is not None and float(value) < 0:
-                raise ValueError(f"{name} {value} must be >= 0")
         for name in ("max_length", "teacher_max_length"):
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
@@ -323,9 +324,21 @@ class DistillConfig(DistillArguments, transformers.TrainingArguments):
     group_by_length: bool = field(
         default=False, metadata={"help": "batch rows of similar length (transformers 5: train_sampling_strategy)"}
     )
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "warmup as a fraction of the steps (transformers 5: a float warmup_steps)"}
+    )
 
     def __post_init__(self) -> None:
         check_training_values(self)
+        if self.warmup_ratio is not None and not _TRAINING_ARGS_HAVE_WARMUP_RATIO:
+            if not 0.0 <= float(self.warmup_ratio) < 1.0:
+                raise ValueError(f"warmup_ratio {self.warmup_ratio} must lie in [0, 1)")
+            if float(self.warmup_steps) and float(self.warmup_ratio):
+                raise ValueError("give warmup_steps or warmup_ratio, not both")
+            if float(self.warmup_ratio):
+                self.warmup_steps = float(self.warmup_ratio)  # transformers 5 reads a float < 1 as a ratio
+        elif self.warmup_ratio is None and _TRAINING_ARGS_HAVE_WARMUP_RATIO:
+            self.warmup_ratio = 0.0  # transformers 4.57's default
         super().__post_init__()
         self._distill_post_init()
         self.group_by_length = _bool(self.group_by_length)
