@@ -287,7 +287,7 @@ def test_shipped_accelerate_configs(name, kind):
 
 @pytest.mark.slow
 def test_distill_reads_a_preprocessed_dataset_dir(tmp_path):
-    from tide_plugin.collators.preprocess import DEMO_DATA, load_jsonl, preprocess
+    from tide_plugin.alignment.preprocess import DEMO_DATA, load_jsonl, preprocess
     from tide_plugin.offline import tokenizer
 
     ds, _ = preprocess(load_jsonl(DEMO_DATA)[:12], tokenizer("mistral"), tokenizer("qwen"), pipeline="cross",

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("tide_plugin.cli.distill", "distil a teacher into a block-diffusion student"),
-    "preprocess": ("tide_plugin.collators.preprocess", "tokenise and align chat JSONL into a dataset"),
+    "preprocess": ("tide_plugin.alignment.preprocess", "tokenise and align chat JSONL into a dataset"),
     "eval": ("tide_plugin.eval.cli", "evaluate a student with lm-eval (offline tasks included)"),
     "plugins": ("tide_plugin.cli.plugins", "list every registered plugin"),
 }

@@ -232,7 +232,7 @@ def _tokenizer(spec: str) -> Any:
         tok = copy.deepcopy(tokenizer("qwen"))
         tok.chat_template = ALT_TEMPLATE
         return tok
-    from ..collators.preprocess import load_tokenizer
+    from ..alignment.preprocess import load_tokenizer
 
     return load_tokenizer(spec)
 
@@ -320,7 +320,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     teacher_spec = run.get("teacher_tokenizer") or run.get("teacher_model_name_or_path") or "offline:mistral"
     student_tok = _tokenizer(student_spec)
     teacher_tok = _tokenizer(teacher_spec)
-    from ..collators.alignment import resolve_mask_id
+    from ..alignment import resolve_mask_id
 
     student_mask = resolve_mask_id(student_tok)
     if config.teacher_mask_token_id is None and config.pipeline != "same":

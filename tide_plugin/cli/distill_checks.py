@@ -67,13 +67,10 @@ def check_dataset_pipeline(dataset: Any, pipeline: str | None, source: str) -> N
 
 # -- which tokenizers a dataset was aligned with --------------------------------------------
 def preprocess_module() -> Any:
-    """The preprocessing module (moving from ``collators`` to ``alignment``)."""
+    """:mod:`tide_plugin.alignment.preprocess` (imported when a dataset is needed)."""
     import importlib
 
-    try:
-        return importlib.import_module("tide_plugin.alignment.preprocess")
-    except ImportError:
-        return importlib.import_module("tide_plugin.collators.preprocess")
+    return importlib.import_module("tide_plugin.alignment.preprocess")
 
 
 def tokenizer_fingerprint(tok: Any) -> str:
