@@ -59,7 +59,12 @@ class DistillArguments:
     ``alm_temperature`` (chunk objectives), ``kl_temperature`` (token objectives),
     ``taid_lambda_init`` / ``taid_lambda_max`` / ``taid_decay`` / ``taid_axis_mode`` /
     ``taid_timestep_weight`` (TIDAL), ``teacher_mask_token_id``, ``shared_vocab_size``,
-    ``concat_order``.
+    ``concat_order``; the rest of the reference trainer config and entry-point
+    arguments too: ``alm_weight`` / ``kl_weight`` / ``taid_weight`` (weights of chunk,
+    KL and token-TIDAL objectives), ``use_complementary_demo``, ``taid_lambda_decay``,
+    ``max_teacher_length`` (reference names of ours), ``teacher_attn_implementation``,
+    ``teacher_eos_token_id``, ``teacher_pad_token_id``, ``dtype``; options without an
+    effect here are listed by :meth:`reference_notes`, unsupported values refused.
     """
 
     objective: str = field(
