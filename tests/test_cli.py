@@ -180,3 +180,17 @@ def test_aligning_in_process_says_what_was_dropped_and_applies_reference_data_op
     assert 0 < len(filtered) < len(cut) and all(len(r) <= 128 for r in filtered["input_ids"])
     unmasked, _ = load_run_dataset({"max_samples": 4, "mask_prompt_loss": False}, cfg, toks)
     assert all(r["labels"] == r["input_ids"] for r in unmasked)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["distill", "--truncation", "filtr"], "did you mean 'filter'?"),
+        (["distill", "--pipeline", "crosss"], "pipeline 'crosss' is not one of ('same', 'shared', 'cross') (did you mean 'cross'?)"),
+        (["distill", "--concat_order", "x0xt"], "(did you mean 'x0_xt'?)"),
+    ],
+)
+def test_unknown_choices_get_did_you_mean(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TIDE_DEBUG", raising=False)
+    _one_line_error(capsys, argv, needle)

@@ -64,6 +64,10 @@ class OneLineParser(argparse.ArgumentParser):
             known = [o for a in self._actions for o in a.option_strings]
             message += "".join(did_you_mean(f.split("=", 1)[0], known) for f in flags)
             message += f"; see `{self.prog} --help`"
+        elif "invalid choice: " in message and "(choose from " in message:
+            given = message.split("invalid choice: ", 1)[1].split(" (choose from ", 1)[0].strip("'\"")
+            options = message.split("(choose from ", 1)[1].rstrip(")").replace("'", "").split(", ")
+            message += did_you_mean(given, options)
         _error_line(self.prog, message)
         raise SystemExit(USAGE_ERROR)
 

@@ -5,6 +5,7 @@ reference launch flags among them) and :class:`DistillConfig` (those plus
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import warnings
 from collections.abc import Mapping
@@ -40,6 +41,12 @@ def _parse_mapping(value: Any, name: str) -> dict[str, Any]:
         if isinstance(out, dict):
             return out
     raise ValueError(f"{name} must be a mapping or a JSON object string, got {value!r}")
+
+
+def _not_one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{name} {value!r} is not one of {tuple(allowed)}{hint}"
 
 
 def _bool(value: Any) -> bool:
@@ -167,15 +174,15 @@ class DistillArguments:
         if self.pipeline is None:
             self.pipeline = self.implied_pipeline()
         if self.pipeline is not None and self.pipeline not in PIPELINES:
-            raise ValueError(f"pipeline {self.pipeline!r} is not one of {PIPELINES}")
+            raise ValueError(_not_one_of("pipeline", self.pipeline, PIPELINES))
         if self.concat_order is not None and self.concat_order not in CONCAT_ORDERS:
-            raise ValueError(f"concat_order {self.concat_order!r} is not one of {CONCAT_ORDERS}")
+            raise ValueError(_not_one_of("concat_order", self.concat_order, CONCAT_ORDERS))
         if self.loss_norm_type not in LOSS_NORMS:
-            raise ValueError(f"loss_norm_type {self.loss_norm_type!r} is not one of {LOSS_NORMS}")
+            raise ValueError(_not_one_of("loss_norm_type", self.loss_norm_type, LOSS_NORMS))
         if self.loss_weight_type not in LOSS_WEIGHT_TYPES:
-            raise ValueError(f"loss_weight_type {self.loss_weight_type!r} is not one of {LOSS_WEIGHT_TYPES}")
+            raise ValueError(_not_one_of("loss_weight_type", self.loss_weight_type, LOSS_WEIGHT_TYPES))
         if self.masking_schedule not in ("linear", "cosine"):
-            raise ValueError(f"masking_schedule {self.masking_schedule!r} is not one of ('linear', 'cosine')")
+            raise ValueError(_not_one_of("masking_schedule", self.masking_schedule, ("linear", "cosine")))
         if not 0.0 < float(self.time_epsilon) < 1.0:
             raise ValueError(f"time_epsilon {self.time_epsilon} must lie in (0, 1)")
         if int(self.block_size) <= 0:
@@ -196,7 +203,7 @@ class DistillArguments:
             if value is not None and int(value) <= 0:
                 raise ValueError(f"{name} {value} must be a positive integer (or unset)")
         if self.dtype not in (None, "auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype {self.dtype!r} is not one of ('auto', 'float32', 'bfloat16', 'float16')")
+            raise ValueError(_not_one_of("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16")))
         if _bool(self.lora):
             raise ValueError("lora=True is not supported: tide distill trains the student's full weights (drop --lora)")
         if _bool(self.load_in_4bit):
