@@ -39,10 +39,10 @@ test-compat: install-compat
 	$(VENV_COMPAT)/bin/python -m pytest -q
 
 demo: install
-	$(VENV)/bin/tide distill
+	$(VENV)/bin/tide distill --overwrite_output_dir True
 
 demo-shared: install
-	$(VENV)/bin/tide distill --preset shared
+	$(VENV)/bin/tide distill --preset shared --overwrite_output_dir True
 
 bench: install
 	$(PY) bench/losses.py

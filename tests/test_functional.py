@@ -86,11 +86,14 @@ def plain_calm(lp_s, lp_t, mask, tau, reverse=False):
     return loss[mask].sum() / max(1, int(mask.sum()))
 
 
-def plain_tidal_calm(lp_s, lp_t, mask, lam, weight, tau):
+def plain_tidal_calm(lp_s, lp_t, mask, lam, weight, tau, reverse=False):
     s = torch.exp(lp_s.float() / tau).clamp(1e-7, 1 - 1e-7)
     q = torch.exp(lp_t.detach().float() / tau).clamp(1e-7, 1 - 1e-7)
     m = ((1 - lam[:, None]) * s + lam[:, None] * q).clamp(1e-7, 1 - 1e-7).detach()
-    loss = -(m * torch.log(s) + (1 - m) * torch.log(1 - s)) * weight[:, None]
+    if reverse:  # the reference's reverse_alm_taid
+        loss = -(s * torch.log(m) + (1 - s) * torch.log(1 - m)) * weight[:, None]
+    else:
+        loss = -(m * torch.log(s) + (1 - m) * torch.log(1 - s)) * weight[:, None]
     return loss[mask].sum() / max(1, int(mask.sum()))
 
 
@@ -364,15 +367,18 @@ def test_calm_matches_plain(dtype, reverse, tau):
     torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_tidal_calm_matches_plain(dtype):
+def test_tidal_calm_matches_plain(dtype, reverse):
     lp_s = _chunk_lps(3, 5, seed=34, dtype=dtype, grad=True)
     lp_t = _chunk_lps(3, 5, seed=35, dtype=dtype)
     mask = _mask(3, 5, seed=36, p=0.6)
     lam = torch.tensor([0.1, 0.5, 0.9])
     w = torch.tensor([1.0, 0.3, 2.0])
-    got, g_got = _value_and_grad(lambda x: fn.tidal_calm(x, lp_t, mask, lam, weight=w, temperature=2.0), lp_s)
-    want, g_want = _value_and_grad(lambda x: plain_tidal_calm(x, lp_t, mask, lam, w, 2.0), lp_s)
+    got, g_got = _value_and_grad(
+        lambda x: fn.tidal_calm(x, lp_t, mask, lam, weight=w, temperature=2.0, reverse=reverse), lp_s
+    )
+    want, g_want = _value_and_grad(lambda x: plain_tidal_calm(x, lp_t, mask, lam, w, 2.0, reverse), lp_s)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-6)
     # lam = 1 is CALM with the teacher as target

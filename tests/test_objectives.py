@@ -309,7 +309,7 @@ def test_registry_lists_names_and_aliases():
         "calm": ("alm",),
         "reverse_calm": ("reverse_alm",),
         "tidal": ("taid", "taid_aligned"),
-        "tidal_calm": ("alm_taid",),
+        "tidal_calm": ("alm_taid", "reverse_alm_taid"),
     }
     for name, aliases in expected.items():
         assert infos[name].aliases == aliases and infos[name].distribution == "tide-plugin"

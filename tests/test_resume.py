@@ -53,3 +53,32 @@ def test_resume_continues_the_same_schedule_and_losses(tmp_path):
             assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), (step, key)
     # the schedule really moves: lambda grows with progress
     assert straight[6]["lambda/tidal"] != straight[1]["lambda/tidal"]
+
+
+@pytest.mark.slow
+def test_cli_saves_resumes_and_reports_the_whole_run(tmp_path, capsys, monkeypatch):
+    """`--save_steps 1` alone saves (the shared preset says save_strategy "no");
+    `--resume_from_checkpoint True` continues from the last checkpoint; a third run into
+    the finished folder is refused; train_loss covers every step; names are registered ones."""
+    import json
+
+    from tide_plugin import cli
+
+    monkeypatch.delenv("TIDE_DEBUG", raising=False)
+    out = tmp_path / "run"
+    common = ["distill", "--preset", "shared", "--max_samples", "8", "--logging_steps", "1", "--output_dir", str(out),
+              "--per_device_train_batch_size", "2", "--disable_tqdm", "True"]
+    assert cli.main([*common, "--max_steps", "2", "--save_steps", "1"]) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    first = capsys.readouterr().out
+    assert "objective 'tidal'" in first and "taid_aligned" not in first
+    assert cli.main([*common, "--max_steps", "4", "--save_steps", "100", "--resume_from_checkpoint", "True"]) == 0
+    assert "(resuming " in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("checkpoint-2") and metrics["objective"] == "tidal"
+    losses = [h["loss"] for h in metrics["history"]]
+    assert [h["step"] for h in metrics["history"]] == [1, 2, 3, 4]
+    assert metrics["train"]["train_loss"] == pytest.approx(sum(losses) / 4, abs=1e-3)
+    assert metrics["train"]["train_loss_scope"] == "whole run (steps 1-4)"
+    assert cli.main([*common, "--max_steps", "2"]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err

@@ -117,6 +117,7 @@ class RunContext:
     student_pad_id: int | None = None
     teacher_mask_id: int | None = None
     teacher_pad_id: int = 0
+    teacher_eos_id: int | None = None
     max_length: int | None = None
     teacher_max_length: int | None = None
     masking_schedule: str = "linear"

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,60 +16,10 @@ import torch
 import transformers
 
 from ..training import DistillConfig, build_trainer, write_metrics
+from ..training.config import implied_pipeline
+from .presets import ALT_TEMPLATE, PRESET_MODELS, PRESETS
+from . import did_you_mean
 
-_DEMO_RUN: dict[str, Any] = {
-    # What both embedded demos share: short sequences, 30 steps at a high constant
-    # learning rate, so a tiny model moves visibly within the three-minute budget.
-    "max_length": 64,
-    "teacher_max_length": 96,
-    "block_size": 32,
-    "max_steps": 30,
-    "learning_rate": 2e-3,
-    "warmup_steps": 0,
-    "lr_scheduler_type": "constant",
-    "per_device_train_batch_size": 4,
-    "logging_steps": 2,
-    "save_strategy": "no",
-    "dataloader_pin_memory": False,
-    "seed": 0,
-}
-PRESETS: dict[str, dict[str, Any]] = {
-    # TIDE-Cross in miniature with a teacher that knows something: the study's trained
-    # Qwen3-MoE masked-diffusion teacher and its SentencePiece-style tokenizer, shipped with
-    # the package (tide_plugin.study.demo), distilled into the study's BD3LM student init
-    # (byte-level BPE) on standard-library rows; Reverse CALM over chunks; held-out bits
-    # per byte before and after.
-    "demo": {
-        "objective": "reverse_calm",
-        "pipeline": "cross",
-        "teacher": "bidirectional",
-        "output_dir": "runs/demo",
-        **_DEMO_RUN,
-        "max_length": 192,
-        "teacher_max_length": 256,
-        "max_steps": 60,
-        "learning_rate": 1e-3,
-        "per_device_train_batch_size": 8,
-        "logging_steps": 5,
-        "teacher_dtype": "float32",  # shipped in bfloat16 to halve the bytes
-    },
-    # TIDE-Shared in miniature: shared vocabulary, teacher with another chat template,
-    # template pairs, token TIDAL + CompDemo, block (WeDLM-style x0_xt) teacher.
-    "shared": {
-        "objective": "taid_aligned",
-        "pipeline": "shared",
-        "teacher": "block",
-        "concat_order": "x0_xt",
-        "use_comp_demo": True,
-        "shared_vocab_size": 151646,
-        "output_dir": "runs/demo-shared",
-        **_DEMO_RUN,
-    },
-}
-PRESET_MODELS = {
-    "demo": {"study_assets": True, "teacher_arch": "qwen3_moe"},
-    "shared": {"student_tokenizer": "offline:qwen", "teacher_tokenizer": "offline:qwen-alt-template", "teacher_arch": "qwen3"},
-}
 _RUN_KEYS = (
     "config",
     "preset",
@@ -82,15 +33,28 @@ _RUN_KEYS = (
     "backend",
     "attn_implementation",
     "heldout",
+    # the reference entry points' data arguments
+    "dataset_args",
+    "load_preprocessed_data",
+    "mask_prompt_loss",
+    "truncation",
+    "num_proc",
+    "disable_caching",
 )
-ALT_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + ' says:\\n' + m['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant says:\\n' }}{% endif %}"
-)
+MODEL_KEYS = ("model_name_or_path", "teacher_model_name_or_path")
 
 
 def _config_parser(add_help: bool = False) -> argparse.ArgumentParser:
     return transformers.HfArgumentParser(DistillConfig, add_help=add_help)
+
+
+def _str2bool(value: str) -> bool:
+    low = str(value).strip().lower()
+    if low in ("1", "true", "yes", "y", "on"):
+        return True
+    if low in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not a truth value (True or False)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,12 +63,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     on the command line override the preset and the ``--config`` YAML."""
     run = parser.add_argument_group("run")
     run.add_argument("--config", default=None, help="YAML file of DistillConfig fields and run options")
-    run.add_argument("--preset", default=None, help=f"one of {sorted(PRESETS)} or 'none' (default: demo)")
-    run.add_argument("--model_name_or_path", default=None, help="student checkpoint (default: a tiny Qwen3)")
-    run.add_argument("--teacher_model_name_or_path", default=None, help="teacher checkpoint (default: a tiny model)")
-    run.add_argument("--student_tokenizer", default=None, help="tokenizer: offline:qwen, offline:mistral or a path")
-    run.add_argument("--teacher_tokenizer", default=None, help="tokenizer of the teacher")
+    run.add_argument(
+        "--preset", default=None,
+        help=f"one of {sorted(PRESETS)} or 'none' (default: demo, or none when a model folder is given)",
+    )
+    run.add_argument("--model_name_or_path", default=None, help="student folder, plain or A2D (default: a tiny Qwen3)")
+    run.add_argument("--teacher_model_name_or_path", default=None, help="teacher folder (default: a tiny model)")
+    run.add_argument(
+        "--student_tokenizer", default=None,
+        help="offline:qwen, offline:mistral or a folder (default: the student folder's, else offline:qwen)",
+    )
+    run.add_argument("--teacher_tokenizer", default=None, help="the teacher's (default: the teacher folder's)")
     run.add_argument("--data", default=None, help="chat JSONL (aligned in-process) or a `tide preprocess` output dir")
+    ref = parser.add_argument_group("reference data arguments")
+    ref.add_argument("--dataset_args", default=None, help="the reference's name of --data (local paths only)")
+    ref.add_argument(
+        "--load_preprocessed_data", type=_str2bool, nargs="?", const=True, default=None,
+        help="True: the data is a `tide preprocess` folder; False: a chat JSONL aligned now",
+    )
+    ref.add_argument(
+        "--mask_prompt_loss", type=_str2bool, nargs="?", const=True, default=None,
+        help="False also trains on prompt tokens (raw data only; default True)",
+    )
+    ref.add_argument(
+        "--truncation", choices=["right", "filter"], default=None,
+        help="right: cut rows at max_length (default); filter: drop rows longer than max_length",
+    )
+    ref.add_argument("--num_proc", type=int, default=None, help="worker processes when aligning raw data")
+    ref.add_argument(
+        "--disable_caching", type=_str2bool, nargs="?", const=True, default=None, help="datasets.disable_caching()"
+    )
     run.add_argument("--max_samples", type=int, default=None, help="use only the first N conversations")
     run.add_argument("--tiny_hidden_size", type=int, default=None, help="hidden size of the tiny default models")
     run.add_argument("--backend", default=None, choices=["auto", "dllm", "transformers"], help="trainer base class")
@@ -126,29 +114,56 @@ def _load_yaml(path: str) -> dict[str, Any]:
 
 
 def resolve_options(args: argparse.Namespace | Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(config fields, run options)``: preset < YAML < explicit flags."""
+    """``(config fields, run options)``: preset < YAML < explicit flags.
+
+    The ``demo`` preset is the default only when no model folder is given: a run on real
+    checkpoints starts from the plain defaults (transformers' and SPEC's), as the
+    reference's launch lines do.
+    """
     given = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
     given = {k: v for k, v in given.items() if v is not None or k not in _RUN_KEYS}
     yaml_opts = _load_yaml(given["config"]) if given.get("config") else {}
-    preset = given.get("preset") or yaml_opts.get("preset") or "demo"
+    explicit = {**yaml_opts, **{k: v for k, v in given.items() if k != "config"}}
+    if "dataset_args" in explicit:
+        if explicit.get("data") not in (None, explicit["dataset_args"]):
+            raise ValueError(f"--data {explicit['data']!r} and --dataset_args {explicit['dataset_args']!r} disagree")
+        explicit["data"] = explicit.pop("dataset_args")
+    chosen = explicit.pop("preset", None)
+    preset = chosen or ("none" if any(explicit.get(k) for k in MODEL_KEYS) else "demo")
     if preset != "none" and preset not in PRESETS:
-        raise ValueError(f"preset {preset!r} is not one of {sorted(PRESETS)} or 'none'")
+        raise ValueError(f"preset {preset!r} is not one of {sorted(PRESETS)} or 'none'{did_you_mean(preset, PRESETS)}")
     merged: dict[str, Any] = {}
     if preset != "none":
         merged.update(PRESETS[preset])
         merged.update(PRESET_MODELS[preset])
-    explicit = {**yaml_opts, **{k: v for k, v in given.items() if k != "config"}}
-    if ("objective" in explicit or "distill_mode" in explicit) and "pipeline" not in explicit:
-        merged.pop("pipeline", None)  # let the chosen objective imply its pipeline
+    mode = explicit.get("distill_mode") or explicit.get("objective")
+    if mode and "pipeline" not in explicit and "pipeline" in merged:
+        implied = implied_pipeline(str(mode))
+        if implied is not None and implied != merged["pipeline"]:
+            if chosen:
+                raise ValueError(
+                    f"objective {mode!r} needs the {implied!r} pipeline, but --preset {preset} runs the "
+                    f"{merged['pipeline']!r} pipeline; choose another preset (or --preset none), or an objective "
+                    f"of the {merged['pipeline']!r} pipeline"
+                )
+            merged.pop("pipeline")  # the default preset yields to the chosen objective
     if "num_train_epochs" in explicit and "max_steps" not in explicit:
         merged.pop("max_steps", None)  # epochs asked for: the preset's step cap must not win
+    if "save_steps" in explicit and "save_strategy" not in explicit:
+        merged["save_strategy"] = "steps"  # an explicit save interval beats the preset's "no"
+    for model_key, tok_key in (("model_name_or_path", "student_tokenizer"), ("teacher_model_name_or_path", "teacher_tokenizer")):
+        if explicit.get(model_key) and tok_key not in explicit:
+            merged.pop(tok_key, None)  # the tokenizer comes from the model folder
+    if "concat_order" in explicit and "teacher" not in explicit:
+        merged["teacher"] = "block"  # the reference's WeDLM entry point: a block teacher in that order
     merged.update(explicit)
     merged["preset"] = preset
     names = {f.name for f in dataclasses.fields(DistillConfig) if f.init}
     run_keys = set(_RUN_KEYS) | {"teacher_arch", "study_assets"}
     unknown = set(merged) - names - run_keys
     if unknown:
-        raise ValueError(f"unknown options {sorted(unknown)}; see `tide distill --help`")
+        hints = "".join(did_you_mean(u, names | run_keys) for u in sorted(unknown))
+        raise ValueError(f"unknown options {sorted(unknown)}{hints}; see `tide distill --help`")
     return {k: v for k, v in merged.items() if k in names}, {k: v for k, v in merged.items() if k in run_keys}
 
 
@@ -178,7 +193,7 @@ def _student(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.n
     if run.get("model_name_or_path"):
         from ..checkpoints import load_student
 
-        return load_student(run["model_name_or_path"], attn_implementation=impl)
+        return load_student(run["model_name_or_path"], attn_implementation=impl, dtype=config.dtype)
     from ..tiny import tiny_qwen3
 
     return tiny_qwen3(
@@ -199,42 +214,52 @@ def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.n
     return build(len(tok), hidden_size=int(run.get("tiny_hidden_size") or 32), seed=config.seed + 1, **_special_ids(tok))
 
 
-def _dataset(run: Mapping[str, Any], config: DistillConfig, student_tok: Any, teacher_tok: Any) -> Any:
-    from ..alignment.preprocess import DEMO_DATA, load_jsonl, preprocess
+def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> str | None:
+    """Everything that can be checked without a tokenizer or a model; returns the
+    checkpoint to resume from."""
+    from ..batch import PipelineInfo
+    from ..registry import get_objective
+    from .distill_checks import check_output_dir, resolve_resume
+    from .distill_data import check_data_path
 
-    data = run.get("data")
-    if data and Path(data).is_dir():
-        import datasets
+    for key, what in (("model_name_or_path", "student"), ("teacher_model_name_or_path", "teacher")):
+        path = run.get(key)
+        if path and not Path(str(path)).expanduser().is_dir():
+            raise FileNotFoundError(
+                f"{what} checkpoint {str(path)!r} is not a local directory: models are loaded from local folders "
+                "only (download the checkpoint first and pass its folder)"
+            )
+    check_data_path(run)
+    if config.pipeline is None:
+        raise ValueError(f"objective {config.objective!r} implies no pipeline; pass --pipeline same | shared | cross")
+    with warnings.catch_warnings():  # the trainer's own build reports them
+        warnings.simplefilter("ignore", UserWarning)
+        objective = get_objective(config.objective, **config.objective_kwargs())
+    objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size))
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    check_output_dir(config.output_dir, overwrite=bool(config.overwrite_output_dir), resume=resume is not None)
+    return resume
 
-        ds = datasets.load_from_disk(data)
-    else:
-        rows = load_jsonl(data or DEMO_DATA)
-        if run.get("max_samples"):
-            rows = rows[: int(run["max_samples"])]
-        if config.pipeline not in ("cross", "shared"):
-            raise ValueError(f"raw chat data needs the cross or shared pipeline, got {config.pipeline!r}")
-        ds, report = preprocess(
-            rows,
-            teacher_tok,
-            student_tok,
-            pipeline=config.pipeline,
-            max_length=config.max_length,
-            teacher_max_length=config.teacher_max_length or -1,
-            progress=False,
-        )
-        print(f"tide distill: aligned {len(ds)} of {len(rows)} conversations ({config.pipeline} pipeline)")
-        if len(ds) == 0:
-            raise ValueError(f"no conversation survived alignment: {report}")
-    if run.get("max_samples") and len(ds) > int(run["max_samples"]):
-        ds = ds.select(range(int(run["max_samples"])))
-    return ds
 
+def canonical_objective(objective: str) -> str:
+    """Registered names of an objective string (aliases resolved): ``taid_aligned`` -> ``tidal``."""
+    from ..registry import get_registry
+
+    reg = get_registry()
+    return "+".join(reg.resolve("objective", p).name for p in objective.split("+"))
+
+
+def _say(message: str) -> None:
+    print(f"tide distill: {message}", flush=True)
 
 
 def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """Run a distillation from resolved options; returns the metrics written."""
     start = time.time()
     config = DistillConfig(**options)
+    resume = _check_before_heavy_work(config, run)
+    for note in config.reference_notes():
+        _say(f"note: {note}")
     if run.get("study_assets"):  # the demo: shipped trained teacher, tokenizers, student init, data
         from ..study.demo import demo_assets
 
@@ -244,14 +269,22 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
             print(f"tide distill: {exc}; falling back to tiny randomly initialised models")
             assets = {"student_tokenizer": "offline:qwen", "teacher_tokenizer": "offline:mistral"}
         run = {**assets, **{k: v for k, v in run.items() if v is not None}}
-    student_tok = _tokenizer(run.get("student_tokenizer") or "offline:qwen")
-    teacher_tok = _tokenizer(run.get("teacher_tokenizer") or "offline:mistral")
+    student_spec = run.get("student_tokenizer") or run.get("model_name_or_path") or "offline:qwen"
+    teacher_spec = run.get("teacher_tokenizer") or run.get("teacher_model_name_or_path") or "offline:mistral"
+    student_tok = _tokenizer(student_spec)
+    teacher_tok = _tokenizer(teacher_spec)
     from ..alignment import resolve_mask_id
 
     student_mask = resolve_mask_id(student_tok)
     if config.teacher_mask_token_id is None and config.pipeline != "same":
         config.teacher_mask_token_id = resolve_mask_id(teacher_tok)
-    dataset = _dataset(run, config, student_tok, teacher_tok)
+    from .distill_data import load_run_dataset
+
+    dataset, notes = load_run_dataset(
+        run, config, {"student": (student_tok, student_spec), "teacher": (teacher_tok, teacher_spec)}
+    )
+    for note in notes:
+        _say(note)
     student = _student(run, student_tok, config)
     teacher = _teacher(run, teacher_tok, config)
     trainer = build_trainer(
@@ -261,11 +294,14 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         train_dataset=dataset,
         student_tokenizer=student_tok,
         student_mask_id=student_mask,
+        teacher_tokenizer=teacher_tok,
         backend=run.get("backend") or "auto",
     )
-    print(
-        f"tide distill: {type(trainer).__name__}, objective {config.objective!r}, pipeline {config.pipeline!r}, "
+    objective = canonical_objective(config.objective)
+    _say(
+        f"{type(trainer).__name__}, objective {objective!r}, pipeline {config.pipeline!r}, "
         f"teacher {config.teacher!r}, collators {config.collator_names()}, -> {config.output_dir}"
+        + (f" (resuming {resume})" if resume else "")
     )
     heldout: dict[str, Any] = {}
     curve: list = []
@@ -282,8 +318,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         heldout["student_bpb_before"] = score_student(student.to(device))
         curve.append((0, heldout["student_bpb_before"]))
         trainer.add_callback(heldout_callback(score_student, max(1, config.max_steps // 4), curve))
-    resume = config.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=resume if resume else None)
+    trainer.train(resume_from_checkpoint=resume)
     if heldout:
         heldout["student_bpb_after"] = score_student(trainer.model)
         if not curve or curve[-1][0] != trainer.state.global_step:
@@ -296,16 +331,17 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
             trainer,
             config.output_dir,
             {
-                "objective": config.objective,
+                "objective": objective,
+                "objective_as_given": config.objective,
                 "pipeline": config.pipeline,
                 "preset": run.get("preset"),
                 "examples": len(dataset),
+                "resumed_from": resume,
                 "wall_seconds": round(time.time() - start, 2),
                 **({"heldout": heldout, "heldout_curve": curve} if heldout else {}),
             },
         )
-        print(f"tide distill: wrote the student, metrics.json and loss.png to {config.output_dir} "
-              f"in {time.time() - start:.1f} s")
+        _say(f"wrote the student, metrics.json and loss.png to {config.output_dir} in {time.time() - start:.1f} s")
     return metrics
 
 

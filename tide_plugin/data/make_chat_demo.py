@@ -4,8 +4,11 @@ offline demo and the ``tide preprocess`` tests.
 
 Deterministic: the same script always writes the same file::
 
-    python -m tide_plugin.data.make_chat_demo            # rewrites chat_demo.jsonl next to this file
+    python -m tide_plugin.data.make_chat_demo            # writes ./chat_demo.jsonl
     python -m tide_plugin.data.make_chat_demo --out x.jsonl --count 50
+
+It never writes into the installed package unless asked (``--out`` pointing there), and
+never replaces an existing file without ``--overwrite``.
 
 Each line is ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 SEED = 20240611
@@ -725,10 +729,16 @@ def generate(count: int = DEFAULT_COUNT, seed: int = SEED) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).with_name("chat_demo.jsonl")))
+    parser.add_argument("--out", default="chat_demo.jsonl", help="output file (default: ./chat_demo.jsonl)")
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT)
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    if args.count <= 0:
+        parser.error(f"--count {args.count} must be a positive integer")
+    if Path(args.out).exists() and not args.overwrite:
+        print(f"make_chat_demo: error: {args.out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
     rows = generate(args.count, args.seed)
     with open(args.out, "w", encoding="utf-8") as f:
         for row in rows:

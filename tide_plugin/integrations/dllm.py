@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..batch import PipelineInfo
-from ..training.config import DistillArguments
+from ..training.config import DistillArguments, check_training_values
 from ..training.loss import DistillLossMixin, dllm_nll_update
 
 try:
@@ -50,6 +50,7 @@ class DllmDistillConfig(DistillArguments, BD3LMConfig):
     learning_rate: float = field(default=5e-5)
 
     def __post_init__(self) -> None:
+        check_training_values(self)
         super().__post_init__()
         self._distill_post_init()
 

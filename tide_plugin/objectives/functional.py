@@ -551,12 +551,14 @@ def tidal_calm(
     *,
     weight: Tensor | None = None,
     temperature: float = 2.0,
+    reverse: bool = False,
 ) -> Tensor:
     """Chunk TIDAL (SPEC 5.3).
 
     ``m = stopgrad(clamp((1 - lam_b) s + lam_b q))``; loss
     ``-(m log s + (1-m) log(1-s)) * omega_b`` summed over active chunks and divided
-    by their count.
+    by their count. ``reverse`` (the reference's ``reverse_alm_taid``) swaps the roles:
+    ``-(s log m + (1-s) log(1-m)) * omega_b``, the gradient flowing through ``s``.
 
     :param student_chunk_lp, teacher_chunk_lp: ``[b, C]``; :param chunk_mask: ``[b, C]`` bool.
     :param lam: ``[b]``; :param weight: ``[b]`` timestep weights (default 1).
@@ -571,5 +573,8 @@ def tidal_calm(
     lam_b = _per_example("lam", lam, b, device, 0.0).to(s.dtype)[:, None]
     w_b = _per_example("weight", weight, b, device, 1.0).to(s.dtype)[:, None]
     m = ((1.0 - lam_b) * s.detach() + lam_b * q).clamp(PROB_CLAMP, 1.0 - PROB_CLAMP)
-    loss = -(m * s.log() + (1.0 - m) * torch.log1p(-s)) * w_b
+    if reverse:
+        loss = -(s * m.log() + (1.0 - s) * torch.log1p(-m)) * w_b
+    else:
+        loss = -(m * s.log() + (1.0 - m) * torch.log1p(-s)) * w_b
     return _chunk_mean(loss, chunk_mask)

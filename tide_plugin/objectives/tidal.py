@@ -8,7 +8,9 @@ Registered names:
   over masked positions (or template pairs when aligned);
 - ``tidal_calm`` (alias ``alm_taid``): chunk TIDAL, target
   ``m = stopgrad(clamp((1-lam) s + lam q))``, loss ``-(m log s + (1-m) log(1-s)) omega(t)``
-  summed over active chunks, divided by their count.
+  summed over active chunks, divided by their count; ``reverse=True`` (alias
+  ``reverse_alm_taid``, the reference mode) ``-(s log m + (1-s) log(1-m)) omega(t)``, with
+  the SPEC 5.3 warning (TIDAL pairs with forward objectives).
 
 ``lam`` ``[b]`` and ``omega(t)`` ``[b]`` come from the strength schedule selected by
 name (``schedule``, default ``tidal``: its fields ``lambda_init``, ``lambda_max``,
@@ -19,6 +21,7 @@ TIDAL pairs with forward objectives (SPEC 5.3).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -88,10 +91,15 @@ class TidalConfig:
 
 
 class TidalCalmConfig(TidalConfig):
-    """Chunk TIDAL: as :class:`TidalConfig` without ``aligned`` mode (chunks are the alignment)."""
+    """Chunk TIDAL has no ``aligned`` mode (chunks are the alignment); ``reverse`` swaps
+    target and prediction (the reference's ``reverse_alm_taid``)."""
+
+    reverse: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.reverse, bool):
+            raise ValueError(f"reverse must be True or False, got {self.reverse!r}")
         if self.aligned:
             raise ValueError("tidal_calm works on chunks; aligned=True applies to token TIDAL ('tidal') only")
 
@@ -160,10 +168,24 @@ class ChunkTidal(_TidalBase):
     name = "tidal_calm"
     config_cls = TidalCalmConfig
 
+    def __init__(self, **config) -> None:
+        super().__init__(**config)
+        self.direction = "reverse" if self.config.reverse else "forward"
+        if self.config.reverse:
+            warnings.warn(
+                "reverse chunk TIDAL (reverse_alm_taid): TIDAL pairs with forward objectives only (SPEC 5.3); "
+                "late in training its (1 - lambda) factor suppresses the self-selection of the reverse direction",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         lp_s, lp_t, active = active_chunk_log_probs(inputs, self.name)
         lam, w = self.lambda_and_weight(inputs)
-        return {self.name: tidal_calm(lp_s, lp_t, active, lam, weight=w, temperature=self.config.temperature)}
+        loss = tidal_calm(
+            lp_s, lp_t, active, lam, weight=w, temperature=self.config.temperature, reverse=self.config.reverse
+        )
+        return {self.name: loss}
 
 
 @hookimpl
@@ -181,7 +203,8 @@ def tide_plugin_objectives() -> list[PluginSpec]:
             name="tidal_calm",
             factory=ChunkTidal,
             summary="chunk TIDAL: CALM towards stopgrad((1-lambda) s + lambda q) over active chunks",
-            aliases=("alm_taid",),
+            aliases=("alm_taid", "reverse_alm_taid"),
+            alias_config={"reverse_alm_taid": {"reverse": True}},
             config_cls=TidalCalmConfig,
         ),
     ]

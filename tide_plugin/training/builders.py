@@ -47,6 +47,7 @@ def run_context(
     teacher_mask_id: int | None,
     student_pad_id: int | None = None,
     teacher_pad_id: int = 0,
+    teacher_eos_id: int | None = None,
 ) -> RunContext:
     """What the run knows before any batch, for the collator stages that declare
     which of it they need (:attr:`~tide_plugin.hookspecs.CollatorStageProtocol`)."""
@@ -58,7 +59,9 @@ def run_context(
         student_mask_id=int(student_mask_id),
         student_pad_id=student_pad_id,
         teacher_mask_id=teacher_mask_id,
-        teacher_pad_id=int(teacher_pad_id),
+        # the reference's --teacher_pad_token_id / --teacher_eos_token_id beat the tokenizer's
+        teacher_pad_id=int(teacher_pad_id if config.teacher_pad_token_id is None else config.teacher_pad_token_id),
+        teacher_eos_id=teacher_eos_id if config.teacher_eos_token_id is None else int(config.teacher_eos_token_id),
         max_length=config.max_length,
         teacher_max_length=config.teacher_max_length,
         masking_schedule=config.masking_schedule,
@@ -76,6 +79,7 @@ def build_collator(
     teacher_mask_id: int | None,
     student_pad_id: int | None = None,
     teacher_pad_id: int = 0,
+    teacher_eos_id: int | None = None,
 ) -> DistillCollator:
     """The collator chain of ``config.collator_names()``: each stage gets the fields of
     the :func:`run_context` its class declares (``run_context``: config key -> field),
@@ -90,6 +94,7 @@ def build_collator(
         teacher_mask_id=teacher_mask_id,
         student_pad_id=student_pad_id,
         teacher_pad_id=teacher_pad_id,
+        teacher_eos_id=teacher_eos_id,
     )
     reg = get_registry()
     per_stage: dict[str, dict[str, Any]] = {}
@@ -101,6 +106,21 @@ def build_collator(
     return DistillCollator(build_collator_chain(names, **per_stage))
 
 
+def _teacher_special_ids(tok: Any) -> dict[str, int]:
+    """Teacher pad (else EOS) and EOS ids from its tokenizer, as the reference takes them."""
+    if tok is None:
+        return {}
+    eos = getattr(tok, "eos_token_id", None)
+    pad = getattr(tok, "pad_token_id", None)
+    pad = eos if pad is None else pad
+    out = {}
+    if pad is not None:
+        out["teacher_pad_id"] = int(pad)
+    if eos is not None:
+        out["teacher_eos_id"] = int(eos)
+    return out
+
+
 def build_trainer(
     config: DistillConfig,
     *,
@@ -110,6 +130,7 @@ def build_trainer(
     student_tokenizer: Any = None,
     student_mask_id: int | None = None,
     student_eos_id: int | None = None,
+    teacher_tokenizer: Any = None,
     backend: str = "auto",
     callbacks: Sequence[Any] | None = None,
 ) -> transformers.Trainer:
@@ -123,26 +144,6 @@ def build_trainer(
     eos_id = student_eos_id if student_eos_id is not None else getattr(tok, "eos_token_id", None)
     if mask_id is None or eos_id is None:
         raise ValueError(f"student mask id ({mask_id}) and EOS id ({eos_id}) are needed; pass a tokenizer or the ids")
-    teacher_kwargs: dict[str, Any] = {
-        "mask_token_id": config.teacher_mask_token_id,
-        "dtype": config.teacher_dtype,
-        "sequential_views": config.sequential_views,
-        "load_in_4bit": config.teacher_load_in_4bit,
-    }
-    from ..registry import get_registry
-
-    # Options the adapter's config declares (the block-diffusion layout, for one) are
-    # passed through, whichever plugin provides the adapter.
-    teacher_cls = get_registry().resolve("teacher", config.teacher).spec.config_cls
-    teacher_fields = {f.name for f in dataclasses.fields(teacher_cls)} if dataclasses.is_dataclass(teacher_cls) else set()
-    for key, value in (("concat_order", config.concat_order), ("block_size", int(config.block_size))):
-        if key in teacher_fields and value is not None:
-            teacher_kwargs[key] = value
-    teacher_kwargs.update(config.teacher_config)
-    teacher = get_teacher(config.teacher, model=teacher_model, **teacher_kwargs)
-    teacher_mask = config.teacher_mask_token_id
-    if teacher_mask is None:
-        teacher_mask = teacher.mask_token_id if config.pipeline != "same" else mask_id
     objective_kwargs = config.objective_kwargs()
     objective = get_objective(config.objective, **objective_kwargs)
     if config.shared_vocab_size is None and objective.requirements & {"token_alignment", "pairs"}:
@@ -155,12 +156,37 @@ def build_trainer(
         )
     info = PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size)
     objective.check_pipeline(info)  # before any model work
+    teacher_kwargs: dict[str, Any] = {
+        "mask_token_id": config.teacher_mask_token_id,
+        "dtype": config.teacher_dtype,
+        "sequential_views": config.sequential_views,
+        "load_in_4bit": config.teacher_load_in_4bit,
+    }
+    from ..registry import get_registry
+
+    # Options the adapter's config declares (the block-diffusion layout, for one) are
+    # passed through, whichever plugin provides the adapter.
+    teacher_cls = get_registry().resolve("teacher", config.teacher).spec.config_cls
+    teacher_fields = {f.name for f in dataclasses.fields(teacher_cls)} if dataclasses.is_dataclass(teacher_cls) else set()
+    for key, value in (
+        ("concat_order", config.concat_order),
+        ("block_size", int(config.block_size)),
+        ("attn_implementation", config.teacher_attn_implementation),
+    ):
+        if key in teacher_fields and value is not None:
+            teacher_kwargs[key] = value
+    teacher_kwargs.update(config.teacher_config)
+    teacher = get_teacher(config.teacher, model=teacher_model, **teacher_kwargs)
+    teacher_mask = config.teacher_mask_token_id
+    if teacher_mask is None:
+        teacher_mask = teacher.mask_token_id if config.pipeline != "same" else mask_id
     collator = build_collator(
         config,
         student_eos_id=int(eos_id),
         student_mask_id=int(mask_id),
         teacher_mask_id=None if teacher_mask is None else int(teacher_mask),
         student_pad_id=getattr(tok, "pad_token_id", None),
+        **_teacher_special_ids(teacher_tokenizer),
     )
     student.config.mask_token_id = int(mask_id)
     student.config.block_size = int(config.block_size)

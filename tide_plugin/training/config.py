@@ -5,6 +5,7 @@ reference launch flags among them) and :class:`DistillConfig` (those plus
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ LOSS_WEIGHT_ALIASES = {"scheduler": "elbo"}
 """dllm's name for the ELBO weighting. It stays the field's default and is kept as
 typed, because dllm's own config checks the field against its names; the code reads
 :attr:`DistillArguments.ce_weighting`, which speaks the ``noise`` stage's names."""
+_TRAINING_ARGS_HAVE_WARMUP_RATIO = "warmup_ratio" in {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
 TIDAL_FIELDS = {
     "taid_lambda_init": "lambda_init",
     "taid_lambda_max": "lambda_max",
@@ -44,10 +46,30 @@ def _parse_mapping(value: Any, name: str) -> dict[str, Any]:
     raise ValueError(f"{name} must be a mapping or a JSON object string, got {value!r}")
 
 
+def _not_one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{name} {value!r} is not one of {tuple(allowed)}{hint}"
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "y", "on")
     return bool(value)
+
+
+def implied_pipeline(objective: str, **objective_kwargs: Any) -> str | None:
+    """The pipeline an objective's declared requirements imply (third-party objectives
+    included; read from their config classes, nothing is built): chunks -> ``cross``,
+    template pairs -> ``shared``, position-by-position token alignment -> ``same``;
+    ``None`` when they need none of these."""
+    from ..registry import objective_requirements
+
+    needs = objective_requirements(objective, **objective_kwargs)
+    for need, pipeline in (("chunks", "cross"), ("pairs", "shared"), ("token_alignment", "same")):
+        if need in needs:
+            return pipeline
+    return None
 
 
 @dataclass
@@ -61,7 +83,12 @@ class DistillArguments:
     ``alm_temperature`` (chunk objectives), ``kl_temperature`` (token objectives),
     ``taid_lambda_init`` / ``taid_lambda_max`` / ``taid_decay`` / ``taid_axis_mode`` /
     ``taid_timestep_weight`` (TIDAL), ``teacher_mask_token_id``, ``shared_vocab_size``,
-    ``concat_order``.
+    ``concat_order``; the rest of the reference trainer config and entry-point
+    arguments too: ``alm_weight`` / ``kl_weight`` / ``taid_weight`` (weights of chunk,
+    KL and token-TIDAL objectives), ``use_complementary_demo``, ``taid_lambda_decay``,
+    ``max_teacher_length`` (reference names of ours), ``teacher_attn_implementation``,
+    ``teacher_eos_token_id``, ``teacher_pad_token_id``, ``dtype``; options without an
+    effect here are listed by :meth:`reference_notes`, unsupported values refused.
     """
 
     objective: str = field(
@@ -114,9 +141,45 @@ class DistillArguments:
     taid_decay: str | None = field(default=None, metadata={"help": "TIDAL g: cosine | linear"})
     taid_axis_mode: str | None = field(default=None, metadata={"help": "both | training_only | timestep_only"})
     taid_timestep_weight: str | None = field(default=None, metadata={"help": "uniform | midrange"})
+    # the rest of the reference trainer config (DistillBD3LMConfig)
+    use_complementary_demo: bool | None = field(default=None, metadata={"help": "reference name of use_comp_demo"})
+    taid_lambda_decay: str | None = field(default=None, metadata={"help": "reference name of taid_decay"})
+    alm_weight: float | None = field(default=None, metadata={"help": "weight of chunk objectives (alm, *_alm_taid)"})
+    kl_weight: float | None = field(default=None, metadata={"help": "weight of token KL / reverse KL objectives"})
+    taid_weight: float | None = field(default=None, metadata={"help": "weight of token TIDAL (taid, taid_aligned)"})
+    # the reference entry points' model / teacher / data arguments that shape a run
+    max_teacher_length: int | None = field(default=None, metadata={"help": "reference name of teacher_max_length"})
+    teacher_attn_implementation: str | None = field(
+        default=None, metadata={"help": "teacher attention when loading a teacher folder: sdpa | eager | flex_attention"}
+    )
+    teacher_eos_token_id: int | None = field(
+        default=None, metadata={"help": "teacher EOS id for block padding (default: the teacher tokenizer's)"}
+    )
+    teacher_pad_token_id: int | None = field(
+        default=None, metadata={"help": "teacher batch-padding id (default: the teacher tokenizer's pad, else EOS)"}
+    )
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "pad student rows to max_length (accepted; changes only tensor shapes)"}
+    )
+    teacher_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
+    student_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
+    dtype: str | None = field(default=None, metadata={"help": "student dtype when loading a folder: auto | float32 | bfloat16 | float16"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "(reference; 4-bit students are refused: full weights are trained)"})
+    lora: bool = field(default=False, metadata={"help": "(reference; LoRA is refused: full weights are trained)"})
+    target_modules: str | None = field(default=None, metadata={"help": "(reference LoRA option)"})
+    r: int | None = field(default=None, metadata={"help": "(reference LoRA option)"})
+    lora_alpha: int | None = field(default=None, metadata={"help": "(reference LoRA option)"})
+    lora_dropout: float | None = field(default=None, metadata={"help": "(reference LoRA option)"})
+    bias: str | None = field(default=None, metadata={"help": "(reference LoRA option)"})
+    modules_to_save: str | None = field(default=None, metadata={"help": "(reference LoRA option)"})
 
     # -- validation and resolution ------------------------------------------------
     def _distill_post_init(self) -> None:
+        self._resolve_reference_names()
+        for name in ("alm_weight", "kl_weight", "taid_weight"):
+            value = getattr(self, name)
+            if value is not None and float(value) < 0:
+                raise ValueError(f"{name} {value} must be >= 0")
         if self.distill_mode:
             self.objective = self.distill_mode
         parts = [p.strip() for p in str(self.objective).split("+")]
@@ -131,15 +194,15 @@ class DistillArguments:
         if self.pipeline is None:
             self.pipeline = self.implied_pipeline()
         if self.pipeline is not None and self.pipeline not in PIPELINES:
-            raise ValueError(f"pipeline {self.pipeline!r} is not one of {PIPELINES}")
+            raise ValueError(_not_one_of("pipeline", self.pipeline, PIPELINES))
         if self.concat_order is not None and self.concat_order not in CONCAT_ORDERS:
-            raise ValueError(f"concat_order {self.concat_order!r} is not one of {CONCAT_ORDERS}")
+            raise ValueError(_not_one_of("concat_order", self.concat_order, CONCAT_ORDERS))
         if self.loss_norm_type not in LOSS_NORMS:
-            raise ValueError(f"loss_norm_type {self.loss_norm_type!r} is not one of {LOSS_NORMS}")
+            raise ValueError(_not_one_of("loss_norm_type", self.loss_norm_type, LOSS_NORMS))
         if self.loss_weight_type not in LOSS_WEIGHT_TYPES and self.loss_weight_type not in LOSS_WEIGHT_ALIASES:
             raise ValueError(
-                f"loss_weight_type {self.loss_weight_type!r} is not one of {LOSS_WEIGHT_TYPES} "
-                f"(or {sorted(LOSS_WEIGHT_ALIASES)}, dllm's name for elbo)"
+                _not_one_of("loss_weight_type", self.loss_weight_type, LOSS_WEIGHT_TYPES)
+                + f" (or {sorted(LOSS_WEIGHT_ALIASES)}, dllm's name for elbo)"
             )
         from ..registry import get_registry
 
@@ -148,12 +211,72 @@ class DistillArguments:
             raise ValueError(f"time_epsilon {self.time_epsilon} must lie in (0, 1)")
         if int(self.block_size) <= 0:
             raise ValueError(f"block_size {self.block_size} must be a positive integer")
+        if self.max_length is not None and "distill_pad" in self.collator_names() and int(self.max_length) % int(self.block_size):
+            raise ValueError(
+                f"max_length ({self.max_length}) must be a multiple of block_size ({self.block_size}) so that "
+                "block-EOS padding never exceeds it"
+            )
         if not 0.0 < float(self.demo_ratio) < 1.0:
             raise ValueError(f"demo_ratio {self.demo_ratio} must lie in (0, 1)")
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight {self.ce_weight} must be >= 0")
         if _bool(self.right_shift_logits):
             raise ValueError("right_shift_logits=True is not supported: BD3LM predicts x0 at the x_t position")
+        for name in ("max_length", "teacher_max_length"):
+            value = getattr(self, name)
+            if value is not None and int(value) <= 0:
+                raise ValueError(f"{name} {value} must be a positive integer (or unset)")
+        if self.dtype not in (None, "auto", "float32", "bfloat16", "float16"):
+            raise ValueError(_not_one_of("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16")))
+        if _bool(self.lora):
+            raise ValueError("lora=True is not supported: tide distill trains the student's full weights (drop --lora)")
+        if _bool(self.load_in_4bit):
+            raise ValueError(
+                "load_in_4bit=True is not supported for the student: tide distill trains its full weights "
+                "(4-bit students need LoRA adapters); drop --load_in_4bit (teachers: --teacher_load_in_4bit)"
+            )
+
+    def _resolve_reference_names(self) -> None:
+        """The reference's names for fields we also name otherwise: the reference name
+        wins when only it is given; both given with different values is an error."""
+        pairs = (
+            ("use_complementary_demo", "use_comp_demo", False),
+            ("taid_lambda_decay", "taid_decay", None),
+            ("max_teacher_length", "teacher_max_length", None),
+        )
+        for ref, ours, default in pairs:
+            ref_value, our_value = getattr(self, ref), getattr(self, ours)
+            if ref_value is None:
+                continue
+            if ref == "use_complementary_demo":
+                ref_value, our_value = _bool(ref_value), _bool(our_value)
+            if our_value not in (default, None) and our_value != ref_value:
+                raise ValueError(f"{ref}={ref_value!r} and {ours}={our_value!r} disagree; give one of them")
+            setattr(self, ours, ref_value)
+        self.pad_to_max_length = _bool(self.pad_to_max_length)
+        self.lora = _bool(self.lora)
+        self.load_in_4bit = _bool(self.load_in_4bit)
+
+    def reference_notes(self) -> list[str]:
+        """One line per reference option given that has no effect here, saying why."""
+        notes = []
+        if self.pad_to_max_length:
+            notes.append(
+                "pad_to_max_length has no effect on the result: rows are padded to a block multiple with EOS "
+                "(as the reference does first), and padding beyond that starts a new block that no target attends "
+                "to and carries no target; the reference pads for fixed-length flex attention"
+            )
+        for name in ("teacher_byteify_spec", "student_byteify_spec"):
+            if getattr(self, name):
+                notes.append(
+                    f"{name} has no effect: byte tables come from each tokenizer itself (tide_plugin alignment), "
+                    "not from a byteify spec"
+                )
+        lora_opts = [n for n in ("target_modules", "r", "lora_alpha", "lora_dropout", "bias", "modules_to_save")
+                     if getattr(self, n) is not None]
+        if lora_opts:
+            notes.append(f"{', '.join(lora_opts)} have no effect: LoRA is off (lora=False), the full student is trained")
+        return notes
 
     # -- what the pieces are built from -------------------------------------------------
     @property
@@ -163,17 +286,8 @@ class DistillArguments:
         return LOSS_WEIGHT_ALIASES.get(self.loss_weight_type, self.loss_weight_type)
 
     def implied_pipeline(self) -> str | None:
-        """The pipeline the objectives' declared requirements imply (third-party
-        objectives included; read from their config classes, nothing is built):
-        chunks -> ``cross``, template pairs -> ``shared``, position-by-position
-        token alignment -> ``same``; ``None`` when they need none of these."""
-        from ..registry import objective_requirements
-
-        needs = objective_requirements(self.objective, **self.objective_kwargs())
-        for need, pipeline in (("chunks", "cross"), ("pairs", "shared"), ("token_alignment", "same")):
-            if need in needs:
-                return pipeline
-        return None
+        """:func:`implied_pipeline` of this config's objective and its options."""
+        return implied_pipeline(self.objective, **self.objective_kwargs())
 
     def objective_kwargs(self) -> dict[str, Any]:
         """Per-component configuration for :func:`tide_plugin.get_objective`, with the
@@ -196,6 +310,16 @@ class DistillArguments:
             temp = self.alm_temperature if chunk_level else self.kl_temperature
             if temp is not None and "temperature" in names:
                 cfg["temperature"] = float(temp)
+            # the reference's weights: alm_weight for every chunk mode (alm, reverse_alm,
+            # alm_taid, reverse_alm_taid), taid_weight for token TIDAL, kl_weight for KL
+            if chunk_level:
+                weight = self.alm_weight
+            elif getattr(info.spec.factory, "interpolates_teacher", False):
+                weight = self.taid_weight
+            else:
+                weight = self.kl_weight
+            if weight is not None and "weight" in names:
+                cfg["weight"] = float(weight)
             if "schedule_config" in names:
                 for flag, key in TIDAL_FIELDS.items():
                     value = getattr(self, flag)
@@ -226,7 +350,45 @@ class DistillConfig(DistillArguments, transformers.TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep the distillation columns"})
     logging_steps: float = field(default=10, metadata={"help": "log every N optimizer steps"})
 
+    # transformers 5 dropped these two TrainingArguments (4.57 has them, same defaults)
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "train into an output_dir that already holds a finished run or checkpoints"},
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "batch rows of similar length (transformers 5: train_sampling_strategy)"}
+    )
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "warmup as a fraction of the steps (transformers 5: a float warmup_steps)"}
+    )
+
     def __post_init__(self) -> None:
+        check_training_values(self)
+        if self.warmup_ratio is not None and not _TRAINING_ARGS_HAVE_WARMUP_RATIO:
+            if not 0.0 <= float(self.warmup_ratio) < 1.0:
+                raise ValueError(f"warmup_ratio {self.warmup_ratio} must lie in [0, 1)")
+            if float(self.warmup_steps) and float(self.warmup_ratio):
+                raise ValueError("give warmup_steps or warmup_ratio, not both")
+            if float(self.warmup_ratio):
+                self.warmup_steps = float(self.warmup_ratio)  # transformers 5 reads a float < 1 as a ratio
+        elif self.warmup_ratio is None and _TRAINING_ARGS_HAVE_WARMUP_RATIO:
+            self.warmup_ratio = 0.0  # transformers 4.57's default
         super().__post_init__()
         self._distill_post_init()
+        self.group_by_length = _bool(self.group_by_length)
+        if self.group_by_length and hasattr(self, "train_sampling_strategy"):
+            self.train_sampling_strategy = "group_by_length"
+
+
+def check_training_values(args: Any) -> None:
+    """The ``TrainingArguments`` values that would otherwise fail late or in silence."""
+    if int(args.max_steps) == 0:
+        raise ValueError(
+            "max_steps 0 trains nothing; give a positive --max_steps, or leave it unset (-1) to train "
+            "--num_train_epochs"
+        )
+    if float(args.learning_rate) < 0:
+        raise ValueError(f"learning_rate {args.learning_rate} must be >= 0")
+    if float(args.num_train_epochs) <= 0 and int(args.max_steps) < 0:
+        raise ValueError(f"num_train_epochs {args.num_train_epochs} must be > 0 when max_steps is unset")
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..batch import DistillBatch, DistillInputs, PipelineInfo
 from ..bd3lm import bd3lm_nll, block_diffusion_logits, ce_from_nll, unwrap_model
-from ..checkpoints import TIDE_CONFIG_NAME
+from ..checkpoints import TIDE_CONFIG_NAME, apply_layout, layout_of
 from ..hookspecs import ResumableStageProtocol
 from .normalise import count_units, normalise_parts, part_units, window_denominators, window_units
 
@@ -217,6 +217,7 @@ class DistillLossMixin:
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict=state_dict)
         out = Path(output_dir or self.args.output_dir)
+        apply_layout(out, layout_of(unwrap_model(self.model)))  # A2D stays A2D (SPEC 2.2)
         info = tide_config(self.args, unwrap_model(self.model), getattr(self, "processing_class", None))
         (out / TIDE_CONFIG_NAME).write_text(json.dumps(info, indent=2) + "\n")
 

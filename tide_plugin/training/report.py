@@ -10,6 +10,28 @@ from typing import Any
 
 import transformers
 
+
+def _whole_run_train_loss(trainer: transformers.Trainer, checkpoint: Path, history: list[dict]) -> dict[str, Any]:
+    """After a resume the Trainer's ``train_loss`` averages only the resumed steps: add
+    the steps before the checkpoint from the logged losses (each a mean over its
+    logging window), so ``train_loss`` covers the whole run."""
+    state = checkpoint / "trainer_state.json"
+    this_run = getattr(trainer, "_total_loss_scalar", None)
+    if not state.is_file() or this_run is None:
+        return {"train_loss_scope": "resumed steps only (the earlier steps' losses are unknown)"}
+    start = int(json.loads(state.read_text()).get("global_step", 0))
+    earlier, prev = 0.0, 0
+    for h in history:
+        if h["step"] > start:
+            break
+        earlier += float(h["loss"]) * (h["step"] - prev)
+        prev = h["step"]
+    total = int(trainer.state.global_step)
+    if prev != start or total <= 0:
+        return {"train_loss_scope": f"resumed steps only (no loss was logged at the resume step {start})"}
+    return {"train_loss": (earlier + float(this_run)) / total, "train_loss_scope": f"whole run (steps 1-{total})"}
+
+
 def write_metrics(trainer: transformers.Trainer, output_dir: str | os.PathLike[str], extra: Mapping[str, Any]) -> dict:
     """``metrics.json`` (per-step history of every logged part, final values) and
     ``loss.png`` (CE and every objective part against the step)."""
@@ -18,6 +40,9 @@ def write_metrics(trainer: transformers.Trainer, output_dir: str | os.PathLike[s
     summary = next((h for h in reversed(trainer.state.log_history) if "train_runtime" in h), {})
     skip = {"loss", "grad_norm", "learning_rate", "epoch", "step", "progress"}
     parts = sorted({k for h in history for k in h if k not in skip and not k.startswith(("lambda/", "stats/"))})
+    summary = dict(summary)
+    if extra.get("resumed_from"):
+        summary.update(_whole_run_train_loss(trainer, Path(str(extra["resumed_from"])), history))
     metrics = {
         "history": history,
         "parts": parts,
