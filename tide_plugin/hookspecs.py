@@ -26,9 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import pluggy
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 PROJECT_NAME = "tide_plugin"
 """The pluggy project name and the entry-point group."""
@@ -36,8 +39,8 @@ PROJECT_NAME = "tide_plugin"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-PluginKind = Literal["objective", "collator", "scheduler", "teacher"]
-KINDS: tuple[PluginKind, ...] = ("objective", "collator", "scheduler", "teacher")
+PluginKind = Literal["objective", "collator", "scheduler", "teacher", "decoder"]
+KINDS: tuple[PluginKind, ...] = ("objective", "collator", "scheduler", "teacher", "decoder")
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,57 @@ def tide_plugin_teachers() -> Sequence[PluginSpec]:
     """
 
 
+@runtime_checkable
+class Decoder(Protocol):
+    """What a decoder factory builds: the choice of which masked positions of the
+    current block one model call commits (:mod:`tide_plugin.eval.sampler`).
+
+    ``name`` is reported next to the results; ``describe()`` returns its options
+    (``{"threshold": 0.9}``) for the results JSON.
+    """
+
+    name: str
+
+    def calls(self, block_length: int, budget: int) -> int | None:
+        """Model calls a block of ``block_length`` masks takes, if fixed in advance.
+
+        :param budget: the calls the sampler's ``steps`` / ``steps_per_block``
+            schedule gives this block (``block_length`` by default).
+        :return: the number of calls, or ``None`` when it depends on the predictions.
+        """
+
+    def select(self, confidence: Tensor, masked: Tensor, *, call: int, budget: int) -> Tensor:
+        """Positions to commit at call ``call`` (0-based) of the current block.
+
+        :param confidence: ``[b, L]`` float32, the confidence of each position's
+            prediction (``p(pred)``; uniform noise under ``remasking="random"``),
+            ``-inf`` where the position is already committed.
+        :param masked: ``[b, L]`` bool, the positions still masked.
+        :return: ``[b, L]`` bool, a subset of ``masked`` with at least one position
+            in every row that has one masked (the sampler checks both).
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """The decoder's options, for reports (``{}`` when it has none)."""
+
+
+@hookspec
+def tide_plugin_decoders() -> Sequence[PluginSpec]:
+    """Offer decoding strategies of the block-diffusion sampler (``one_per_step``,
+    ``threshold``, ``fixed_k``, ...), selected by name with ``generate(decoder=...)``
+    and ``tide eval --decoder``.
+
+    A decoder's factory is called with the decoder's options as keywords and builds
+    a :class:`Decoder`.
+
+    :return: the decoders this plugin provides.
+    """
+
+
 HOOKS_BY_KIND: dict[PluginKind, str] = {
     "objective": "tide_plugin_objectives",
     "collator": "tide_plugin_collators",
     "scheduler": "tide_plugin_schedulers",
     "teacher": "tide_plugin_teachers",
+    "decoder": "tide_plugin_decoders",
 }

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-path", action="append", default=[], help="another folder of task YAMLs")
     parser.add_argument("--exec-timeout", type=float, default=10.0, help="seconds per HumanEval program")
     parser.add_argument("--exec-memory-mb", type=int, default=1024, help="address-space limit per program")
+    from .decoders import add_decoder_arguments
+
+    add_decoder_arguments(parser)
 
 
 def _task_list(text: str) -> list[str]:
@@ -67,6 +70,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from lm_eval.tasks import TaskManager
 
     from . import lm_eval_model  # noqa: F401  - registers tide_bd3lm
+    from .decoders import decoder_model_args
 
     if args.cfg_scale != 0.0:
         raise SystemExit(f"tide eval: --cfg-scale {args.cfg_scale} is not supported; the paper's protocol uses 0")
@@ -99,6 +103,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "use_cache": not args.no_kv_cache,
         "seed": args.seed,
+        **decoder_model_args(args),
     }
     model_args = {k: v for k, v in model_args.items() if v is not None}
     limit = args.limit
@@ -148,9 +153,13 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(args)
     if results is None:  # not the main process
         return 0
+    from .lm_eval_model import sampler_summary
+
+    results["sampler"] = sampler_summary()
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))
+    print(f"sampler: {json.dumps(results['sampler'])}")
     path = write_results(results, args.output_dir, args.model)
     print(f"results written to {path}")
     return 0

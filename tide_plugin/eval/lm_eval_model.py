@@ -26,7 +26,8 @@ import lm_eval.models  # noqa: F401  - fill lm-eval's registry before adding our
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from .sampler import REMASKING, generate
+from .decoders import DEFAULT_DECODER, get_decoder, parse_decoder_args
+from .sampler import REMASKING, SamplingStats, generate
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,14 @@ GENERATIVE_VARIANTS = (
     "humaneval_offline (or humaneval_offline_instruct)",
 )
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_LAST_STATS: list[SamplingStats] = []  # the sampler statistics of the latest model built in this process
+
+
+def sampler_summary() -> dict[str, Any] | None:
+    """``{"decoder": ..., <options>, "tokens_per_call": ..., "model_calls": ...}`` of
+    the latest ``tide_bd3lm`` model of this process (``None`` if none was built);
+    ``tide eval`` adds it to the results as ``"sampler"``."""
+    return _LAST_STATS[-1].as_dict() if _LAST_STATS else None
 
 
 def _config_value(config: Any, names: tuple[str, ...]) -> Any:
@@ -98,6 +107,10 @@ class TideBD3LM(LM):
     :param max_gen_toks: used when a task gives none (default 256).
     :param dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (checkpoint's).
     :param use_cache: cache clean context (same tokens, faster).
+    :param decoder: registered decoding strategy (``one_per_step``, the paper's,
+        default; ``threshold``; ``fixed_k``; a plugin's).
+    :param threshold: ``--decoder threshold``'s confidence tau; ``k``: ``fixed_k``'s
+        tokens per call; ``decoder_args``: other options (mapping or ``"a=1,b=2"``).
     """
 
     def __init__(
@@ -117,6 +130,10 @@ class TideBD3LM(LM):
         mask_id: int | None = None,
         seed: int | None = 0,
         attn_implementation: str = "sdpa",
+        decoder: str = DEFAULT_DECODER,
+        threshold: float | None = None,
+        k: int | None = None,
+        decoder_args: Any = None,
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -133,6 +150,15 @@ class TideBD3LM(LM):
                 log.warning("tide_bd3lm ignores model argument %s=%r", key, unused[key])
         if remasking not in REMASKING:
             raise ValueError(f"remasking {remasking!r} is not one of {REMASKING}")
+        options = parse_decoder_args(decoder_args)
+        if threshold is not None:
+            options["threshold"] = float(threshold)
+        if k is not None:
+            options["k"] = int(k)
+        self.decoder = get_decoder(str(decoder), **options)  # bad names and options fail before loading
+        self.sampler_stats = SamplingStats()
+        _LAST_STATS.append(self.sampler_stats)
+        del _LAST_STATS[:-1]
         if dtype != "auto" and dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {('auto', *_DTYPES)}")
         if device is None:
@@ -241,6 +267,8 @@ class TideBD3LM(LM):
                     tokenizer=self.tokenizer,
                     generator=generator,
                     use_cache=self.use_cache,
+                    decoder=self.decoder,
+                    stats=self.sampler_stats,
                 )
                 for i, ids in zip(chunk, outs):
                     text = self.tokenizer.decode(ids, skip_special_tokens=True)
