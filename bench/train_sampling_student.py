@@ -15,7 +15,13 @@ block-diffusion mask) and ``bd3lm_ce`` (CE on masked positions, ELBO weight
 1/t for the linear schedule), with AdamW in a plain loop: a CE-only student
 needs no teacher, and the distillation trainer always builds one.
 
-    python bench/train_sampling_student.py --out runs/sampling_student --minutes 6
+    python bench/train_sampling_student.py --out runs/sampling_student --minutes 15          # CPU
+    python bench/train_sampling_student.py --out /tmp/student --minutes 1 --preset qwen3-0.6b-body --device cuda
+
+(``--preset qwen3-0.6b-body``: Qwen3-0.6B's transformer body - hidden 1024, 28
+layers, 16/8 heads of 128, MLP 3072 - with the 258-byte vocabulary, trained in
+bfloat16 autocast; its calls cost what a Qwen3-0.6B student's cost at batch 1,
+and its confidences are a trained model's.)
 
 writes a ``save_pretrained`` folder with ``tide_config.json`` (mask id, block size)
 and ``train_log.json`` (seed, steps, losses, held-out files).
@@ -72,28 +78,44 @@ def corpus(train: bool) -> bytes:
     return b"\n".join(parts)
 
 
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    if args.preset == "small":
+        return tiny_qwen3(VOCAB, hidden_size=args.hidden, num_layers=args.layers, num_heads=4, num_kv_heads=2,
+                          seed=args.seed)
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=VOCAB, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                         num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
+                         tie_word_embeddings=True, attn_implementation="sdpa")
+    torch.manual_seed(args.seed)
+    return Qwen3ForCausalLM(config)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/sampling_student")
     parser.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden", type=int, default=192)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--length", type=int, default=128, help="training window (a multiple of --block-size)")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--length", type=int, default=64, help="training window (a multiple of --block-size)")
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=None, help="default 2e-3 (small), 3e-4 (qwen3-0.6b-body)")
+    parser.add_argument("--threads", type=int, default=1, help="1 avoids OpenMP spinning on a shared machine")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", choices=["small", "qwen3-0.6b-body"], default="small")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.lr is None:
+        args.lr = 2e-3 if args.preset == "small" else 3e-4
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"--out {str(out)!r} exists and is not empty; pick another folder or remove it")
 
     data = torch.frombuffer(bytearray(corpus(train=True)), dtype=torch.uint8).long()
     print(f"train corpus: {len(data):,} bytes from the standard library of Python {sys.version.split()[0]}")
-    model = tiny_qwen3(VOCAB, hidden_size=args.hidden, num_layers=args.layers, num_heads=4, num_kv_heads=2,
-                       seed=args.seed)
+    model = build_model(args).to(args.device)
     model.config.mask_token_id, model.config.eos_token_id = MASK_ID, EOS_ID
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -111,7 +133,9 @@ def main() -> int:
         t = torch.rand(args.batch, 1, generator=g) * (1 - 1e-3) + 1e-3
         masked = torch.rand(x0.shape, generator=g) < t
         xt = x0.masked_fill(masked, MASK_ID)
-        logits = block_diffusion_logits(model, xt, x0, block_size=args.block_size)
+        x0, xt, masked, t = x0.to(args.device), xt.to(args.device), masked.to(args.device), t.to(args.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda")):
+            logits = block_diffusion_logits(model, xt, x0, block_size=args.block_size)
         loss = bd3lm_ce(logits, x0, masked=masked, maskable=torch.ones_like(masked), weight=1.0 / t.squeeze(1))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -258,3 +258,58 @@ def test_a_third_party_decoder_is_selected_by_name(third_party_decoder, student)
     wide = SamplingStats()
     run(student, [PROMPTS[0]], decoder="left_to_right", decoder_options={"width": 4}, stats=wide)
     assert wide.calls == 6 and wide.tokens_per_call == 4.0
+
+
+# ------------------------------------------------------------ tide eval and the lm-eval model
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    """A tiny random Qwen3 student with the real Qwen vocabulary, saved like `tide distill` saves."""
+    from tide_plugin.offline import tokenizer
+    from tide_plugin.tiny import tiny_qwen3
+
+    tok = tokenizer("qwen")
+    model = tiny_qwen3(len(tok), initializer_range=0.2)
+    model.config.eos_token_id = tok.eos_token_id
+    path = tmp_path_factory.mktemp("student")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_the_lm_eval_model_decodes_with_the_named_decoder_and_reports_it(student_dir):
+    from lm_eval.api.instance import Instance
+
+    from tide_plugin.eval.lm_eval_model import TideBD3LM, sampler_summary
+
+    with pytest.raises(ValueError, match="takes no option 'threshold'"):
+        TideBD3LM(pretrained=str(student_dir), decoder="fixed_k", threshold=0.5)
+    lm = TideBD3LM(pretrained=str(student_dir), dtype="float32", batch_size=2, decoder="fixed_k", decoder_args="k=4")
+    req = Instance(request_type="generate_until", doc={}, arguments=("def f(x):\n", {"until": [], "max_gen_toks": 32}),
+                   idx=0)
+    lm.generate_until([req, req], disable_tqdm=True)
+    summary = sampler_summary()
+    assert summary["decoder"] == "fixed_k" and summary["k"] == 4
+    assert summary["tokens_per_call"] == 4.0 and summary["model_calls"] == 8  # one batch of 2, 32 tokens in 8 calls
+
+
+@pytest.mark.slow
+def test_tide_eval_with_a_threshold_decoder_reports_tokens_per_call(student_dir, tmp_path, capsys):
+    import glob
+    import json
+
+    from tide_plugin.cli import main
+
+    with pytest.raises(SystemExit, match="unknown decoder 'treshold'. Did you mean 'threshold'"):
+        main(["eval", "--model", str(student_dir), "--tasks", "tide_smoke", "--decoder", "treshold"])
+    out = tmp_path / "eval"
+    rc = main(["eval", "--model", str(student_dir), "--tasks", "tide_smoke", "--limit", "2", "--batch-size", "2",
+               "--gen-kwargs", "max_gen_toks=32", "--output-dir", str(out), "--decoder", "threshold",
+               "--threshold", "0.9"])
+    assert rc == 0
+    [path] = glob.glob(str(out / "results_*.json"))
+    sampler = json.loads(open(path).read())["sampler"]
+    assert sampler["decoder"] == "threshold" and sampler["threshold"] == 0.9
+    assert sampler["tokens_per_call"] >= 1.0 and sampler["model_calls"] >= 1
+    assert '"decoder": "threshold"' in capsys.readouterr().out
