@@ -11,7 +11,7 @@ Mistral v0.1 tokenizer (``tide_plugin.offline``). Everything runs on ONE core
 
 Prints
   (a) tokenization rate (chat template + fast tokenizer with offsets), per tokenizer;
-  (b) the alignment step alone (:func:`tide_plugin.collators.alignment.align_chunks`:
+  (b) the alignment step alone (:func:`tide_plugin.alignment.align_chunks`:
       from both tokenized sequences to per-token chunk ids), samples/s;
       and the whole :func:`chunk_alignment` (render + tokenize + align + truncate);
   (c) collate time and peak memory of a batch of 8 x 512 through
@@ -39,7 +39,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from tide_plugin import offline  # noqa: E402
-from tide_plugin.collators.alignment import (  # noqa: E402
+from tide_plugin.alignment import (  # noqa: E402
     align_chunks,
     byte_table,
     chunk_alignment,

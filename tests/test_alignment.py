@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tide_plugin import offline
-from tide_plugin.collators.alignment import (
+from tide_plugin.alignment import (
     IGNORE_INDEX,
     AlignmentError,
     PromptTooLongError,

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tide_plugin import cli
-from tide_plugin.collators.alignment import byte_table, resolve_mask_id
+from tide_plugin.alignment import byte_table, resolve_mask_id
 from tide_plugin.collators.chain import build_collator_chain
-from tide_plugin.collators.preprocess import DEMO_DATA, REPORT_FILE, load_jsonl, load_tokenizer, preprocess
+from tide_plugin.alignment.preprocess import DEMO_DATA, REPORT_FILE, load_jsonl, load_tokenizer, preprocess
 
 # A teacher chat template that differs from the student's ChatML: a default system
 # prompt and an empty think block before every assistant turn (shared vocabulary).

@@ -111,7 +111,7 @@ class NoiseConfig:
     """Configuration of ``noise``.
 
     :param mask_id: student mask id ``m_S`` (required; see
-        ``tide_plugin.collators.alignment.resolve_mask_id``).
+        ``tide_plugin.alignment.resolve_mask_id``).
     :param teacher_mask_id: teacher mask id ``m_T`` (required for the shared and
         cross pipelines; defaults to ``mask_id`` in the same pipeline).
     :param schedule: masking schedule by scheduler name, ``linear`` (default) or ``cosine``.
@@ -131,7 +131,7 @@ class NoiseConfig:
         if self.mask_id is None:
             raise ValueError(
                 "noise needs mask_id (the student mask token id m_S); got None. "
-                "Find it with tide_plugin.collators.alignment.resolve_mask_id(tokenizer)"
+                "Find it with tide_plugin.alignment.resolve_mask_id(tokenizer)"
             )
         _check_mask_id("mask_id", self.mask_id)
         _check_mask_id("teacher_mask_id", self.teacher_mask_id)

@@ -1,0 +1,227 @@
+"""The two aligners (:func:`chunk_alignment`, :func:`template_pairs`): labels and truncation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..batch import AlignedExample
+from .bytetable import ByteTable, byte_table
+from .checks import (
+    IGNORE_INDEX,
+    AlignmentError,
+    PromptTooLongError,
+    _check_length,
+    _check_messages,
+    _check_roles,
+    _require_fast,
+)
+from .chunks import align_chunks
+from .encode import _prepare, _Side, encode_side
+
+# labels and truncation shared by both aligners
+
+
+def _labels(table: ByteTable, side: _Side, messages: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Student labels: ids on tokens overlapping assistant content and on the end-of-turn
+    token right after it, ``-100`` elsewhere."""
+    spans = [sp for m, sp in zip(messages, side.spans) if m["role"] == "assistant" and sp is not None]
+    target = np.zeros(side.ids.shape, dtype=bool)
+    if spans:
+        a = np.asarray([s for s, _ in spans], dtype=np.int64)
+        b = np.asarray([e for _, e in spans], dtype=np.int64)
+        k = np.searchsorted(a, side.ends, side="left") - 1  # last span starting before the token ends
+        kc = np.clip(k, 0, None)
+        target = (k >= 0) & (b[kc] > side.starts) & (side.ends > side.starts)
+        after = np.searchsorted(side.starts, b, side="left")
+        after = after[after < side.ids.size]
+        after = after[table.eot[side.ids[after]]]
+        target[after] = True
+    return np.where(target, side.ids, IGNORE_INDEX)
+
+
+def _prepare_inputs(
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    messages: Any,
+    roles: Sequence[str] | None,
+    max_length: int | None,
+    teacher_max_length: int | None,
+) -> tuple[list[Mapping[str, Any]], list[bool]]:
+    _require_fast(teacher_tokenizer, "teacher")
+    _require_fast(student_tokenizer, "student")
+    _check_length("max_length", max_length)
+    _check_length("teacher_max_length", teacher_max_length)
+    msgs = _check_messages(messages)
+    aligned = _check_roles(msgs, roles)
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise AlignmentError(
+            "conversation has no 'assistant' message, so no student token is a target; "
+            f"roles present: {sorted({m['role'] for m in msgs})}"
+        )
+    return msgs, aligned
+
+
+def _cut_student(labels: np.ndarray, max_length: int | None) -> int:
+    n = labels.size
+    cut = n if max_length is None else min(n, max_length)
+    if not (labels != IGNORE_INDEX).any():
+        raise AlignmentError(
+            "no student token is a target: the assistant content was not found in the student's encoding "
+            "(does it contain special-token text such as '<|im_end|>' or '</s>'?)"
+        )
+    if not (labels[:cut] != IGNORE_INDEX).any():
+        raise PromptTooLongError(
+            f"the prompt fills max_length={max_length}: no target token among the first {cut} of "
+            f"{n} student tokens (example discarded)"
+        )
+    return cut
+
+
+def chunk_alignment(
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    roles: Sequence[str] | None = None,
+    max_length: int | None = None,
+    teacher_max_length: int | None = None,
+) -> AlignedExample:
+    """Cross-tokenizer chunks for one conversation (SPEC 3.3).
+
+    :param messages: ``[{"role": str, "content": str}, ...]``; must hold an ``assistant`` message.
+    :param roles: roles whose content is chunked (default: every message).
+    :param max_length: student cut; chunks whose student span passes it are dropped.
+    :param teacher_max_length: teacher cap (``None``: no cap; the reference uses
+        :data:`DEFAULT_TEACHER_MAX_LENGTH`); chunks past it are dropped. The teacher is
+        cut after the last kept chunk (kept whole up to the cap when no chunk is left).
+    :return: :class:`AlignedExample` with ``student_chunk_ids`` ``[L_S]``,
+        ``teacher_chunk_ids`` ``[L_T]`` (``-1`` = none, ids ``0..num_chunks-1``) and
+        ``stats``: ``chunks``, ``dropped_chunks`` (``..._student_cut``,
+        ``..._teacher_cap``), ``content_bytes``, ``covered_bytes`` (before truncation),
+        ``kept_bytes``, ``unmatched_messages``, ``normalised_differ_messages``,
+        ``student_truncated_tokens``, ``teacher_truncated_tokens``.
+    :raises AlignmentError: bad tokenizers or conversation (the message names them).
+    :raises PromptTooLongError: no target token survives ``max_length``.
+    """
+    msgs, aligned = _prepare_inputs(teacher_tokenizer, student_tokenizer, messages, roles, max_length,
+                                    teacher_max_length)
+    s_table, t_table = byte_table(student_tokenizer), byte_table(teacher_tokenizer)
+    student = encode_side(student_tokenizer, msgs, "student")
+    teacher = encode_side(teacher_tokenizer, msgs, "teacher")
+    al = align_chunks(s_table, t_table, student, teacher, [m["content"] for m in msgs], aligned)
+    labels = _labels(s_table, al.student_side, msgs)
+    cut = _cut_student(labels, max_length)
+    n_t = al.teacher_side.ids.size
+    cap = n_t if teacher_max_length is None else min(n_t, teacher_max_length)
+    keep_s = int(np.searchsorted(al.student_last, cut, side="left"))  # chunks ending before the cut
+    keep = min(keep_s, int(np.searchsorted(al.teacher_last, cap, side="left")))
+    t_cut = int(al.teacher_last[keep - 1]) + 1 if keep else cap
+    s_chunks = al.student_chunk_ids[:cut]
+    t_chunks = al.teacher_chunk_ids[:t_cut]
+    s_chunks = np.where(s_chunks < keep, s_chunks, -1)
+    t_chunks = np.where(t_chunks < keep, t_chunks, -1)
+    stats = dict(al.stats)
+    stats.update(
+        chunks=float(keep),
+        dropped_chunks=float(al.num_chunks - keep),
+        dropped_chunks_student_cut=float(al.num_chunks - keep_s),
+        dropped_chunks_teacher_cap=float(keep_s - keep),
+        kept_bytes=float(al.chunk_bytes[:keep].sum()),
+        student_truncated_tokens=float(labels.size - cut),
+        teacher_truncated_tokens=float(n_t - t_cut),
+    )
+    return AlignedExample(
+        student_ids=al.student_side.ids[:cut].tolist(),
+        labels=labels[:cut].tolist(),
+        teacher_ids=al.teacher_side.ids[:t_cut].tolist(),
+        student_chunk_ids=s_chunks.tolist(),
+        teacher_chunk_ids=t_chunks.tolist(),
+        num_chunks=keep,
+        stats=stats,
+    )
+
+
+def template_pairs(
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    roles: Sequence[str] | None = None,
+    max_length: int | None = None,
+    teacher_max_length: int | None = None,
+) -> AlignedExample:
+    """Template-aligned position pairs for a shared vocabulary (SPEC 3.2).
+
+    Per aligned message, the content tokens of each side (tokens whose bytes lie
+    fully inside the content range) are paired in order up to the shorter count;
+    pairs whose ids differ are dropped and counted (``dropped_pairs``). Student
+    truncation drops pairs past ``max_length``; pairs past ``teacher_max_length``
+    are dropped; the teacher is cut after its last kept pair (kept whole up to the
+    cap when no pair is left).
+
+    :return: :class:`AlignedExample` with ``pairs`` ``[(student_pos, teacher_pos), ...]``,
+        ``dropped_pairs`` (id mismatches) and ``stats``: ``pairs``, ``dropped_pairs``,
+        ``unpaired_tokens`` (content tokens beyond the shorter count),
+        ``truncated_pairs``, ``unmatched_messages``, ``student_truncated_tokens``,
+        ``teacher_truncated_tokens``.
+    :raises AlignmentError: bad tokenizers or conversation.
+    :raises PromptTooLongError: no target token survives ``max_length``.
+    """
+    msgs, aligned = _prepare_inputs(teacher_tokenizer, student_tokenizer, messages, roles, max_length,
+                                    teacher_max_length)
+    s_table, t_table = byte_table(student_tokenizer), byte_table(teacher_tokenizer)
+    student = encode_side(student_tokenizer, msgs, "student")
+    teacher = encode_side(teacher_tokenizer, msgs, "teacher")
+    contents = [m["content"] for m in msgs]
+    S = _prepare(s_table, student, [s_table.encode_text(c) for c in contents])
+    T = _prepare(t_table, teacher, [t_table.encode_text(c) for c in contents])
+    s_pos: list[np.ndarray] = []
+    t_pos: list[np.ndarray] = []
+    unmatched = unpaired = 0
+    for k, use in enumerate(aligned):
+        if not use:
+            continue
+        a, b = S.spans[k], T.spans[k]
+        if a is None or b is None:
+            unmatched += 1
+            continue
+        si = np.arange(np.searchsorted(S.starts, a[0], "left"), np.searchsorted(S.ends, a[1], "right"))
+        ti = np.arange(np.searchsorted(T.starts, b[0], "left"), np.searchsorted(T.ends, b[1], "right"))
+        si = si[S.ends[si] > S.starts[si]]
+        ti = ti[T.ends[ti] > T.starts[ti]]
+        m = min(si.size, ti.size)
+        unpaired += si.size + ti.size - 2 * m
+        s_pos.append(si[:m]), t_pos.append(ti[:m])
+    sp = np.concatenate(s_pos) if s_pos else np.zeros(0, np.int64)
+    tp = np.concatenate(t_pos) if t_pos else np.zeros(0, np.int64)
+    same = S.ids[sp] == T.ids[tp]
+    dropped = int((~same).sum())
+    sp, tp = sp[same], tp[same]
+    labels = _labels(s_table, S, msgs)
+    cut = _cut_student(labels, max_length)
+    n_t = T.ids.size
+    cap = n_t if teacher_max_length is None else min(n_t, teacher_max_length)
+    ok = (sp < cut) & (tp < cap)
+    truncated = int((~ok).sum())
+    sp, tp = sp[ok], tp[ok]
+    t_cut = int(tp.max()) + 1 if tp.size else cap
+    stats = {
+        "pairs": float(sp.size),
+        "dropped_pairs": float(dropped),
+        "unpaired_tokens": float(unpaired),
+        "truncated_pairs": float(truncated),
+        "unmatched_messages": float(unmatched),
+        "student_truncated_tokens": float(labels.size - cut),
+        "teacher_truncated_tokens": float(n_t - t_cut),
+    }
+    return AlignedExample(
+        student_ids=S.ids[:cut].tolist(),
+        labels=labels[:cut].tolist(),
+        teacher_ids=T.ids[:t_cut].tolist(),
+        pairs=list(zip(sp.tolist(), tp.tolist())),
+        dropped_pairs=dropped,
+        stats=stats,
+    )

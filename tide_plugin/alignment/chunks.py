@@ -1,0 +1,134 @@
+"""The chunk walk of SPEC 3.3: per-token chunk ids from two tokenized renderings."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bytetable import ByteTable
+from .encode import SideEncoding, _prepare, _Side
+
+# the chunk walk
+
+
+@dataclass
+class ChunkAlignment:
+    """Result of :func:`align_chunks` (before truncation).
+
+    :ivar student_chunk_ids: ``[L_S]`` int64, chunk of each student token, ``-1`` = none.
+    :ivar teacher_chunk_ids: ``[L_T]`` int64.
+    :ivar num_chunks: ``C``; chunk ids are ``0..C-1`` in text order.
+    :ivar student_last: ``[C]`` index of each chunk's last student token.
+    :ivar teacher_last: ``[C]`` index of each chunk's last teacher token.
+    :ivar chunk_bytes: ``[C]`` bytes spelled by each chunk.
+    :ivar student_spans: per message, content byte range in the student's encoded bytes (or None).
+    """
+
+    student_chunk_ids: np.ndarray
+    teacher_chunk_ids: np.ndarray
+    num_chunks: int
+    student_last: np.ndarray
+    teacher_last: np.ndarray
+    chunk_bytes: np.ndarray
+    student_side: _Side
+    teacher_side: _Side
+    stats: dict[str, float]
+
+
+def _assign(starts: np.ndarray, ends: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+    """Chunk id per token given the chunks' byte ranges ``[c0, c1)`` (sorted, disjoint)."""
+    if c0.size == 0:
+        return np.full(starts.shape, -1, dtype=np.int64)
+    j = np.searchsorted(c0, starts, side="right") - 1
+    jc = np.clip(j, 0, None)
+    ok = (j >= 0) & (ends > starts) & (ends <= c1[jc])
+    return np.where(ok, j, -1)
+
+
+def align_chunks(
+    student_table: ByteTable,
+    teacher_table: ByteTable,
+    student: SideEncoding,
+    teacher: SideEncoding,
+    contents: Sequence[str],
+    aligned: Sequence[bool] | None = None,
+) -> ChunkAlignment:
+    """The alignment step of SPEC 3.3: from two tokenized renderings to per-token chunk ids.
+
+    :param contents: the messages' contents, in conversation order.
+    :param aligned: per message, whether its content is chunked (default: all).
+    """
+    if aligned is None:
+        aligned = [True] * len(contents)
+    s_content = [student_table.encode_text(c) for c in contents]
+    t_content = [teacher_table.encode_text(c) for c in contents]
+    S = _prepare(student_table, student, s_content)
+    T = _prepare(teacher_table, teacher, t_content)
+    ps: list[int] = []
+    pt: list[int] = []
+    nn: list[int] = []
+    content_bytes = unmatched = differing = 0
+    for k, use in enumerate(aligned):
+        if not use:
+            continue
+        content_bytes += len(s_content[k])
+        a, b = S.spans[k], T.spans[k]
+        if a is None or b is None:
+            unmatched += 1
+            continue
+        if s_content[k] == t_content[k]:
+            if s_content[k]:
+                ps.append(a[0]), pt.append(b[0]), nn.append(len(s_content[k]))
+            continue
+        differing += 1  # the normalisers disagree: chunk only the runs equal on both sides
+        matcher = difflib.SequenceMatcher(None, s_content[k], t_content[k], autojunk=False)
+        for i, j, size in matcher.get_matching_blocks():
+            if size:
+                ps.append(a[0] + i), pt.append(b[0] + j), nn.append(size)
+    stats = {"content_bytes": float(content_bytes), "unmatched_messages": float(unmatched),
+             "normalised_differ_messages": float(differing)}
+    empty = np.zeros(0, dtype=np.int64)
+    if not nn:
+        return ChunkAlignment(
+            np.full(S.ids.shape, -1, dtype=np.int64), np.full(T.ids.shape, -1, dtype=np.int64), 0,
+            empty, empty, empty, S, T, {**stats, "covered_bytes": 0.0},
+        )
+    p_s, p_t, n = np.asarray(ps, np.int64), np.asarray(pt, np.int64), np.asarray(nn, np.int64)
+    # Every byte position 0..n_k of every span pair, laid end to end: span k occupies
+    # [g[k], g[k] + n[k]] of this walk; idx_s / idx_t are the positions in each side's bytes.
+    m = n + 1
+    g = np.concatenate(([0], np.cumsum(m)[:-1]))
+    walk = np.arange(int(m.sum()), dtype=np.int64)
+    rel = walk - np.repeat(g, m)
+    idx_s = np.repeat(p_s, m) + rel
+    idx_t = np.repeat(p_t, m) + rel
+    # token boundaries of each side as a byte mask; a chunk closes wherever both have one
+    bound_s = np.zeros(S.encoded_len + 1, dtype=bool)
+    bound_s[S.ends] = True
+    bound_s[0] = True
+    bound_t = np.zeros(T.encoded_len + 1, dtype=bool)
+    bound_t[T.ends] = True
+    bound_t[0] = True
+    common = np.flatnonzero(bound_s[idx_s] & bound_t[idx_t])
+    span = np.searchsorted(g, common, side="right") - 1
+    keep = span[:-1] == span[1:]
+    a, b = common[:-1][keep], common[1:][keep]
+    s0, s1, t0, t1 = idx_s[a], idx_s[b], idx_t[a], idx_t[b]
+    s_ids = _assign(S.starts, S.ends, s0, s1)
+    t_ids = _assign(T.starts, T.ends, t0, t1)
+    sizes = s1 - s0
+    stats["covered_bytes"] = float(sizes.sum())
+    return ChunkAlignment(
+        student_chunk_ids=s_ids,
+        teacher_chunk_ids=t_ids,
+        num_chunks=int(sizes.size),
+        student_last=np.searchsorted(S.ends, s1, side="left"),
+        teacher_last=np.searchsorted(T.ends, t1, side="left"),
+        chunk_bytes=sizes,
+        student_side=S,
+        teacher_side=T,
+        stats=stats,
+    )
