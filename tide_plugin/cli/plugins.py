@@ -7,7 +7,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # `tide plugins`
-    parser.add_argument("--kind", choices=["objective", "collator", "scheduler", "teacher"], help="only this kind")
+    parser.add_argument("--kind", choices=["objective", "collator", "scheduler", "teacher", "decoder"], help="only this kind")
 
 
 def run(args: argparse.Namespace) -> int:  # `tide plugins`

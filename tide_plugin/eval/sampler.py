@@ -220,8 +220,9 @@ def generate(
     :param mask_id: the student's mask token id; it is never generated.
     :param steps: total denoising steps (default ``max_new_tokens``, one token per
         step); see :class:`SamplingConfig` for how they spread over blocks.
-    :param stop_token_ids: a row stops after the block in which one appears, and
-        its output is cut before the first one. ``None``: the EOS ids of the
+    :param stop_token_ids: a row's output is cut before the first one, and the
+        row stops with the block that holds it, as soon as nothing before it is
+        still masked. ``None``: the EOS ids of the
         tokenizer (if given) or of the model config; ``()`` disables.
     :param stop_strings: a row stops after the block whose decoded text (needs
         ``tokenizer``) contains one; the ids are not cut (cut the text yourself).
