@@ -89,7 +89,7 @@ def throughput(name, model, *, prompt_len, batch, new_tokens, device, repeats, d
     generate(model, prompts, **{**common, "max_new_tokens": 32})  # warm-up
     print(f"{name}: prompt {prompt_len}, batch {batch}, {new_tokens} new tokens, block 32")
     print(f"  {'decoder':<22}{'cache':>6}{'seconds':>10}{'tokens/s':>11}{'tokens/call':>13}{'calls':>7}")
-    ok, first = True, None
+    ok = True
     for label, decoder, options in decoders:
         outs = {}
         for use_cache in (True, False):
@@ -98,7 +98,6 @@ def throughput(name, model, *, prompt_len, batch, new_tokens, device, repeats, d
             outs[use_cache] = out
             print(f"  {label:<22}{'yes' if use_cache else 'no':>6}{t:10.3f}{batch * new_tokens / t:11.1f}"
                   f"{stats.tokens_per_call:13.2f}{stats.calls:7d}")
-            first = first or t
         same = outs[True] == outs[False]
         ok &= same
         print(f"  {label}: cached tokens == uncached tokens: {same}")
@@ -132,6 +131,8 @@ def held_out_prompts(n: int, prompt_bytes: int, seed: int) -> list[tuple[bytes, 
     from train_sampling_student import held_out, stdlib_files
 
     files = [p for p in stdlib_files() if held_out(p)]
+    if not files:
+        raise SystemExit("no held-out standard-library .py files: this interpreter ships no sources")
     rng = random.Random(seed)
     pairs: list[tuple[bytes, bytes]] = []
     while len(pairs) < n:

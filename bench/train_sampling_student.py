@@ -113,7 +113,11 @@ def main() -> int:
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"--out {str(out)!r} exists and is not empty; pick another folder or remove it")
 
-    data = torch.frombuffer(bytearray(corpus(train=True)), dtype=torch.uint8).long()
+    text = corpus(train=True)
+    if len(text) < 1_000_000:
+        raise SystemExit(f"the standard library at {sysconfig.get_paths()['stdlib']} gave only {len(text):,} bytes "
+                         "of .py source; this interpreter ships no sources to train on")
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
     print(f"train corpus: {len(data):,} bytes from the standard library of Python {sys.version.split()[0]}")
     model = build_model(args).to(args.device)
     model.config.mask_token_id, model.config.eos_token_id = MASK_ID, EOS_ID
