@@ -13,7 +13,7 @@ import torch
 
 from tide_plugin.eval.decoders import FixedK, OnePerStep, Threshold, get_decoder, parse_decoder_args
 from tide_plugin.eval.sampler import SamplingStats, generate
-from tide_plugin.hookspecs import Decoder
+from tide_plugin.hookspecs import DecoderProtocol as Decoder
 from tide_plugin.registry import UnknownPluginError, available, get_registry
 
 from test_sampler import MASK, PROMPTS, tiny_student

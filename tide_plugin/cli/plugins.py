@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..hookspecs import KINDS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # `tide plugins`
-    parser.add_argument("--kind", choices=["objective", "collator", "scheduler", "teacher", "decoder"], help="only this kind")
+    parser.add_argument("--kind", choices=list(KINDS), help="only this kind")
 
 
 def run(args: argparse.Namespace) -> int:  # `tide plugins`
-    from ..hookspecs import KINDS
     from ..registry import get_registry
 
     reg = get_registry()

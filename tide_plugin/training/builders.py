@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from ..batch import PipelineInfo
+from ..hookspecs import RunContext
 from .config import DistillConfig
 from .loss import DistillBD3LMTrainer, DistillCollator
 
@@ -38,6 +39,35 @@ def trainer_class(prefer: str = "auto") -> type:
 # --------------------------------------------------------------------------------------
 # Building a run
 # --------------------------------------------------------------------------------------
+def run_context(
+    config: DistillConfig,
+    *,
+    student_eos_id: int,
+    student_mask_id: int,
+    teacher_mask_id: int | None,
+    student_pad_id: int | None = None,
+    teacher_pad_id: int = 0,
+) -> RunContext:
+    """What the run knows before any batch, for the collator stages that declare
+    which of it they need (:attr:`~tide_plugin.hookspecs.CollatorStageProtocol`)."""
+    return RunContext(
+        pipeline=config.pipeline,
+        block_size=int(config.block_size),
+        seed=int(config.noise_seed if config.noise_seed is not None else config.seed),
+        student_eos_id=int(student_eos_id),
+        student_mask_id=int(student_mask_id),
+        student_pad_id=student_pad_id,
+        teacher_mask_id=teacher_mask_id,
+        teacher_pad_id=int(teacher_pad_id),
+        max_length=config.max_length,
+        teacher_max_length=config.teacher_max_length,
+        masking_schedule=config.masking_schedule,
+        time_epsilon=float(config.time_epsilon),
+        ce_weighting=config.ce_weighting,
+        demo_ratio=float(config.demo_ratio),
+    )
+
+
 def build_collator(
     config: DistillConfig,
     *,
@@ -47,34 +77,27 @@ def build_collator(
     student_pad_id: int | None = None,
     teacher_pad_id: int = 0,
 ) -> DistillCollator:
+    """The collator chain of ``config.collator_names()``: each stage gets the fields of
+    the :func:`run_context` its class declares (``run_context``: config key -> field),
+    then ``config.collator_config`` for it. The stage names appear nowhere here."""
     from ..collators.chain import build_collator_chain
+    from ..registry import get_registry
 
-    seed = int(config.noise_seed if config.noise_seed is not None else config.seed)
+    context = run_context(
+        config,
+        student_eos_id=student_eos_id,
+        student_mask_id=student_mask_id,
+        teacher_mask_id=teacher_mask_id,
+        student_pad_id=student_pad_id,
+        teacher_pad_id=teacher_pad_id,
+    )
+    reg = get_registry()
     per_stage: dict[str, dict[str, Any]] = {}
     names = config.collator_names()
     for name in names:
-        if name == "distill_pad":
-            per_stage[name] = {
-                "eos_id": int(student_eos_id),
-                "block_size": int(config.block_size),
-                "pipeline": config.pipeline,
-                "pad_id": student_pad_id,
-                "teacher_pad_id": int(teacher_pad_id),
-                "max_length": config.max_length,
-                "teacher_max_length": config.teacher_max_length,
-            }
-        elif name == "noise":
-            per_stage[name] = {
-                "mask_id": int(student_mask_id),
-                "teacher_mask_id": teacher_mask_id,
-                "schedule": config.masking_schedule,
-                "eps": float(config.time_epsilon),
-                "ce_weighting": "elbo" if config.loss_weight_type == "scheduler" else "uniform",
-                "seed": seed,
-            }
-        elif name == "comp_demo":
-            per_stage[name] = {"demo_ratio": float(config.demo_ratio), "seed": seed}
-        per_stage.setdefault(name, {}).update(config.collator_config.get(name, {}))
+        wanted = getattr(reg.resolve("collator", name).spec.factory, "run_context", {})
+        per_stage[name] = {key: getattr(context, field) for key, field in wanted.items()}
+        per_stage[name].update(config.collator_config.get(name, {}))
     return DistillCollator(build_collator_chain(names, **per_stage))
 
 
@@ -122,7 +145,7 @@ def build_trainer(
         teacher_mask = teacher.mask_token_id if config.pipeline != "same" else mask_id
     objective_kwargs = config.objective_kwargs()
     objective = get_objective(config.objective, **objective_kwargs)
-    if config.shared_vocab_size is None and objective.requires & {"token_alignment", "pairs"}:
+    if config.shared_vocab_size is None and objective.requirements & {"token_alignment", "pairs"}:
         warnings.warn(
             "shared_vocab_size is unset: token-level objectives compare the first min(V_S, V_T) ids of both "
             "vocabularies, added tokens included; set shared_vocab_size to the ids both sides share "

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,11 @@ import transformers
 from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
 
 PIPELINES = ("same", "shared", "cross")
-LOSS_WEIGHT_TYPES = ("scheduler", "uniform")
+LOSS_WEIGHT_TYPES = ("elbo", "uniform")
+LOSS_WEIGHT_ALIASES = {"scheduler": "elbo"}
+"""dllm's name for the ELBO weighting. It stays the field's default and is kept as
+typed, because dllm's own config checks the field against its names; the code reads
+:attr:`DistillArguments.ce_weighting`, which speaks the ``noise`` stage's names."""
 TIDAL_FIELDS = {
     "taid_lambda_init": "lambda_init",
     "taid_lambda_max": "lambda_max",
@@ -91,7 +94,10 @@ class DistillArguments:
     block_size: int = field(default=32, metadata={"help": "BD3LM block size"})
     masking_schedule: str = field(default="linear", metadata={"help": "alpha(t): linear | cosine"})
     time_epsilon: float = field(default=1e-3, metadata={"help": "t ~ U[eps, 1)"})
-    loss_weight_type: str = field(default="scheduler", metadata={"help": "CE weight: scheduler (w(t)) | uniform"})
+    loss_weight_type: str = field(
+        default="scheduler",
+        metadata={"help": "per-example CE weight: scheduler (dllm's name) = elbo, w(t) from the masking schedule | uniform"},
+    )
     loss_norm_type: str = field(default="token", metadata={"help": "CE normalisation: token | sequence | batch"})
     right_shift_logits: bool = field(default=False, metadata={"help": "(dllm compatibility; must stay False)"})
     max_length: int | None = field(default=None, metadata={"help": "student truncation length"})
@@ -130,10 +136,14 @@ class DistillArguments:
             raise ValueError(f"concat_order {self.concat_order!r} is not one of {CONCAT_ORDERS}")
         if self.loss_norm_type not in LOSS_NORMS:
             raise ValueError(f"loss_norm_type {self.loss_norm_type!r} is not one of {LOSS_NORMS}")
-        if self.loss_weight_type not in LOSS_WEIGHT_TYPES:
-            raise ValueError(f"loss_weight_type {self.loss_weight_type!r} is not one of {LOSS_WEIGHT_TYPES}")
-        if self.masking_schedule not in ("linear", "cosine"):
-            raise ValueError(f"masking_schedule {self.masking_schedule!r} is not one of ('linear', 'cosine')")
+        if self.loss_weight_type not in LOSS_WEIGHT_TYPES and self.loss_weight_type not in LOSS_WEIGHT_ALIASES:
+            raise ValueError(
+                f"loss_weight_type {self.loss_weight_type!r} is not one of {LOSS_WEIGHT_TYPES} "
+                f"(or {sorted(LOSS_WEIGHT_ALIASES)}, dllm's name for elbo)"
+            )
+        from ..registry import get_registry
+
+        get_registry().check_name("masking_schedule", self.masking_schedule, "masking_schedule")
         if not 0.0 < float(self.time_epsilon) < 1.0:
             raise ValueError(f"time_epsilon {self.time_epsilon} must lie in (0, 1)")
         if int(self.block_size) <= 0:
@@ -146,15 +156,20 @@ class DistillArguments:
             raise ValueError("right_shift_logits=True is not supported: BD3LM predicts x0 at the x_t position")
 
     # -- what the pieces are built from -------------------------------------------------
-    def implied_pipeline(self) -> str | None:
-        """The pipeline the objectives' declared needs imply (third-party objectives
-        included): chunks -> ``cross``, template pairs -> ``shared``, position-by-
-        position token alignment -> ``same``; ``None`` when they need none of these."""
-        from ..registry import get_objective
+    @property
+    def ce_weighting(self) -> str:
+        """The per-example CE weight ``w(t)``: ``elbo`` or ``uniform`` (``loss_weight_type``
+        with dllm's alias resolved), as the ``noise`` stage names it."""
+        return LOSS_WEIGHT_ALIASES.get(self.loss_weight_type, self.loss_weight_type)
 
-        with warnings.catch_warnings():  # a probe: the trainer's own build reports composition warnings
-            warnings.simplefilter("ignore", UserWarning)
-            needs = get_objective(self.objective, **self.objective_kwargs()).requires
+    def implied_pipeline(self) -> str | None:
+        """The pipeline the objectives' declared requirements imply (third-party
+        objectives included; read from their config classes, nothing is built):
+        chunks -> ``cross``, template pairs -> ``shared``, position-by-position
+        token alignment -> ``same``; ``None`` when they need none of these."""
+        from ..registry import objective_requirements
+
+        needs = objective_requirements(self.objective, **self.objective_kwargs())
         for need, pipeline in (("chunks", "cross"), ("pairs", "shared"), ("token_alignment", "same")):
             if need in needs:
                 return pipeline
@@ -162,7 +177,10 @@ class DistillArguments:
 
     def objective_kwargs(self) -> dict[str, Any]:
         """Per-component configuration for :func:`tide_plugin.get_objective`, with the
-        reference flags applied (explicit ``objective_config`` wins)."""
+        reference flags applied (explicit ``objective_config`` wins): ``alm_temperature``
+        to chunk-level objectives and ``kl_temperature`` to the others (by their declared
+        requirements), the ``taid_*`` flags to objectives that take a strength schedule
+        (a ``schedule_config`` field), whose schedule validates them."""
         from ..registry import get_registry
 
         reg = get_registry()
@@ -172,16 +190,18 @@ class DistillArguments:
             info = reg.resolve("objective", p)
             cls = info.spec.config_cls
             names = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else set()
+            explicit = dict(self.objective_config.get(p, {}) or self.objective_config.get(info.name, {}))
             cfg: dict[str, Any] = {}
-            chunk_level = "chunks" in reg.build("objective", p).requires
+            chunk_level = "chunks" in reg.objective_config(p, **explicit).requirements
             temp = self.alm_temperature if chunk_level else self.kl_temperature
             if temp is not None and "temperature" in names:
                 cfg["temperature"] = float(temp)
-            for flag, key in TIDAL_FIELDS.items():
-                value = getattr(self, flag)
-                if value is not None and key in names:
-                    cfg[key] = value
-            cfg.update(self.objective_config.get(p, {}) or self.objective_config.get(info.name, {}))
+            if "schedule_config" in names:
+                for flag, key in TIDAL_FIELDS.items():
+                    value = getattr(self, flag)
+                    if value is not None and key not in explicit.get("schedule_config", {}):
+                        cfg[key] = value
+            cfg.update(explicit)
             out[p] = cfg
         unknown = set(self.objective_config) - set(parts) - {reg.resolve("objective", p).name for p in parts}
         if unknown:

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..batch import DistillBatch, DistillInputs, PipelineInfo
 from ..bd3lm import bd3lm_ce, block_diffusion_logits, unwrap_model
 from ..checkpoints import TIDE_CONFIG_NAME
+from ..hookspecs import ResumableStageProtocol
 
 def _distill_batch(inputs: Any) -> DistillBatch:
     if isinstance(inputs, DistillBatch):
@@ -114,7 +115,7 @@ class DistillLossMixin:
             attention_mask=batch.attention_mask,
         )
         maskable = batch.labels != -100
-        weight = batch.ce_weight if args.loss_weight_type == "scheduler" else None
+        weight = batch.ce_time_weight if args.ce_weighting == "elbo" else None
         denominator = None
         if model.training and self._tide_window is not None:
             denominator = self._tide_window[0] if args.loss_norm_type == "token" else self._tide_window[1]
@@ -145,18 +146,8 @@ class DistillLossMixin:
             local = maskable.sum().clamp_min(1) if args.loss_norm_type == "token" else batch.batch_size
             logged["ce"] = ce.detach() * (denominator / local)
         logged.update({k: v.detach() for k, v in parts.items()})
-        for name, lam in self._lambdas(inputs).items():
-            logged[name] = lam
+        logged.update({k: v.detach() for k, v in self.objective.metrics(inputs).items()})  # e.g. lambda/tidal
         return loss, logged
-
-    def _lambdas(self, inputs: DistillInputs) -> dict[str, Tensor]:
-        comps = getattr(self.objective, "components", [self.objective])
-        out = {}
-        for comp in comps:
-            schedule = getattr(comp, "schedule", None)
-            if schedule is not None and hasattr(schedule, "lambda_") and inputs.batch.t is not None:
-                out[f"lambda/{comp.name}"] = schedule.lambda_(inputs.progress, inputs.batch.t).float().mean().detach()
-        return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):  # noqa: ARG002
         batch = _distill_batch(inputs).to(self.args.device)
@@ -194,12 +185,12 @@ class DistillLossMixin:
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _advance_collators(self, batches_done: int) -> None:
-        """The noise and CompDemo stages seed each call from a call counter; a resumed run
-        skips the batches already seen without collating them, so move the counters on."""
+        """A resumed run skips the batches already seen without collating them: tell
+        every stage with a random stream (``resume``) where the run stands."""
         chain = getattr(self.data_collator, "chain", None)
         for stage in getattr(chain, "stages", []):
-            if hasattr(stage, "calls"):
-                stage.calls = batches_done
+            if isinstance(stage, ResumableStageProtocol):
+                stage.resume(batches_done)
 
     # -- saving ---------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
