@@ -65,6 +65,9 @@ class _Fits:
     def elbo_weight(self, t): ...
     def lambda_(self, progress, t): ...
     def weight(self, t): ...
+    def calls(self, block_length, budget): ...
+    def select(self, confidence, masked, *, call, budget): ...
+    def describe(self): return {}
 
 
 def _plugin(kind, factory):
@@ -121,6 +124,7 @@ def test_protocols_ask_for_what_the_trainer_uses():
         "masking_schedule": ("alpha", "alpha_prime", "elbo_weight", "mask_prob"),
         "strength_schedule": ("lambda_", "weight"),
         "teacher": ("__call__", "mask_token_id", "to"),
+        "decoder": ("calls", "describe", "name", "select"),
     }
     assert {k: hookspecs.protocol_members(p) for k, p in PROTOCOL_BY_KIND.items()} == expected
 

@@ -43,8 +43,8 @@ PROJECT_NAME = "tide_plugin"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-PluginKind = Literal["objective", "collator", "masking_schedule", "strength_schedule", "teacher"]
-KINDS: tuple[PluginKind, ...] = ("objective", "collator", "masking_schedule", "strength_schedule", "teacher")
+PluginKind = Literal["objective", "collator", "masking_schedule", "strength_schedule", "teacher", "decoder"]
+KINDS: tuple[PluginKind, ...] = ("objective", "collator", "masking_schedule", "strength_schedule", "teacher", "decoder")
 
 Requirement = Literal["token_alignment", "pairs", "chunks", "timestep", "progress"]
 """What an objective needs from the data pipeline and the trainer:
@@ -233,12 +233,48 @@ class StrengthScheduleProtocol(Protocol):
     def weight(self, t: Tensor) -> Tensor: ...
 
 
+@runtime_checkable
+class DecoderProtocol(Protocol):
+    """A decoding strategy of the block-diffusion sampler
+    (:mod:`tide_plugin.eval.decoders`): which masked positions of the current
+    block one model call commits. ``name`` is reported next to the results."""
+
+    name: str
+
+    def calls(self, block_length: int, budget: int) -> int | None:
+        """Model calls a block of ``block_length`` masks takes, if fixed in advance.
+
+        :param budget: the calls the sampler's ``steps`` / ``steps_per_block``
+            schedule gives this block (``block_length`` by default).
+        :return: the number of calls, or ``None`` when it depends on the predictions.
+        """
+
+    def select(self, confidence: Tensor, masked: Tensor, *, call: int, budget: int) -> Tensor:
+        """Positions to commit at call ``call`` (0-based) of the current block.
+
+        :param confidence: ``[b, L]`` float32, the confidence of each position's
+            prediction (``p(pred)``; uniform noise under ``remasking="random"``),
+            ``-inf`` where the position is already committed.
+        :param masked: ``[b, L]`` bool, the positions still masked.
+        :return: ``[b, L]`` bool, a subset of ``masked`` with at least one position
+            in every row that has one masked (the sampler checks both).
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """The decoder's options for reports, e.g. ``{"threshold": 0.9}`` (``{}`` if none)."""
+
+
+Decoder = DecoderProtocol
+"""Short name of :class:`DecoderProtocol`."""
+
+
 PROTOCOL_BY_KIND: dict[str, type] = {
     "objective": ObjectiveProtocol,
     "collator": CollatorStageProtocol,
     "masking_schedule": MaskingScheduleProtocol,
     "strength_schedule": StrengthScheduleProtocol,
     "teacher": TeacherProtocol,
+    "decoder": DecoderProtocol,
 }
 """Kind -> the protocol what its factory builds must fit (checked by the registry)."""
 
@@ -315,10 +351,24 @@ def tide_plugin_teachers() -> Sequence[PluginSpec]:
     """
 
 
+@hookspec
+def tide_plugin_decoders() -> Sequence[PluginSpec]:
+    """Offer decoding strategies of the block-diffusion sampler (``one_per_step``,
+    ``threshold``, ``fixed_k``, ...), selected by name with ``generate(decoder=...)``
+    and ``tide eval --decoder``.
+
+    Each factory is called with the decoder's options as keywords and builds a
+    :class:`DecoderProtocol` object.
+
+    :return: the decoders this plugin provides.
+    """
+
+
 HOOKS_BY_KIND: dict[PluginKind, str] = {
     "objective": "tide_plugin_objectives",
     "collator": "tide_plugin_collators",
     "masking_schedule": "tide_plugin_masking_schedules",
     "strength_schedule": "tide_plugin_strength_schedules",
     "teacher": "tide_plugin_teachers",
+    "decoder": "tide_plugin_decoders",
 }

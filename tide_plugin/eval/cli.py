@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="runs/demo", help="student checkpoint directory (default: runs/demo)")
     _add_selection_arguments(parser)
     _add_sampling_arguments(parser)
+    from .decoders import add_decoder_arguments
+
+    add_decoder_arguments(parser)
     _add_run_arguments(parser)
 
 
@@ -178,9 +181,13 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(args)
     if results is None:  # not the main process
         return 0
+    from .lm_eval_model import sampler_summary
+
+    results["sampler"] = sampler_summary()
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))
+    print(f"sampler: {json.dumps(results['sampler'])}")
     path = write_results(results, args.output_dir, args.model)
     print(f"results written to {path}")
     return 0

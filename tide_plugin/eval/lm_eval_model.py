@@ -28,13 +28,14 @@ from lm_eval.api.registry import register_model
 
 from tide_plugin.checkpoints import TIDE_CONFIG_NAME  # written by the trainer next to the student
 
+from .decoders import DEFAULT_DECODER, get_decoder, parse_decoder_args
 from .runtime import THINK_BLOCK, check_checkpoint_dir, strip_think
 from .runtime import all_gather as _all_gather
 from .runtime import barrier as _barrier
 from .runtime import default_device as _default_device
 from .runtime import distributed_rank as _distributed_rank
 from .runtime import gather_object as _gather_object
-from .sampler import REMASKING, generate
+from .sampler import REMASKING, SamplingStats, generate
 from .taskdefs import GENERATIVE_VARIANTS
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,14 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "tide_bd3lm"
 DEFAULT_BLOCK_SIZE = 32
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_LAST_STATS: list[SamplingStats] = []  # the sampler statistics of the latest model built in this process
+
+
+def sampler_summary() -> dict[str, Any] | None:
+    """``{"decoder": ..., <options>, "tokens_per_call": ..., "model_calls": ...}`` of
+    the latest ``tide_bd3lm`` model of this process (``None`` if none was built);
+    ``tide eval`` adds it to the results as ``"sampler"``."""
+    return _LAST_STATS[-1].as_dict() if _LAST_STATS else None
 
 
 def _config_value(config: Any, names: tuple[str, ...]) -> Any:
@@ -102,6 +111,10 @@ class TideBD3LM(LM):
     :param think_injection: put an empty think block (``<think>\n\n</think>\n\n``) right
         after the chat template's generation prompt (the paper's protocol; ``tide eval``
         turns it on with the chat template); think blocks are always stripped from answers.
+    :param decoder: registered decoding strategy (``one_per_step``, the paper's,
+        default; ``threshold``; ``fixed_k``; a plugin's).
+    :param threshold: ``--decoder threshold``'s confidence tau; ``k``: ``fixed_k``'s
+        tokens per call; ``decoder_args``: other options (mapping or ``"a=1,b=2"``).
     """
 
     def __init__(
@@ -122,6 +135,10 @@ class TideBD3LM(LM):
         seed: int | None = 0,
         attn_implementation: str = "sdpa",
         think_injection: bool | str = False,
+        decoder: str = DEFAULT_DECODER,
+        threshold: float | None = None,
+        k: int | None = None,
+        decoder_args: Any = None,
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -135,6 +152,15 @@ class TideBD3LM(LM):
                 log.warning("tide_bd3lm ignores model argument %s=%r", key, unused[key])
         if remasking not in REMASKING:
             raise ValueError(f"remasking {remasking!r} is not one of {REMASKING}")
+        options = parse_decoder_args(decoder_args)
+        if threshold is not None:
+            options["threshold"] = float(threshold)
+        if k is not None:
+            options["k"] = int(k)
+        self.decoder = get_decoder(str(decoder), **options)  # bad names and options fail before loading
+        self.sampler_stats = SamplingStats()
+        _LAST_STATS.append(self.sampler_stats)
+        del _LAST_STATS[:-1]
         if dtype != "auto" and dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {('auto', *_DTYPES)}")
         self._rank, self._world_size = _distributed_rank()
@@ -258,6 +284,8 @@ class TideBD3LM(LM):
                     tokenizer=self.tokenizer,
                     generator=generator,
                     use_cache=self.use_cache,
+                    decoder=self.decoder,
+                    stats=self.sampler_stats,
                 )
                 for i, ids in zip(chunk, outs):
                     text = strip_think(self.tokenizer.decode(ids, skip_special_tokens=True))

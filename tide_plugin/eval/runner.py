@@ -17,6 +17,7 @@ from .suite import Suite, SuiteTask
 
 def make_lm(args: argparse.Namespace, **overrides: Any) -> Any:
     """The ``tide_bd3lm`` model from the command line's settings."""
+    from .decoders import decoder_model_args
     from .lm_eval_model import TideBD3LM
 
     kwargs: dict[str, Any] = {
@@ -32,6 +33,7 @@ def make_lm(args: argparse.Namespace, **overrides: Any) -> Any:
         "use_cache": not args.no_kv_cache,
         "seed": args.seed,
         "think_injection": not args.no_think_injection,
+        **decoder_model_args(args),
     }
     kwargs.update(overrides)
     return TideBD3LM(pretrained=args.model, **{k: v for k, v in kwargs.items() if v is not None})

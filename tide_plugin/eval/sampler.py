@@ -1,10 +1,16 @@
 """Block-diffusion sampling for a BD3LM student, with a key/value cache.
 
 Generation appends blocks of ``block_size`` mask tokens after the prompt and
-denoises one block at a time. Inside the current block the model is run
-``steps_per_block`` times; each run predicts every masked position and commits
-the ``k`` most confident predictions (``remasking="low_confidence"``) or ``k``
-random ones (``"random"``). A finished block becomes clean context for the next.
+denoises one block at a time. Each model call predicts every masked position
+of the current block, with a confidence per position (``p(pred)`` under
+``remasking="low_confidence"``, uniform noise under ``"random"``), and a
+*decoder* (:mod:`tide_plugin.eval.decoders`, a registered plugin kind) chooses
+which to commit: ``one_per_step`` (default, the paper's protocol) follows the
+``steps`` schedule, ``threshold`` commits every position whose confidence
+passes ``tau``, ``fixed_k`` the ``k`` most confident. A block is finished when
+nothing in it is masked, or, for a row, as soon as a stop token is committed
+with nothing masked before it (what follows is cut anyway). A finished block
+becomes clean context for the next; the generation ends when every row stopped.
 
 Attention (consistent with the training mask of SPEC 2.1): clean context -
 the prompt and every finished block - is *block causal* (the ``x0`` half: a
@@ -13,9 +19,10 @@ clean context and itself bidirectionally (the ``x_t`` half). So clean context
 never depends on anything after it, and its keys and values can be cached:
 with ``use_cache=True`` each finished block is run once, together with the
 first denoising step of the next block, and appended to a
-``transformers.DynamicCache``; later steps only run the current block. The
-number of model forward calls is exactly the number of denoising steps in both
-paths, and the cached path gives the same tokens as the uncached one (which
+``transformers.DynamicCache``; later steps only run the current block. Both
+paths make the same model calls (for ``one_per_step`` exactly the scheduled
+steps, fewer only when a stop token ends a block early; pass ``stats`` to count
+them), and the cached path gives the same tokens as the uncached one (which
 re-runs the whole sequence every step).
 
 Block alignment (as dllm's BD3LM sampler, which produced the paper's numbers):
@@ -33,16 +40,31 @@ Shapes: ``b`` prompts, ``T`` columns (padded prompt + generated blocks),
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from .block_cache import (
+    SUPPORTED_ATTENTION,
+    _attention_kind,
+    _block_mask,
+    _cache_drop_last,
+    _cache_select_rows,
+    _model_device,
+    _model_dtype,
+    _new_cache,
+)
+from .decoders import DEFAULT_DECODER, describe, get_decoder, top_k_commit, transfer_schedule
+
+from .stops import _settled, _stopped, _trim, default_stop_token_ids
+
+__all__ = ["REMASKING", "SUPPORTED_ATTENTION", "SamplingConfig", "SamplingStats", "default_stop_token_ids", "generate", "transfer_schedule"]
+
 Remasking = Literal["low_confidence", "random"]
 REMASKING: tuple[str, ...] = ("low_confidence", "random")
-SUPPORTED_ATTENTION: tuple[str, ...] = ("sdpa", "eager")
 
 
 @dataclass
@@ -106,83 +128,36 @@ class SamplingConfig:
         return sum(self.block_steps)
 
 
-def transfer_schedule(n_masked: int, steps: int) -> list[int]:
-    """Tokens to commit at each of ``steps`` steps for a block of ``n_masked``
-    masks: as even as possible, the remainder in the earliest steps."""
-    base, extra = divmod(n_masked, steps)
-    return [base + (1 if i < extra else 0) for i in range(steps)]
+@dataclass
+class SamplingStats:
+    """What a generation did; pass one to :func:`generate` (it adds to the counts,
+    so one object can sum several generations).
+
+    ``tokens_per_call`` = committed positions / row-calls, where a model call on a
+    batch of ``r`` rows counts ``r`` row-calls: 1.0 for ``one_per_step`` with the
+    default steps, whatever the batch size.
+    """
+
+    decoder: dict[str, Any] = field(default_factory=dict)
+    calls: int = 0
+    row_calls: int = 0
+    tokens: int = 0
+
+    @property
+    def tokens_per_call(self) -> float:
+        return self.tokens / self.row_calls if self.row_calls else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.decoder, "tokens_per_call": round(self.tokens_per_call, 4), "model_calls": self.calls,
+                "row_calls": self.row_calls, "committed_tokens": self.tokens}
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _model_dtype(model: torch.nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
-
-
-def _attention_kind(model: torch.nn.Module) -> str:
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
-    if impl not in SUPPORTED_ATTENTION:
-        raise ValueError(
-            f"attention implementation {impl!r} cannot take the block-diffusion mask; "
-            f"load the student with attn_implementation in {SUPPORTED_ATTENTION}"
-        )
-    return impl
-
-
-def _new_cache(model: torch.nn.Module) -> Any:
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # transformers 4.x
-        return DynamicCache()
-
-
-def _cache_drop_last(cache: Any, n: int) -> None:
-    if n > 0:  # crop(0) means "keep 0" in transformers 4.x
-        cache.crop(-n)
-
-
-def _cache_select_rows(cache: Any, rows: Tensor) -> None:
-    cache.batch_select_indices(rows)
-
-
-def _block_mask(
-    valid: Tensor, q_start: int, q_end: int, block_size: int, attention: str, dtype: torch.dtype
-) -> Tensor:
-    """``[b, 1, q_end - q_start, q_end]`` mask for query columns ``[q_start, q_end)``
-    over key columns ``[0, q_end)``: a key is visible iff it is a real token and
-    its block is not after the query's (block causal, bidirectional inside a
-    block). Pad query rows see only themselves, so no row is empty."""
-    device = valid.device
-    q_cols = torch.arange(q_start, q_end, device=device)
-    k_cols = torch.arange(q_end, device=device)
-    allowed = (k_cols[None, :] // block_size) <= (q_cols[:, None] // block_size)  # [q, k]
-    mask = allowed.unsqueeze(0) & valid[:, None, :q_end]  # [b, q, k]
-    own = q_cols[:, None] == k_cols[None, :]
-    pad_rows = ~valid[:, q_start:q_end]  # [b, q]
-    mask = mask | (own.unsqueeze(0) & pad_rows[:, :, None])
-    mask = mask.unsqueeze(1)
-    if attention == "eager":  # eager silently mishandles boolean 4D masks
-        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
-    return mask
-
-
-def _pick(
-    logits: Tensor,
-    masked: Tensor,
-    k: int,
-    *,
-    remasking: str,
-    temperature: float,
-    generator: torch.Generator | None,
+def _predict(
+    logits: Tensor, masked: Tensor, *, remasking: str, temperature: float, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
-    """One denoising step over a block. ``logits`` ``[b, L, V]`` (mask token
-    already excluded), ``masked`` ``[b, L]`` bool with the same count per row.
-    Returns predictions ``[b, L]`` and the ``[b, L]`` bool of positions to commit
-    (``k`` per row, only among masked ones)."""
+    """Predictions ``[b, L]`` long and their confidences ``[b, L]`` float32
+    (``-inf`` where not ``masked``) from ``logits`` ``[b, L, V]`` (mask token
+    already excluded)."""
     logits = logits.float()
     if temperature > 0:
         u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
@@ -196,44 +171,22 @@ def _pick(
         conf = (logits.gather(-1, pred.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)).exp()
     else:
         conf = torch.rand(masked.shape, generator=generator, device=logits.device)
-    conf = conf.masked_fill(~masked, -math.inf)
-    chosen = conf.topk(k, dim=-1).indices
-    commit = torch.zeros_like(masked).scatter_(1, chosen, True) & masked
-    return pred, commit
+    return pred, conf.masked_fill(~masked, -math.inf)
 
 
-def _stopped(row: list[int], stop_ids: set[int], stop_strings: Sequence[str], tokenizer: Any) -> bool:
-    if stop_ids and any(t in stop_ids for t in row):
-        return True
-    if stop_strings and tokenizer is not None:
-        text = tokenizer.decode(row, skip_special_tokens=False)
-        return any(s in text for s in stop_strings)
-    return False
-
-
-def _trim(row: list[int], stop_ids: set[int]) -> list[int]:
-    for i, t in enumerate(row):
-        if t in stop_ids:
-            return row[:i]
-    return row
-
-
-def default_stop_token_ids(model: torch.nn.Module, tokenizer: Any = None) -> tuple[int, ...]:
-    """EOS ids of the tokenizer, else of the model's generation config or config."""
-    found: list[int] = []
-    sources = [getattr(tokenizer, "eos_token_id", None)] if tokenizer is not None else []
-    sources += [
-        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-        getattr(getattr(model, "config", None), "eos_token_id", None),
-    ]
-    for eos in sources:
-        if eos is None:
-            continue
-        ids = [eos] if isinstance(eos, int) else list(eos)
-        found += [i for i in ids if i not in found]
-        if tokenizer is not None and found:
-            break
-    return tuple(found)
+def _pick(
+    logits: Tensor,
+    masked: Tensor,
+    k: int,
+    *,
+    remasking: str,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """One fixed-``k`` step: predictions ``[b, L]`` and the ``[b, L]`` bool of the
+    ``k`` most confident masked positions per row."""
+    pred, conf = _predict(logits, masked, remasking=remasking, temperature=temperature, generator=generator)
+    return pred, top_k_commit(conf, masked, k)
 
 
 @torch.inference_mode()
@@ -256,6 +209,9 @@ def generate(
     use_cache: bool = True,
     on_forward: Callable[[int], None] | None = None,
     include_prompt: bool = False,
+    decoder: str | Any = DEFAULT_DECODER,
+    decoder_options: Mapping[str, Any] | None = None,
+    stats: SamplingStats | None = None,
 ) -> list[list[int]]:
     """Generate continuations of ``prompts`` (lists of token ids) with a BD3LM student.
 
@@ -264,8 +220,9 @@ def generate(
     :param mask_id: the student's mask token id; it is never generated.
     :param steps: total denoising steps (default ``max_new_tokens``, one token per
         step); see :class:`SamplingConfig` for how they spread over blocks.
-    :param stop_token_ids: a row stops after the block in which one appears, and
-        its output is cut before the first one. ``None``: the EOS ids of the
+    :param stop_token_ids: a row's output is cut before the first one, and the
+        row stops with the block that holds it, as soon as nothing before it is
+        still masked. ``None``: the EOS ids of the
         tokenizer (if given) or of the model config; ``()`` disables.
     :param stop_strings: a row stops after the block whose decoded text (needs
         ``tokenizer``) contains one; the ids are not cut (cut the text yourself).
@@ -274,6 +231,13 @@ def generate(
     :param use_cache: cache the keys/values of clean context (same tokens as without).
     :param on_forward: called with the number of query tokens of every model call.
     :param include_prompt: return ``prompt + generated`` instead of ``generated``.
+    :param decoder: a registered decoder name (``one_per_step``, ``threshold``,
+        ``fixed_k``, or a plugin's) built with ``decoder_options``, or a built
+        decoder (:class:`tide_plugin.hookspecs.Decoder`). ``steps`` and
+        ``steps_per_block`` are the ``budget`` it is given per block (only
+        ``one_per_step`` of the built-ins follows it).
+    :param stats: a :class:`SamplingStats` to add this generation's model calls
+        and committed tokens to.
     :return: one list of generated ids per prompt, at most ``max_new_tokens``
         long (after the prompt, unchanged, if ``include_prompt``).
     """
@@ -281,6 +245,16 @@ def generate(
         raise ValueError(f"stop_strings {list(stop_strings)!r} need a tokenizer to decode the generated ids")
     if stop_token_ids is None:
         stop_token_ids = default_stop_token_ids(model, tokenizer)
+    if mask_id in stop_token_ids:
+        raise ValueError(f"stop_token_ids {list(stop_token_ids)} contain the mask token id {mask_id}")
+    if isinstance(decoder, str):
+        dec = get_decoder(decoder, **dict(decoder_options or {}))
+    elif decoder_options:
+        raise ValueError(f"decoder_options {dict(decoder_options)} go with a decoder name, not a built decoder")
+    else:
+        dec = decoder
+    if stats is not None:
+        stats.decoder = describe(dec)
     cfg = SamplingConfig(
         mask_id=mask_id,
         block_size=block_size,
@@ -329,10 +303,14 @@ def generate(
     cache = _new_cache(model) if cfg.use_cache else None
     cached = 0  # columns whose keys/values are in the cache
 
-    for j, n_steps in enumerate(cfg.block_steps):
+    stop_tensor = torch.tensor(sorted(stop_ids), device=device) if stop_ids else None
+    calls, row_calls, committed = 0, 0, torch.zeros((), dtype=torch.long, device=device)
+    for j, budget in enumerate(cfg.block_steps):
         start = t0 + j * bs
         end = min(start + bs, total)
-        for k in transfer_schedule(end - start, n_steps):
+        planned = dec.calls(end - start, budget)
+        call = 0
+        while True:
             q_start = cached if cfg.use_cache else 0
             mask = _block_mask(valid, q_start, end, bs, attention, dtype)
             kwargs: dict[str, Any] = dict(
@@ -353,15 +331,34 @@ def generate(
                 cached = start
             logits[..., mask_id] = -math.inf
             block = x[:, start:end]
-            pred, commit = _pick(
-                logits,
-                block == mask_id,
-                k,
-                remasking=cfg.remasking,
-                temperature=cfg.temperature,
-                generator=generator,
+            masked = block == mask_id
+            pred, conf = _predict(
+                logits, masked, remasking=cfg.remasking, temperature=cfg.temperature, generator=generator
             )
+            commit = dec.select(conf, masked, call=call, budget=budget) & masked
             x[:, start:end] = torch.where(commit, pred, block)
+            call += 1
+            calls += 1
+            row_calls += x.shape[0]
+            committed += commit.sum()
+            if planned is not None and call < planned and stop_tensor is None:
+                continue  # a fixed schedule needs no look at the tokens (no device sync)
+            remaining = x[:, start:end] == mask_id
+            stalled = masked.any(dim=-1) & ~commit.any(dim=-1)
+            finished = ~remaining.any(dim=-1) | _settled(x[:, start:end], remaining, stop_tensor)
+            flags = torch.stack([stalled.any(), finished.all()]).tolist()
+            if flags[0]:
+                raise RuntimeError(
+                    f"decoder {describe(dec)} committed nothing in a row with masked positions "
+                    f"(block {j}, call {call}); a decoder must commit at least one per row"
+                )
+            if flags[1]:
+                break
+            if planned is not None and call >= planned:
+                raise RuntimeError(
+                    f"decoder {describe(dec)} planned {planned} calls for block {j} "
+                    f"but left positions masked after them"
+                )
         # The block is finished: rows that hit a stop leave the batch.
         keep: list[int] = []
         gen = x[:, t0:end].tolist()
@@ -377,5 +374,9 @@ def generate(
             x, valid, positions, rows = x[sel], valid[sel], positions[sel], rows[sel]
             if cache is not None:
                 _cache_select_rows(cache, sel)
+    if stats is not None:
+        stats.calls += calls
+        stats.row_calls += row_calls
+        stats.tokens += int(committed)
     done = [o if o is not None else [] for o in outputs]
     return [p + o for p, o in zip(prompts, done)] if include_prompt else done
