@@ -90,11 +90,16 @@ class TidalConfig:
         return "pairs" if self.aligned else "masked_rows"
 
 
+@dataclass(frozen=True, init=False)
 class TidalCalmConfig(TidalConfig):
     """Chunk TIDAL has no ``aligned`` mode (chunks are the alignment); ``reverse`` swaps
     target and prediction (the reference's ``reverse_alm_taid``)."""
 
-    reverse: bool = False
+    reverse: bool
+
+    def __init__(self, *args: Any, reverse: bool = False, **kwargs: Any) -> None:
+        object.__setattr__(self, "reverse", reverse)  # before TidalConfig validates
+        super().__init__(*args, **kwargs)
 
     def __post_init__(self) -> None:
         super().__post_init__()
