@@ -38,6 +38,11 @@ class Objective(abc.ABC):
     """Reverse (student-weighted) objectives: reverse KL, Reverse CALM."""
     interpolates_teacher: ClassVar[bool] = False
     """Objectives whose target mixes student and teacher by a lambda schedule (TIDAL)."""
+    supports_projected_logits: ClassVar[bool] = False
+    """True when :meth:`forward` also accepts ``inputs.student_logits`` / ``teacher_logits``
+    as :class:`~tide_plugin.objectives.fused.ProjectedLogits` (it reads them only through
+    :mod:`~tide_plugin.objectives.fused`). The trainer's fused output layer is used only
+    when every objective says so; others get full ``[b, L, V]`` logits."""
 
     def check_pipeline(self, info: PipelineInfo) -> None:
         """Raise :class:`PipelineMismatchError` naming what is missing."""
@@ -83,6 +88,7 @@ class ComposedObjective(Objective):
             raise ValueError("a composed objective needs at least one component")
         self.components = list(components)
         self.requires = frozenset().union(*(c.requires for c in self.components))
+        self.supports_projected_logits = all(c.supports_projected_logits for c in self.components)
         tidal = [c.name for c in self.components if c.interpolates_teacher]
         reverse = [c.name for c in self.components if c.mode_seeking]
         if tidal and reverse:

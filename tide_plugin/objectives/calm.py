@@ -26,7 +26,8 @@ from torch import Tensor
 from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, hookimpl
 from .base import Objective
-from .functional import calm, chunk_log_probs
+from .functional import calm
+from .fused import chunk_log_probs
 from .kl import check_temperature_weight
 
 CACHE_STUDENT_CHUNK_LP = "chunk_log_probs.student.active"
@@ -93,6 +94,7 @@ class Calm(Objective):
     """CALM (forward): the student chunk probability fits the teacher's as a Bernoulli target."""
 
     name = "calm"
+    supports_projected_logits = True
     requires = frozenset({"chunks"})
 
     def __init__(self, **config) -> None:

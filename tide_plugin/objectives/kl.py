@@ -24,7 +24,8 @@ from torch import Tensor
 from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, hookimpl
 from .base import Objective
-from .functional import aligned_rows, masked_rows, token_divergence
+from .functional import aligned_rows, masked_rows
+from .fused import token_divergence
 
 
 def check_temperature_weight(temperature: float, weight: float) -> None:
@@ -78,6 +79,7 @@ class TokenKL(Objective):
     """Forward KL. Student logits ``[b, L, V_S]``, teacher logits ``[b, L_T, V_T]``."""
 
     name = "kl"
+    supports_projected_logits = True
 
     def __init__(self, **config) -> None:
         self.config = KLConfig(**config)

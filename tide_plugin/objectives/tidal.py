@@ -26,7 +26,8 @@ from ..hookspecs import PluginSpec, hookimpl
 from ..schedulers.tidal import TidalSchedule, TidalScheduleConfig
 from .base import Objective
 from .calm import active_chunk_log_probs
-from .functional import Axis, Decay, TimestepWeight, tidal_calm, token_divergence
+from .functional import Axis, Decay, TimestepWeight, tidal_calm
+from .fused import token_divergence
 from .kl import check_temperature_weight, token_rows
 
 
@@ -73,6 +74,7 @@ class TidalCalmConfig(TidalConfig):
 class _TidalBase(Objective):
     config_cls: type[TidalConfig] = TidalConfig
     interpolates_teacher = True
+    supports_projected_logits = True
 
     def __init__(self, **config) -> None:
         self.config = self.config_cls(**config)
