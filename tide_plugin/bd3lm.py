@@ -8,6 +8,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .objectives.fused import ProjectedLogits, nll_rows
+
 ConcatOrder = Literal["xt_x0", "x0_xt"]
 CONCAT_ORDERS: tuple[str, ...] = ("xt_x0", "x0_xt")
 
@@ -250,7 +252,7 @@ def block_diffusion_logits(
 
 
 def bd3lm_ce(
-    logits: Tensor,
+    logits: Tensor | ProjectedLogits,
     targets: Tensor,
     *,
     masked: Tensor,
@@ -268,7 +270,9 @@ def bd3lm_ce(
     - ``sequence``: each row by its own ``max(1, count(maskable_row))``, then by ``b``;
     - ``batch``: ``b``.
 
-    :param logits: ``[b, L, V]`` any float dtype. :param targets: ``x0`` ``[b, L]``.
+    :param logits: ``[b, L, V]`` any float dtype, or
+        :class:`~tide_plugin.objectives.fused.ProjectedLogits` (the fused output layer).
+    :param targets: ``x0`` ``[b, L]``.
     :param masked: ``[b, L]`` bool. :param maskable: ``[b, L]`` bool (``labels != -100``).
     :param weight: ``w(t)`` as ``[b]`` or ``[b, L]``; 1 when ``None``.
     :param denominator: overrides ``count(maskable)`` (token) or ``b`` (sequence, batch),
@@ -283,7 +287,7 @@ def bd3lm_ce(
             f"masked {tuple(masked.shape)}, maskable {tuple(maskable.shape)}"
         )
     masked = masked.bool() & maskable.bool()
-    nll = torch.nn.functional.cross_entropy(logits[masked].float(), targets[masked], reduction="none")  # [N]
+    nll = nll_rows(logits, targets, masked)  # [N], plain or projected logits (fused output layer)
     if weight is not None:
         w = weight.float()
         w = w[:, None].expand(b, length) if w.dim() == 1 else w
