@@ -26,7 +26,7 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
 def tidal_comp_demo_config(output_dir, **overrides):
     """The tiny token-TIDAL + CompDemo run (``same`` pipeline) that the resume and the
     multi-process tests train; ``overrides`` set what each test varies."""
-    from tide_plugin.trainer import DistillConfig
+    from tide_plugin.training import DistillConfig
 
     settings = dict(
         output_dir=str(output_dir),

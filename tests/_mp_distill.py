@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from _distill_helpers import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config  # noqa: E402
 
-from tide_plugin.trainer import build_trainer  # noqa: E402
+from tide_plugin.training import build_trainer  # noqa: E402
 from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe  # noqa: E402
 
 

@@ -11,14 +11,9 @@ import torch
 from _distill_helpers import EOS, MASK, V, split_batch, synthetic_rows
 
 from tide_plugin.objectives.base import PipelineMismatchError
-from tide_plugin.trainer import (
-    TIDE_CONFIG_NAME,
-    DistillConfig,
-    add_arguments,
-    build_trainer,
-    distill,
-    resolve_options,
-)
+from tide_plugin.checkpoints import TIDE_CONFIG_NAME
+from tide_plugin.cli.distill import add_arguments, distill, resolve_options
+from tide_plugin.training import DistillConfig, build_trainer
 from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
 
 
@@ -232,7 +227,7 @@ def test_backend_follows_dllm_availability(tmp_path):
     the transformers one is, and asking for dllm explicitly fails with a clear error.
     dllm is not on the package registry, so CI exercises the second branch; the first
     runs wherever dllm is installed from its source (transformers 4.57.x)."""
-    from tide_plugin.trainer import DistillBD3LMTrainer, dllm_available, trainer_class
+    from tide_plugin.training import DistillBD3LMTrainer, dllm_available, trainer_class
 
     assert trainer_class("transformers") is DistillBD3LMTrainer
     with pytest.raises(ValueError, match="trainer backend 'deepspeed' is not one of auto, dllm, transformers"):
@@ -328,7 +323,7 @@ def test_objective_parts_and_ce_weight_reach_the_student_gradient(tmp_path):
     """loss = ce_weight * CE + sum(parts), with gradients flowing from every term:
     linear in ce_weight (value and gradient), and with ce_weight=0 the objective
     alone still trains the student."""
-    from tide_plugin.trainer import _distill_batch
+    from tide_plugin.training.loss import _distill_batch
 
     tr = _trainer(_config(tmp_path, objective="kl+tidal", use_comp_demo=True), n=8)
     batch = _distill_batch(next(iter(tr.get_train_dataloader())))
