@@ -118,3 +118,23 @@ def block_diffusion_projected(
             model, noisy_ids, clean_ids, block_size=block_size, attention_mask=attention_mask
         )
     return projected(model, hidden)
+
+
+def fused_path_problem(student: torch.nn.Module, teacher: object, objective: object) -> str | None:
+    """``None`` when a training step can run on the fused output layer; else one line
+    naming what rules it out (the step then builds full logits, as before)."""
+    if not getattr(objective, "supports_projected_logits", False):
+        comps = getattr(objective, "components", [objective])
+        names = [getattr(c, "name", type(c).__name__) for c in comps if not getattr(c, "supports_projected_logits", False)]
+        return f"objective(s) {names} do not declare supports_projected_logits (they read full logits)"
+    problem = fused_head_problem(student)
+    if problem is not None:
+        return f"student: {problem}"
+    if not callable(getattr(teacher, "projected_logits", None)):
+        return f"teacher adapter {type(teacher).__name__} has no projected_logits(batch)"
+    teacher_model = getattr(teacher, "model", None)
+    if isinstance(teacher_model, torch.nn.Module):
+        problem = fused_head_problem(teacher_model)
+        if problem is not None:
+            return f"teacher: {problem}"
+    return None

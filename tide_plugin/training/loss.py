@@ -7,6 +7,8 @@ One training step (DESIGN "data flow")::
     DistillBatch (collator chain: distill_pad -> noise [-> comp_demo])
       -> student BD3LM forward on x_t ⊕ x0, logits of the x_t half   [b, L, V_S]
       -> teacher adapter forward on every view, merged               [b, L_T, V_T]
+         (fused output layer, the default: hidden states [b, L, H] and the output
+         projections instead; CE and objectives project only the rows they read)
       -> DistillInputs(progress = global_step / max_steps)
       -> objective parts (already weighted)
       loss = ce_weight * CE + sum(parts)
@@ -15,6 +17,7 @@ One training step (DESIGN "data flow")::
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,10 @@ from torch import Tensor
 from ..batch import DistillBatch, DistillInputs, PipelineInfo
 from ..bd3lm import bd3lm_ce, block_diffusion_logits, unwrap_model
 from ..checkpoints import TIDE_CONFIG_NAME
+from ..heads import block_diffusion_projected, fused_path_problem
+
+logger = logging.getLogger(__name__)
+
 
 def _distill_batch(inputs: Any) -> DistillBatch:
     if isinstance(inputs, DistillBatch):
@@ -71,6 +78,12 @@ class DistillLossMixin:
         self.model_accepts_loss_kwargs = False
         if hasattr(self, "loss_is_scaled_for_ga"):
             self.loss_is_scaled_for_ga = False
+        self._tide_fused = False
+        if getattr(args, "fused_output_layer", False):
+            problem = fused_path_problem(unwrap_model(self.model), teacher, objective)
+            self._tide_fused = problem is None
+            if problem is not None:
+                logger.warning("fused output layer off (full [b, L, V] logits this run): %s", problem)
         self._tide_window: tuple[Tensor, Tensor] | None = None
         self._tide_sums: dict[str, Tensor] = {}
         self._tide_count = 0
@@ -106,7 +119,9 @@ class DistillLossMixin:
         args = self.args
         if batch.noisy_input_ids is None or batch.masked is None:
             raise ValueError("the batch is not noised: put 'noise' in the collator chain")
-        student_logits = block_diffusion_logits(
+        fused = getattr(self, "_tide_fused", False)
+        forward = block_diffusion_projected if fused else block_diffusion_logits
+        student_logits = forward(
             model,
             batch.noisy_input_ids,
             batch.input_ids,
@@ -127,7 +142,7 @@ class DistillLossMixin:
             norm=args.loss_norm_type,
             denominator=denominator,
         )
-        teacher_logits = self.teacher(batch)
+        teacher_logits = self.teacher.projected_logits(batch) if fused else self.teacher(batch)
         progress = self.state.global_step / max(self.state.max_steps, 1)
         inputs = DistillInputs(
             batch=batch,
