@@ -116,7 +116,7 @@ def make_batch(objective, b, length, ratio, v_s, v_t, views):
 class Setup:
     """Models, optimiser, objective and batch of one configuration."""
 
-    def __init__(self, args, b: int, length: int):
+    def __init__(self, args, b: int, length: int, models: tuple | None = None):
         import torch
 
         from tide_plugin.registry import get_objective, get_teacher
@@ -129,10 +129,13 @@ class Setup:
             t_shape["layers"] = args.teacher_layers
         if args.objective in TOKEN_OBJECTIVES:
             t_shape["vocab"] = s_shape["vocab"]  # same pipeline: one vocabulary
-        torch.manual_seed(0)
-        self.student = student_model(**s_shape, device=self.device, dtype=dtype)
-        self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-5)
-        net = teacher_model(**t_shape, device=self.device, dtype=dtype)
+        if models is None:
+            torch.manual_seed(0)
+            student = student_model(**s_shape, device=self.device, dtype=dtype)
+            models = (student, torch.optim.AdamW(student.parameters(), lr=1e-5),
+                      teacher_model(**t_shape, device=self.device, dtype=dtype))
+        self.models = models
+        self.student, self.opt, net = models
         self.teacher = get_teacher("bidirectional", model=net, mask_token_id=t_shape["vocab"] - 1)
         self.objective = get_objective(args.objective)
         self.batch = make_batch(args.objective, b, length, args.teacher_ratio, s_shape["vocab"], t_shape["vocab"],
@@ -267,7 +270,8 @@ def measure_config(args, b: int, length: int) -> dict:
 
         import torch
 
-        setup = Setup(args, b, length)
+        setup = Setup(args, b, length, models=getattr(args, "_models", None))
+        args._models = setup.models  # built once, reused by the next configuration
         mem = {}
         for v in VARIANTS:
             try:
