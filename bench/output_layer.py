@@ -157,11 +157,11 @@ class Setup:
         forward = block_diffusion_projected if variant == "fused" else block_diffusion_logits
         s_logits = forward(self.student, batch.noisy_input_ids, batch.input_ids, block_size=self.block,
                            attention_mask=batch.attention_mask)
-        ce = bd3lm_ce(s_logits, batch.input_ids, masked=batch.masked, maskable=batch.labels != -100,
-                      weight=batch.ce_weight)
         t_logits = self.teacher.projected_logits(batch) if variant == "fused" else self.teacher(batch)
         parts = self.objective(DistillInputs(batch=batch, student_logits=s_logits, teacher_logits=t_logits,
                                              progress=0.5))
+        ce = bd3lm_ce(s_logits, batch.input_ids, masked=batch.masked, maskable=batch.labels != -100,
+                      weight=batch.ce_weight)
         loss = ce + sum(parts.values())
         loss.backward()
         self.opt.step()

@@ -269,3 +269,33 @@ def test_objectives_on_projected_logits_match_full_logits(dtype, name, pipeline,
     want = run(_logits(h_s, w_s, None), _logits(h_t, w_t, None))
     g_want = _grads(want, [h_s, w_s])
     _compare(got, want, g_got, g_want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["forward", "reverse", "tidal"])
+def test_token_pass_computes_ce_rows_once(dtype, mode, chunks, monkeypatch):
+    """With targets, a token objective on the masked positions also yields CE's gold
+    log-probs (one projection of those rows); CE + divergence match the plain sum."""
+    b, length, vs, vt, shared = 2, 9, 37, 29, 23
+    h_s, w_s, b_s = _head(b, length, 5, vs, dtype=dtype, seed=19, bias=True)
+    h_t, w_t, _ = _head(b, length, 4, vt, dtype=dtype, seed=20, grad=False)
+    g = torch.Generator().manual_seed(21)
+    ids = torch.randint(0, vs, (b, length), generator=g)
+    masked = torch.rand(b, length, generator=g) < 0.6
+    lam, weight = torch.rand(b, generator=g), torch.rand(b, generator=g) + 0.5
+    extra = dict(lam=lam, weight=weight) if mode == "tidal" else {}
+    b_idx, pos = masked.nonzero(as_tuple=True)
+    calls = []
+    monkeypatch.setattr(fused._GoldLogProb, "apply", lambda *a: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    s = ProjectedLogits(h_s, w_s, b_s, targets=ids)
+    div = fused.token_divergence(s, ProjectedLogits(h_t, w_t), b_idx, pos, pos, mode=mode, temperature=TAU,
+                                 shared_vocab_size=shared, **extra)
+    ce = fused.nll_rows(s, ids, masked).mean()  # served from the token pass: no second projection
+    assert not calls
+    got = div + 0.7 * ce
+    g_got = _grads(got, [h_s, w_s, b_s])
+    z_s = _logits(h_s, w_s, b_s)
+    want = plain_token(z_s, _logits(h_t, w_t, None), b_idx, pos, pos, mode, shared, lam, weight)
+    want = want + 0.7 * F.cross_entropy(z_s[masked].float(), ids[masked])
+    g_want = _grads(want, [h_s, w_s, b_s])
+    _compare(got, want, g_got, g_want, dtype)

@@ -88,7 +88,7 @@ def logits_as_hidden_states(model: torch.nn.Module) -> Iterator[None]:
             head.forward = own
 
 
-def projected(model: torch.nn.Module, hidden: Tensor) -> ProjectedLogits:
+def projected(model: torch.nn.Module, hidden: Tensor, targets: Tensor | None = None) -> ProjectedLogits:
     """Wrap hidden states ``[b, L, H]`` read under :func:`logits_as_hidden_states` with the
     model's output projection."""
     weight, bias = output_projection(model)
@@ -100,7 +100,7 @@ def projected(model: torch.nn.Module, hidden: Tensor) -> ProjectedLogits:
     if weight.device != hidden.device:  # a teacher placed elsewhere: its rows are read where the student is
         weight = weight.to(hidden.device)
         bias = None if bias is None else bias.to(hidden.device)
-    return ProjectedLogits(hidden, weight, bias)
+    return ProjectedLogits(hidden, weight, bias, targets=targets)
 
 
 def block_diffusion_projected(
@@ -117,7 +117,7 @@ def block_diffusion_projected(
         hidden = block_diffusion_logits(
             model, noisy_ids, clean_ids, block_size=block_size, attention_mask=attention_mask
         )
-    return projected(model, hidden)
+    return projected(model, hidden, targets=clean_ids)
 
 
 def fused_path_problem(student: torch.nn.Module, teacher: object, objective: object) -> str | None:

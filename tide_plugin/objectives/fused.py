@@ -44,9 +44,10 @@ class ProjectedLogits:
     :param hidden: ``[b, L, H]`` hidden states after the final norm (may require grad).
     :param weight: ``[V, H]`` output projection (the embedding matrix when tied).
     :param bias: ``[V]`` or ``None``.
+    :param targets: ``[b, L]`` gold ids CE will read (optional; see :attr:`targets`).
     """
 
-    def __init__(self, hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> None:
+    def __init__(self, hidden: Tensor, weight: Tensor, bias: Tensor | None = None, targets: Tensor | None = None) -> None:
         if not isinstance(hidden, Tensor) or hidden.dim() != 3 or not hidden.is_floating_point():
             raise ValueError(f"hidden must be a float tensor [b, L, H], got {getattr(hidden, 'shape', type(hidden).__name__)}")
         if not isinstance(weight, Tensor) or weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
@@ -56,7 +57,12 @@ class ProjectedLogits:
             )
         if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
             raise ValueError(f"bias must be [V] = [{weight.shape[0]}], got {list(bias.shape)}")
+        if targets is not None and tuple(targets.shape) != tuple(hidden.shape[:2]):
+            raise ValueError(f"targets must be [b, L] = {list(hidden.shape[:2])}, got {list(targets.shape)}")
         self.hidden, self.weight, self.bias = hidden, weight, bias
+        self.targets = targets
+        """``[b, L]`` ids CE will ask gold log-probs for (``x0``): a token objective then
+        computes them on its rows in the same pass."""
         self._lp: Tensor | None = None  # [b, L] gold log-probs of the rows computed so far
         self._lp_rows: Tensor | None = None  # [b, L] bool
         self._lp_ids: Tensor | None = None
@@ -89,10 +95,11 @@ def _project(h: Tensor, weight: Tensor, bias: Tensor | None, work: torch.dtype) 
     return torch.nn.functional.linear(h.to(weight.dtype), weight, bias).to(work)
 
 
-def _head_grads(ctx, g_z_of, h: Tensor, weight: Tensor, bias: Tensor | None, vocab: int, work: torch.dtype):
+def _head_grads(ctx, g_z_of, h: Tensor, weight: Tensor, bias: Tensor | None, cuts: tuple[int, ...], work: torch.dtype):
     """Backward over vocabulary chunks: ``g_z_of(lo, hi)`` gives ``dL/dz[:, lo:hi]``
     ``[N, hi-lo]``; returns ``(d h [N, H], d weight [V, H], d bias [V])`` (``None`` where
-    not needed). Columns ``>= vocab`` get a zero gradient."""
+    not needed). Chunks end at each of ``cuts`` (ascending); columns ``>= cuts[-1]`` get
+    a zero gradient."""
     n = h.shape[0]
     need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_b = bias is not None and ctx.needs_input_grad[2]
@@ -100,8 +107,8 @@ def _head_grads(ctx, g_z_of, h: Tensor, weight: Tensor, bias: Tensor | None, voc
     g_w = torch.zeros_like(weight) if need_w else None
     g_b = torch.zeros_like(bias) if need_b else None
     width = _rows_per_chunk(max(n, 1), h.device)
-    for lo in range(0, vocab, width):
-        hi = min(vocab, lo + width)
+    starts = (0, *cuts[:-1])
+    for lo, hi in ((a, min(end, a + width)) for begin, end in zip(starts, cuts) for a in range(begin, end, width)):
         g_z = g_z_of(lo, hi)  # [N, hi - lo] work dtype
         g_zc = g_z.to(weight.dtype)
         if need_h:
@@ -151,7 +158,7 @@ class _GoldLogProb(torch.autograd.Function):
             col = (gold - lo).clamp(0, hi - lo - 1)
             return g_z.scatter_add_(1, col[:, None], torch.where(hit, g, torch.zeros_like(g))[:, None])
 
-        g_h, g_w, g_b = _head_grads(ctx, g_z_of, h, weight, bias, weight.shape[0], work)
+        g_h, g_w, g_b = _head_grads(ctx, g_z_of, h, weight, bias, (weight.shape[0],), work)
         return g_h, g_w, g_b, None
 
 
@@ -191,10 +198,16 @@ def gold_log_probs(logits: ProjectedLogits, ids: Tensor, rows: Tensor) -> Tensor
             raise ValueError(f"gold ids must lie in [0, {vocab}), got range [{lo}, {hi}]")
         lp = _GoldLogProb.apply(logits.hidden[b_idx, pos], logits.weight, logits.bias, gold)
         out = out.index_put((b_idx, pos), lp)
+    return _store(logits, ids, missing, out)
+
+
+def _store(logits: ProjectedLogits, ids: Tensor, rows: Tensor, lp: Tensor) -> Tensor:
+    """Add gold log-probs ``lp`` ``[b, L]`` (0 off ``rows``) to the cache of ``logits``."""
+    same = logits._lp is not None and (logits._lp_ids is ids or torch.equal(logits._lp_ids, ids))
     if same:
-        logits._lp, logits._lp_rows = logits._lp + out, logits._lp_rows | missing
+        logits._lp, logits._lp_rows = logits._lp + lp, logits._lp_rows | rows
     else:
-        logits._lp, logits._lp_rows, logits._lp_ids = out, missing.clone(), ids
+        logits._lp, logits._lp_rows, logits._lp_ids = lp, rows.clone(), ids
     return logits._lp
 
 
@@ -233,23 +246,37 @@ def nll_rows(logits: Tensor | ProjectedLogits, targets: Tensor, rows: Tensor) ->
 # ---------------------------------------------------------------------------
 class _ProjectedTokenDivergence(torch.autograd.Function):
     """Sum over rows of ``w_i D_i tau^2 / denom`` on the first ``vocab`` ids, from
-    projected student rows ``h_s`` ``[N, H]`` and teacher rows ``h_t`` ``[N, H_T]``."""
+    projected student rows ``h_s`` ``[N, H]`` and teacher rows ``h_t`` ``[N, H_T]``.
+
+    With ``gold`` ``[N]`` it also returns the rows' gold log-probs over the full
+    vocabulary (what CE reads), so that CE and a token objective on the same rows
+    project them once; otherwise the second output is empty."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, h_s, w_s, b_s, h_t, w_t, b_t, lam_r, w_r, mode: str, tau: float, vocab: int, denom: float
-    ) -> Tensor:
+        ctx, h_s, w_s, b_s, h_t, w_t, b_t, lam_r, w_r, gold, mode: str, tau: float, vocab: int, denom: float
+    ) -> tuple[Tensor, Tensor]:
         work = _work_dtype(h_s.dtype)
         n = h_s.shape[0]
-        ws, bs = w_s[:vocab], None if b_s is None else b_s[:vocab]
+        full = w_s.shape[0] if gold is not None else vocab
+        ws, bs = w_s[:full], None if b_s is None else b_s[:full]
         wt, bt = w_t[:vocab], None if b_t is None else b_t[:vocab]
         lse_s = torch.empty(n, dtype=work, device=h_s.device)
         lse_t = torch.empty_like(lse_s)  # teacher (forward, reverse) or mixture (tidal)
         row_kl = torch.empty_like(lse_s)
-        step = _rows_per_chunk(vocab, h_s.device)
+        lse_full = torch.empty_like(lse_s) if gold is not None else lse_s[:0]
+        lp = torch.empty_like(lse_s) if gold is not None else lse_s[:0]
+        step = _rows_per_chunk(full, h_s.device)
         for start in range(0, n, step):
             sl = slice(start, start + step)
-            u_s = _project(h_s[sl], ws, bs, work).div_(tau)  # [c, v]
+            z = _project(h_s[sl], ws, bs, work)  # [c, full]
+            if gold is not None:
+                lse_full[sl] = torch.logsumexp(z, dim=-1)
+                lp[sl] = z.gather(1, gold[sl, None]).squeeze(1) - lse_full[sl]
+                u_s = z[:, :vocab] / tau
+            else:
+                u_s = z.div_(tau)  # [c, v]
+            del z
             u_t = _project(h_t[sl], wt, bt, work).div_(tau)
             log_ps = torch.log_softmax(u_s, dim=-1)
             lse_s[sl] = (u_s - log_ps)[:, 0]
@@ -270,37 +297,47 @@ class _ProjectedTokenDivergence(torch.autograd.Function):
                 q = log_q.exp()
                 row_kl[sl] = (q * (log_q - log_ps)).masked_fill_(q == 0, 0.0).sum(-1)
             del log_ps, log_q
-        if mode == "tidal":
-            row_kl = row_kl * w_r
+        loss = (row_kl * w_r).sum() if mode == "tidal" else row_kl.sum()
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, lam_r, w_r, lse_s, lse_t, row_kl)
-            ctx.config = (mode, tau, vocab, denom)
-        return row_kl.sum() * (tau * tau / denom)
+            ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, lam_r, w_r, gold, lse_s, lse_t, row_kl, lse_full)
+            ctx.config = (mode, tau, vocab, denom, full)
+        return loss * (tau * tau / denom), lp
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        h_s, w_s, b_s, h_t, w_t, b_t, lam_r, w_r, lse_s, lse_t, row_kl = ctx.saved_tensors
-        mode, tau, vocab, denom = ctx.config
+    def backward(ctx, grad_out: Tensor, grad_lp: Tensor):  # type: ignore[override]
+        h_s, w_s, b_s, h_t, w_t, b_t, lam_r, w_r, gold, lse_s, lse_t, row_kl, lse_full = ctx.saved_tensors
+        mode, tau, vocab, denom, full = ctx.config
         work = lse_s.dtype
         coef = grad_out.to(work) * (tau / denom)  # d(loss)/dz = tau^2/denom * dD/du / tau
 
         def g_z_of(lo: int, hi: int) -> Tensor:
-            u_s = _project(h_s, w_s[lo:hi], None if b_s is None else b_s[lo:hi], work).div_(tau)
-            u_t = _project(h_t, w_t[lo:hi], None if b_t is None else b_t[lo:hi], work).div_(tau)
-            log_ps = u_s - lse_s[:, None]
-            p_s = log_ps.exp()
-            if mode == "forward":  # P_S - P_T
-                g = p_s.sub_(u_t.sub_(lse_t[:, None]).exp_())
-            elif mode == "reverse":  # P_S (log P_S - log P_T - KL)
-                g = log_ps.sub_(u_t.sub_(lse_t[:, None])).sub_(row_kl[:, None]).mul_(p_s)
-            else:  # w (P_S - R), R = softmax((1 - lam) u_s + lam u_t)
-                lam = lam_r[:, None]
-                r = u_s.mul_(1.0 - lam).add_(u_t.mul_(lam)).sub_(lse_t[:, None]).exp_()
-                g = p_s.sub_(r).mul_(w_r[:, None])
-            return g.mul_(coef)
+            z = _project(h_s, w_s[lo:hi], None if b_s is None else b_s[lo:hi], work)
+            g = torch.zeros_like(z)
+            if hi <= vocab:  # chunks never straddle vocab (see _head_grads' cuts)
+                u_s = z / tau
+                u_t = _project(h_t, w_t[lo:hi], None if b_t is None else b_t[lo:hi], work).div_(tau)
+                log_ps = u_s - lse_s[:, None]
+                p_s = log_ps.exp()
+                if mode == "forward":  # P_S - P_T
+                    g = p_s.sub_(u_t.sub_(lse_t[:, None]).exp_())
+                elif mode == "reverse":  # P_S (log P_S - log P_T - KL)
+                    g = log_ps.sub_(u_t.sub_(lse_t[:, None])).sub_(row_kl[:, None]).mul_(p_s)
+                else:  # w (P_S - R), R = softmax((1 - lam) u_s + lam u_t)
+                    lam = lam_r[:, None]
+                    r = u_s.mul_(1.0 - lam).add_(u_t.mul_(lam)).sub_(lse_t[:, None]).exp_()
+                    g = p_s.sub_(r).mul_(w_r[:, None])
+                g.mul_(coef)
+            if gold is not None:  # d lp / d z = onehot(gold) - softmax(z)
+                g_lp = grad_lp.to(work)
+                g.sub_(z.sub_(lse_full[:, None]).exp_().mul_(g_lp[:, None]))
+                hit = (gold >= lo) & (gold < hi)
+                col = (gold - lo).clamp(0, hi - lo - 1)
+                g.scatter_add_(1, col[:, None], torch.where(hit, g_lp, torch.zeros_like(g_lp))[:, None])
+            return g
 
-        g_h, g_w, g_b = _head_grads(ctx, g_z_of, h_s, w_s, b_s, vocab, work)
-        return g_h, g_w, g_b, None, None, None, None, None, None, None, None, None
+        cuts = (vocab, full) if full > vocab else (vocab,)
+        g_h, g_w, g_b = _head_grads(ctx, g_z_of, h_s, w_s, b_s, cuts, work)
+        return g_h, g_w, g_b, None, None, None, None, None, None, None, None, None, None
 
 
 TokenMode = Literal["forward", "reverse", "tidal"]
@@ -365,7 +402,20 @@ def token_divergence(
         lam_r = _per_example("lam", lam, b, device, 0.0).to(work)[bi]
         w_r = _per_example("weight", weight, b, device, 1.0).to(work)[bi]
     h_t = t.hidden.detach()[bi, ti.to(t.device)].to(device)
-    return _ProjectedTokenDivergence.apply(
+    # Gold log-probs for CE on the same rows, when they are new to the cache and each
+    # student row occurs once (position by position; template pairs may repeat a row).
+    gold = None
+    rows = torch.zeros(s.shape[:2], dtype=torch.bool, device=device)
+    rows[bi, si] = True
+    if s.targets is not None and int(rows.sum()) == n and (s._lp_rows is None or not bool((s._lp_rows & rows).any())):
+        gold = s.targets.to(device)[bi, si].long()
+        if int(gold.min()) < 0 or int(gold.max()) >= s.shape[2]:
+            gold = None  # not ids CE could ask for (e.g. padding): keep the plain path
+    loss, lp = _ProjectedTokenDivergence.apply(
         s.hidden[bi, si], s.weight, s.bias, h_t, t.weight.detach().to(device),
-        None if t.bias is None else t.bias.detach().to(device), lam_r, w_r, mode, tau, vocab, float(n),
+        None if t.bias is None else t.bias.detach().to(device), lam_r, w_r, gold, mode, tau, vocab, float(n),
     )
+    if gold is not None:
+        work_lp = torch.zeros(s.shape[:2], dtype=lp.dtype, device=device).index_put((bi, si), lp)
+        _store(s, s.targets.to(device), rows, work_lp)
+    return loss

@@ -133,15 +133,6 @@ class DistillLossMixin:
         denominator = None
         if model.training and self._tide_window is not None:
             denominator = self._tide_window[0] if args.loss_norm_type == "token" else self._tide_window[1]
-        ce = bd3lm_ce(
-            student_logits,
-            batch.input_ids,
-            masked=batch.masked,
-            maskable=maskable,
-            weight=weight,
-            norm=args.loss_norm_type,
-            denominator=denominator,
-        )
         teacher_logits = self.teacher.projected_logits(batch) if fused else self.teacher(batch)
         progress = self.state.global_step / max(self.state.max_steps, 1)
         inputs = DistillInputs(
@@ -151,7 +142,16 @@ class DistillLossMixin:
             progress=progress,
             shared_vocab_size=args.shared_vocab_size,
         )
-        parts = self.objective(inputs)
+        parts = self.objective(inputs)  # before CE: a token objective computes CE's rows in its pass
+        ce = bd3lm_ce(
+            student_logits,
+            batch.input_ids,
+            masked=batch.masked,
+            maskable=maskable,
+            weight=weight,
+            norm=args.loss_norm_type,
+            denominator=denominator,
+        )
         loss = ce * float(args.ce_weight)
         for value in parts.values():
             loss = loss + value
