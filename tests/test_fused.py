@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from tide_plugin.batch import DistillBatch, DistillInputs
 from tide_plugin.objectives import functional as fn
-from tide_plugin.objectives import fused
+from tide_plugin.objectives import fused, fused_token
 from tide_plugin.objectives.fused import ProjectedLogits
 from tide_plugin.registry import get_objective
 
@@ -168,7 +168,7 @@ def test_token_divergence_matches_plain(dtype, mode, shared, chunks):
     weight = torch.rand(b, generator=g) + 0.5
     extra = dict(lam=lam, weight=weight) if mode == "tidal" else {}
     v = shared or min(vs, vt)
-    got = fused.token_divergence(
+    got = fused_token.token_divergence(
         ProjectedLogits(h_s, w_s, b_s), ProjectedLogits(h_t, w_t), b_idx, s_pos, t_pos, mode=mode,
         temperature=TAU, shared_vocab_size=shared, **extra,
     )
@@ -195,7 +195,7 @@ def test_gradcheck_float64(mode):
     extra = dict(lam=torch.tensor([1.0, 1.0]), weight=torch.tensor([1.0, 0.5])) if mode == "tidal" else {}
 
     def token(hs, ws, bs):
-        return fused.token_divergence(ProjectedLogits(hs, ws, bs), ProjectedLogits(h_t, w_t), b_idx, s_pos, t_pos,
+        return fused_token.token_divergence(ProjectedLogits(hs, ws, bs), ProjectedLogits(h_t, w_t), b_idx, s_pos, t_pos,
                                       mode=mode, temperature=TAU, **extra)
 
     assert torch.autograd.gradcheck(token, (h_s, w_s, b_s))
@@ -209,7 +209,7 @@ def test_empty_rows_give_zero_with_zero_gradient():
     h_s, w_s, _ = _head(2, 3, 3, 7, dtype=torch.float32, seed=13)
     h_t, w_t, _ = _head(2, 3, 3, 7, dtype=torch.float32, seed=14, grad=False)
     none = torch.zeros(0, dtype=torch.long)
-    loss = fused.token_divergence(ProjectedLogits(h_s, w_s), ProjectedLogits(h_t, w_t), none, none, none)
+    loss = fused_token.token_divergence(ProjectedLogits(h_s, w_s), ProjectedLogits(h_t, w_t), none, none, none)
     loss = loss + fused.nll_rows(ProjectedLogits(h_s, w_s), torch.zeros(2, 3, dtype=torch.long),
                                  torch.zeros(2, 3, dtype=torch.bool)).sum()
     loss.backward()
@@ -223,7 +223,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"gold ids must lie in \[0, 5\)"):
         fused.gold_log_probs(ProjectedLogits(h, w), torch.full((1, 2), 7), torch.ones(1, 2, dtype=torch.bool))
     with pytest.raises(TypeError, match="both be tensors or both ProjectedLogits"):
-        fused.token_divergence(ProjectedLogits(h, w), torch.zeros(1, 2, 5), torch.tensor([0]),
+        fused_token.token_divergence(ProjectedLogits(h, w), torch.zeros(1, 2, 5), torch.tensor([0]),
                                torch.tensor([0]), torch.tensor([0]))
 
 
@@ -288,7 +288,7 @@ def test_token_pass_computes_ce_rows_once(dtype, mode, chunks, monkeypatch):
     calls = []
     monkeypatch.setattr(fused._GoldLogProb, "apply", lambda *a: calls.append(a) or (_ for _ in ()).throw(AssertionError))
     s = ProjectedLogits(h_s, w_s, b_s, targets=ids)
-    div = fused.token_divergence(s, ProjectedLogits(h_t, w_t), b_idx, pos, pos, mode=mode, temperature=TAU,
+    div = fused_token.token_divergence(s, ProjectedLogits(h_t, w_t), b_idx, pos, pos, mode=mode, temperature=TAU,
                                  shared_vocab_size=shared, **extra)
     ce = fused.nll_rows(s, ids, masked).mean()  # served from the token pass: no second projection
     assert not calls

@@ -25,7 +25,7 @@ from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, hookimpl
 from .base import Objective
 from .functional import aligned_rows, masked_rows
-from .fused import token_divergence
+from .fused_token import token_divergence
 
 
 def check_temperature_weight(temperature: float, weight: float) -> None:

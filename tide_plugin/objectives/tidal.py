@@ -27,7 +27,7 @@ from ..schedulers.tidal import TidalSchedule, TidalScheduleConfig
 from .base import Objective
 from .calm import active_chunk_log_probs
 from .functional import Axis, Decay, TimestepWeight, tidal_calm
-from .fused import token_divergence
+from .fused_token import token_divergence
 from .kl import check_temperature_weight, token_rows
 
 

@@ -44,6 +44,11 @@ def _distill_batch(inputs: Any) -> DistillBatch:
     )
 
 
+def _zero3(args: Any) -> bool:
+    config = getattr(args, "hf_deepspeed_config", None)
+    return bool(config is not None and config.is_zero3())
+
+
 class DistillCollator:
     """DataLoader ``collate_fn``: rows -> ``{"distill_batch": DistillBatch}`` (a mapping,
     so the Trainer's input preparation leaves the typed batch intact)."""
@@ -81,6 +86,10 @@ class DistillLossMixin:
         self._tide_fused = False
         if getattr(args, "fused_output_layer", False):
             problem = fused_path_problem(unwrap_model(self.model), teacher, objective)
+            if getattr(self, "is_fsdp_enabled", False):
+                problem = "FSDP shards the student's output layer outside its forward"
+            elif getattr(self, "is_deepspeed_enabled", False) and _zero3(args):
+                problem = "DeepSpeed ZeRO-3 partitions the student's output layer outside its forward"
             self._tide_fused = problem is None
             if problem is not None:
                 logger.warning("fused output layer off (full [b, L, V] logits this run): %s", problem)
