@@ -10,7 +10,9 @@ views in one batched forward), objective, backward, optimiser step.
   only the rows they read (tide_plugin.objectives.fused), so no ``[b, L, V]`` tensor exists.
 
     python bench/output_layer.py                       # CPU: b=4, L=512, V=151,936, a small student
-    python bench/output_layer.py --objective kl        # token objective (same pipeline)
+    python bench/output_layer.py --objective kl        # token objective (same pipeline; shared
+                                                     # slice = the student vocabulary)
+    python bench/output_layer.py --objective reverse_calm,tidal   # several, one after the other
     python bench/output_layer.py --paper               # GPU: Qwen3-0.6B student, LLaDA2.0-mini-shaped
                                                      # teacher (random), bf16, b in {1, 4}, L in {512, 1024}
     python bench/output_layer.py --paper --teacher-layers 4 --configs 1x512,4x512,2x1024
@@ -127,8 +129,6 @@ class Setup:
         s_shape, t_shape = dict(shapes["student"]), dict(shapes["teacher"])
         if args.teacher_layers:
             t_shape["layers"] = args.teacher_layers
-        if args.objective in TOKEN_OBJECTIVES:
-            t_shape["vocab"] = s_shape["vocab"]  # same pipeline: one vocabulary
         if models is None:
             torch.manual_seed(0)
             student = student_model(**s_shape, device=self.device, dtype=dtype)
@@ -290,14 +290,14 @@ def measure_config(args, b: int, length: int) -> dict:
 
 def report(rows: list[dict]) -> None:
     gib = 2**30
-    print(f"{'b':>3}{'L':>6} {'variant':<7}{'step s':>9}{'peak extra GiB':>16}{'peak GiB':>10}{'loss':>9}")
+    print(f"{'objective':<13}{'b':>3}{'L':>6} {'variant':<7}{'step s':>9}{'peak extra GiB':>16}{'peak GiB':>10}{'loss':>9}")
     for r in rows:
         for v in VARIANTS:
             m = r["memory"][v]
-            print(f"{r['b']:>3}{r['length']:>6} {v:<7}{r['time'][v]:>9.3f}{m['extra'] / gib:>16.3f}"
+            print(f"{r['objective']:<13}{r['b']:>3}{r['length']:>6} {v:<7}{r['time'][v]:>9.3f}{m['extra'] / gib:>16.3f}"
                   f"{m['total'] / gib:>10.2f}{m['loss']:>9.4f}")
         f, u = r["memory"]["full"], r["memory"]["fused"]
-        print(f"{'':>10}fused/full: peak extra {u['extra'] / f['extra']:.2f}x, peak {u['total'] / f['total']:.2f}x, "
+        print(f"{'':>23}fused/full: peak extra {u['extra'] / f['extra']:.2f}x, peak {u['total'] / f['total']:.2f}x, "
               f"step time {r['time']['fused'] / r['time']['full']:.2f}x")
     print(json.dumps({"results": rows}))
 
@@ -311,7 +311,8 @@ def main() -> int:
     p.add_argument("--length", type=int, default=512)
     p.add_argument("--paper", action="store_true", help="paper shapes (Qwen3-0.6B student, LLaDA2.0-mini teacher), GPU")
     p.add_argument("--configs", default=None, help="b x L list for --paper, default 1x512,4x512,1x1024,4x1024")
-    p.add_argument("--objective", default="reverse_calm", choices=CHUNK_OBJECTIVES + TOKEN_OBJECTIVES)
+    p.add_argument("--objective", default="reverse_calm",
+                   help=f"one of {CHUNK_OBJECTIVES + TOKEN_OBJECTIVES}, or several joined by ','")
     p.add_argument("--views", type=int, default=None, choices=(1, 2), help="teacher views (2: CompDemo)")
     p.add_argument("--teacher-ratio", type=int, default=None, help="teacher tokens per student token (cross)")
     p.add_argument("--teacher-layers", type=int, default=None)
@@ -338,11 +339,17 @@ def main() -> int:
     if args.paper:
         spec = args.configs or "1x512,4x512,1x1024,4x1024"
         configs = [tuple(int(x) for x in c.split("x")) for c in spec.split(",")]
+    objectives = args.objective.split(",")
+    unknown = [o for o in objectives if o not in CHUNK_OBJECTIVES + TOKEN_OBJECTIVES]
+    if unknown:
+        p.error(f"--objective {unknown} not among {CHUNK_OBJECTIVES + TOKEN_OBJECTIVES}")
     rows = []
-    for b, length in configs:
-        row = measure_config(args, b, length)
-        print(row["describe"], flush=True)
-        rows.append(row)
+    for objective in objectives:
+        args.objective = objective
+        for b, length in configs:
+            row = measure_config(args, b, length)
+            print(row["describe"], flush=True)
+            rows.append(row | {"objective": objective})
     report(rows)
     return 0
 
