@@ -320,6 +320,7 @@ def main() -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     args = p.parse_args()
     import torch
 
@@ -350,7 +351,10 @@ def main() -> int:
             row = measure_config(args, b, length)
             print(row["describe"], flush=True)
             rows.append(row | {"objective": objective})
+    args.__dict__.pop("_models", None)
     report(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": rows}, indent=2, default=str) + "\n")
     return 0
 
 
