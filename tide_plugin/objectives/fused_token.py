@@ -56,17 +56,17 @@ class _ProjectedTokenDivergence(torch.autograd.Function):
                 u_s = z.div_(tau)  # [c, v]
             del z
             u_t = _project(h_t[sl], wt, bt, work).div_(tau)
-            log_ps = torch.log_softmax(u_s, dim=-1)
-            lse_s[sl] = (u_s - log_ps)[:, 0]
+            lse_s[sl] = torch.logsumexp(u_s, dim=-1)
+            log_ps = u_s - lse_s[sl, None]
             if mode == "tidal":
                 lam = lam_r[sl, None]
                 mix = u_s.mul_(1.0 - lam).add_(u_t.mul_(lam))
-                log_q = torch.log_softmax(mix, dim=-1)
-                lse_t[sl] = (mix - log_q)[:, 0]
+                lse_t[sl] = torch.logsumexp(mix, dim=-1)
+                log_q = mix.sub_(lse_t[sl, None])
                 del mix
             else:
-                log_q = torch.log_softmax(u_t, dim=-1)
-                lse_t[sl] = (u_t - log_q)[:, 0]
+                lse_t[sl] = torch.logsumexp(u_t, dim=-1)
+                log_q = u_t.sub_(lse_t[sl, None])
             del u_s, u_t
             if mode == "reverse":
                 p_s = log_ps.exp()
@@ -90,7 +90,7 @@ class _ProjectedTokenDivergence(torch.autograd.Function):
 
         def g_z_of(lo: int, hi: int) -> Tensor:
             z = _project(h_s, w_s[lo:hi], None if b_s is None else b_s[lo:hi], work)
-            g = torch.zeros_like(z)
+            g = None
             if hi <= vocab:  # chunks never straddle vocab (see _head_grads' cuts)
                 u_s = z / tau
                 u_t = _project(h_t, w_t[lo:hi], None if b_t is None else b_t[lo:hi], work).div_(tau)
@@ -107,7 +107,8 @@ class _ProjectedTokenDivergence(torch.autograd.Function):
                 g.mul_(coef)
             if gold is not None:  # d lp / d z = onehot(gold) - softmax(z)
                 g_lp = grad_lp.to(work)
-                g.sub_(z.sub_(lse_full[:, None]).exp_().mul_(g_lp[:, None]))
+                p_lp = z.sub_(lse_full[:, None]).exp_().mul_(g_lp[:, None])
+                g = p_lp.neg_() if g is None else g.sub_(p_lp)
                 hit = (gold >= lo) & (gold < hi)
                 col = (gold - lo).clamp(0, hi - lo - 1)
                 g.scatter_add_(1, col[:, None], torch.where(hit, g_lp, torch.zeros_like(g_lp))[:, None])
