@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/alignment.py
 	$(PY) bench/sampling.py
 	$(PY) bench/train_step.py
+	$(PY) bench/output_layer.py
 
 clean:
 	rm -rf $(VENV) $(VENV_COMPAT) runs .pytest_cache

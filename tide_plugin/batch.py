@@ -150,6 +150,9 @@ class DistillInputs:
     - ``student_logits`` ``[b, L, V_S]`` (the ``x_t`` half of the BD3LM forward), any dtype.
     - ``teacher_logits`` ``[b, L_T, V_T]`` (views already merged), no grad; in the
       ``same`` pipeline ``L_T == L``.
+    - On the fused output layer (objectives with ``supports_projected_logits``) both are
+      :class:`~tide_plugin.objectives.fused.ProjectedLogits` (hidden states and the
+      output projection), read through :mod:`tide_plugin.objectives.fused`.
     - ``progress``: ``global_step / max(max_steps, 1)`` from the trainer state.
     - ``shared_vocab_size``: ``V_shared`` for token-level objectives, or ``None``
       for the full (identical) vocabulary.

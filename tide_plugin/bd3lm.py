@@ -8,6 +8,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .objectives.fused import ProjectedLogits, nll_rows
+
 ConcatOrder = Literal["xt_x0", "x0_xt"]
 CONCAT_ORDERS: tuple[str, ...] = ("xt_x0", "x0_xt")
 
@@ -249,12 +251,21 @@ def block_diffusion_logits(
     return logits
 
 
-def bd3lm_nll(logits: Tensor, targets: Tensor, *, masked: Tensor, maskable: Tensor, weight: Tensor | None = None) -> Tensor:
+def bd3lm_nll(
+    logits: Tensor | ProjectedLogits,
+    targets: Tensor,
+    *,
+    masked: Tensor,
+    maskable: Tensor,
+    weight: Tensor | None = None,
+) -> Tensor:
     """Per-row sums ``sum_i CE(z_i, x0_i) * w_i * masked_i`` ``[b]`` float32, computed on
     masked positions only (no full-vocabulary float32 copy): the numerator of the CE term
     (:func:`ce_from_nll`) and of dllm's NLL metric.
 
-    :param logits: ``[b, L, V]`` any float dtype. :param targets: ``x0`` ``[b, L]``.
+    :param logits: ``[b, L, V]`` any float dtype, or
+        :class:`~tide_plugin.objectives.fused.ProjectedLogits` (the fused output layer).
+    :param targets: ``x0`` ``[b, L]``.
     :param masked: ``[b, L]`` bool. :param maskable: ``[b, L]`` bool (``labels != -100``).
     :param weight: ``w(t)`` as ``[b]`` or ``[b, L]``; 1 when ``None``.
     """
@@ -265,7 +276,7 @@ def bd3lm_nll(logits: Tensor, targets: Tensor, *, masked: Tensor, maskable: Tens
             f"masked {tuple(masked.shape)}, maskable {tuple(maskable.shape)}"
         )
     masked = masked.bool() & maskable.bool()
-    nll = torch.nn.functional.cross_entropy(logits[masked].float(), targets[masked], reduction="none")  # [N]
+    nll = nll_rows(logits, targets, masked)  # [N], plain or projected logits (fused output layer)
     if weight is not None:
         w = weight.float()
         w = w[:, None].expand(b, length) if w.dim() == 1 else w
@@ -300,7 +311,7 @@ def ce_from_nll(
 
 
 def bd3lm_ce(
-    logits: Tensor,
+    logits: Tensor | ProjectedLogits,
     targets: Tensor,
     *,
     masked: Tensor,

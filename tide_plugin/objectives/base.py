@@ -95,6 +95,11 @@ class Objective(abc.ABC):
     Reverse CALM; the forward and reverse variants share one implementation."""
     interpolates_teacher: ClassVar[bool] = False
     """Objectives whose target mixes student and teacher by a strength schedule (TIDAL)."""
+    supports_projected_logits: ClassVar[bool] = False
+    """True when :meth:`forward` also accepts ``inputs.student_logits`` / ``teacher_logits``
+    as :class:`~tide_plugin.objectives.fused.ProjectedLogits` (it reads them only through
+    :mod:`~tide_plugin.objectives.fused`). The trainer's fused output layer is used only
+    when every objective says so; others get full ``[b, L, V]`` logits."""
     config: Any
 
     @property
@@ -152,6 +157,7 @@ class ComposedObjective(Objective):
                 if part in seen:
                     raise ValueError(f"composed objective: {seen[part]!r} and {c.name!r} both return the part {part!r}")
                 seen[part] = c.name
+        self.supports_projected_logits = all(getattr(c, "supports_projected_logits", False) for c in self.components)
         tidal = [c.name for c in self.components if getattr(c, "interpolates_teacher", False)]
         reverse = [c.name for c in self.components if getattr(c, "direction", "forward") == "reverse"]
         if tidal and reverse:

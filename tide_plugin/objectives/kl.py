@@ -23,7 +23,8 @@ from torch import Tensor
 from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
 from .base import Objective, check_temperature_weight
-from .functional import aligned_rows, masked_rows, token_divergence
+from .functional import aligned_rows, masked_rows
+from .fused_token import token_divergence
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class TokenKL(Objective):
     """Forward KL. Student logits ``[b, L, V_S]``, teacher logits ``[b, L_T, V_T]``."""
 
     name = "kl"
+    supports_projected_logits = True
 
     def __init__(self, **config) -> None:
         self.config = KLConfig(**config)

@@ -33,7 +33,8 @@ from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
 from ..registry import get_strength_schedule
 from .base import Objective, check_temperature_weight
 from .calm import active_chunk_log_probs
-from .functional import tidal_calm, token_divergence
+from .functional import tidal_calm
+from .fused_token import token_divergence
 from .kl import token_rows
 
 
@@ -120,6 +121,7 @@ class TidalCalmConfig(TidalConfig):
 class _TidalBase(Objective):
     config_cls: type[TidalConfig] = TidalConfig
     interpolates_teacher = True
+    supports_projected_logits = True
 
     def __init__(self, **config) -> None:
         self.config = self.config_cls(**config)

@@ -21,6 +21,8 @@ from torch import Tensor
 
 from ..batch import DistillBatch
 from ..bd3lm import unwrap_model
+from ..heads import fused_head_problem, logits_as_hidden_states, projected
+from ..objectives.fused import ProjectedLogits
 
 TeacherDtype = Literal["auto", "float32", "bfloat16", "float16"]
 TEACHER_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
@@ -186,6 +188,16 @@ class TeacherAdapter(abc.ABC):
             )
             logits = flat.view(n_views, b, length, -1)
         return merge_views(logits, batch.teacher_view_index).to(out_device)
+
+    def projected_logits(self, batch: DistillBatch) -> ProjectedLogits | None:
+        """The fused output layer's teacher side: merged hidden states ``[b, L_T, H_T]``
+        with the output projection (same views and merge as :meth:`__call__`, no
+        ``[b, L_T, V_T]`` logits), or ``None`` when the head cannot be fused."""
+        if fused_head_problem(self.model) is not None:
+            return None
+        with logits_as_hidden_states(self.model):
+            hidden = self(batch)
+        return projected(self.model, hidden)
 
 
 def merge_views(logits: Tensor, view_index: Tensor | None) -> Tensor:

@@ -115,6 +115,11 @@ class DistillArguments:
     teacher_dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16"})
     teacher_device: str | None = field(default=None, metadata={"help": "teacher placement; default the student's"})
     sequential_views: bool = field(default=False, metadata={"help": "run CompDemo views one after the other"})
+    fused_output_layer: bool = field(
+        default=True,
+        metadata={"help": "compute CE and objectives from hidden states, rows only, never [b, L, V] logits "
+                  "(used when the objective, student and teacher support it; False builds full logits)"},
+    )
     teacher_load_in_4bit: bool = field(default=False, metadata={"help": "4-bit teacher (needs bitsandbytes)"})
     pipeline: str | None = field(default=None, metadata={"help": "same | shared | cross (inferred when unset)"})
     shared_vocab_size: int | None = field(default=None, metadata={"help": "V_shared for token objectives"})
@@ -191,6 +196,7 @@ class DistillArguments:
         self.teacher_config = _parse_mapping(self.teacher_config, "teacher_config")
         self.use_comp_demo = _bool(self.use_comp_demo)
         self.sequential_views = _bool(self.sequential_views)
+        self.fused_output_layer = _bool(self.fused_output_layer)
         if self.pipeline is None:
             self.pipeline = self.implied_pipeline()
         if self.pipeline is not None and self.pipeline not in PIPELINES:

@@ -7,6 +7,8 @@ One training step (DESIGN "data flow")::
     DistillBatch (collator chain: distill_pad -> noise [-> comp_demo])
       -> student BD3LM forward on x_t ⊕ x0, logits of the x_t half   [b, L, V_S]
       -> teacher adapter forward on every view, merged               [b, L_T, V_T]
+         (fused output layer, the default: hidden states [b, L, H] and the output
+         projections instead; CE and objectives project only the rows they read)
       -> DistillInputs(progress = global_step / max_steps)
       -> objective parts (already weighted)
       loss = ce_weight * CE + sum(parts)
@@ -15,6 +17,7 @@ One training step (DESIGN "data flow")::
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,12 @@ from torch import Tensor
 from ..batch import DistillBatch, DistillInputs, PipelineInfo
 from ..bd3lm import bd3lm_nll, block_diffusion_logits, ce_from_nll, unwrap_model
 from ..checkpoints import TIDE_CONFIG_NAME, apply_layout, layout_of
+from ..heads import block_diffusion_projected, fused_path_problem
 from ..hookspecs import ResumableStageProtocol
 from .normalise import count_units, normalise_parts, part_units, window_denominators, window_units
+
+logger = logging.getLogger(__name__)
+
 
 def _distill_batch(inputs: Any) -> DistillBatch:
     if isinstance(inputs, DistillBatch):
@@ -37,6 +44,11 @@ def _distill_batch(inputs: Any) -> DistillBatch:
     raise TypeError(
         f"the distillation trainer expects a DistillBatch (from the collator chain), got {type(inputs).__name__}"
     )
+
+
+def _zero3(args: Any) -> bool:
+    config = getattr(args, "hf_deepspeed_config", None)
+    return bool(config is not None and config.is_zero3())
 
 
 class DistillCollator:
@@ -74,6 +86,16 @@ class DistillLossMixin:
         if hasattr(self, "loss_is_scaled_for_ga"):
             self.loss_is_scaled_for_ga = False
         self._tide_units = part_units(objective)  # part -> unit; fails when built, not at step 1
+        self._tide_fused = False
+        if getattr(args, "fused_output_layer", False):
+            problem = fused_path_problem(unwrap_model(self.model), teacher, objective)
+            if getattr(self, "is_fsdp_enabled", False):
+                problem = "FSDP shards the student's output layer outside its forward"
+            elif getattr(self, "is_deepspeed_enabled", False) and _zero3(args):
+                problem = "DeepSpeed ZeRO-3 partitions the student's output layer outside its forward"
+            self._tide_fused = problem is None
+            if problem is not None:
+                logger.warning("fused output layer off (full [b, L, V] logits this run): %s", problem)
         self._tide_window: dict[str, Tensor] | None = None
         self._tide_sums: dict[str, Tensor] = {}
         self._tide_stats: dict[str, Any] = {}
@@ -109,7 +131,9 @@ class DistillLossMixin:
         args = self.args
         if batch.noisy_input_ids is None or batch.masked is None:
             raise ValueError("the batch is not noised: put 'noise' in the collator chain")
-        student_logits = block_diffusion_logits(
+        fused = getattr(self, "_tide_fused", False)
+        forward = block_diffusion_projected if fused else block_diffusion_logits
+        student_logits = forward(
             model,
             batch.noisy_input_ids,
             batch.input_ids,
@@ -122,10 +146,7 @@ class DistillLossMixin:
         denominator = None
         if window is not None:
             denominator = window["maskable_tokens" if args.loss_norm_type == "token" else "sequences"]
-        row_nll = bd3lm_nll(student_logits, batch.input_ids, masked=batch.masked, maskable=maskable, weight=weight)
-        self.record_nll(model.training, row_nll.detach(), maskable)
-        ce = ce_from_nll(row_nll, maskable, norm=args.loss_norm_type, denominator=denominator)
-        teacher_logits = self.teacher(batch)
+        teacher_logits = self.teacher.projected_logits(batch) if fused else self.teacher(batch)
         progress = self.state.global_step / max(self.state.max_steps, 1)
         inputs = DistillInputs(
             batch=batch,
@@ -134,7 +155,10 @@ class DistillLossMixin:
             progress=progress,
             shared_vocab_size=args.shared_vocab_size,
         )
-        parts = self.objective(inputs)
+        parts = self.objective(inputs)  # before CE: a token objective computes CE's rows in its pass
+        row_nll = bd3lm_nll(student_logits, batch.input_ids, masked=batch.masked, maskable=maskable, weight=weight)
+        self.record_nll(model.training, row_nll.detach(), maskable)
+        ce = ce_from_nll(row_nll, maskable, norm=args.loss_norm_type, denominator=denominator)
         # Logged: every term with its micro-batch's own normalisation (as the reference logs).
         logged: dict[str, Tensor] = {"ce": ce.detach()}
         if denominator is not None:

@@ -1,0 +1,75 @@
+"""The fused output layer in the training step: the default, the same loss, parts and
+gradients as full logits, and full logits whenever something cannot be fused."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from _distill_helpers import EOS, MASK, V, synthetic_rows
+
+from tide_plugin.objectives.base import Objective
+from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
+from tide_plugin.training import DistillConfig, build_trainer
+from tide_plugin.training.loss import _distill_batch
+
+
+def _trainer(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "run"), objective="kl+tidal", pipeline="same", shared_vocab_size=V, block_size=4,
+        max_steps=2, per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True, use_cpu=True,
+        dataloader_pin_memory=False, use_comp_demo=True,
+    )
+    base.update(kw)
+    return build_trainer(
+        DistillConfig(**base), student=tiny_qwen3(V, seed=0), teacher_model=tiny_qwen3_moe(V, seed=1),
+        train_dataset=synthetic_rows(8), student_mask_id=MASK, student_eos_id=EOS,
+    )
+
+
+def test_fused_is_the_default_and_matches_full_logits(tmp_path):
+    tr = _trainer(tmp_path)
+    assert tr.args.fused_output_layer and tr._tide_fused
+    tr.model.train()
+    batch = _distill_batch(next(iter(tr.get_train_dataloader())))
+    tr.get_batch_samples(iter([{"distill_batch": batch}]), 1, torch.device("cpu"))  # the window denominator
+    params = [p for p in tr.model.parameters() if p.requires_grad]
+
+    def step(fused: bool):
+        tr._tide_fused = fused
+        loss, logged = tr.distill_forward(tr.model, batch)
+        grads = torch.autograd.grad(loss, params)
+        return loss.detach(), logged, torch.cat([g.flatten() for g in grads])
+
+    l_full, logged_full, g_full = step(False)
+    l_fused, logged_fused, g_fused = step(True)
+    torch.testing.assert_close(l_fused, l_full, rtol=1e-5, atol=1e-6)
+    assert logged_fused.keys() == logged_full.keys() >= {"ce", "kl", "tidal"}
+    for k in logged_full:
+        torch.testing.assert_close(logged_fused[k], logged_full[k], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_fused, g_full, rtol=1e-4, atol=1e-6)
+
+
+class _ReadsFullLogits(Objective):
+    """A third-party objective that reads ``student_logits`` as a tensor."""
+
+    name = "third_party"
+
+    def forward(self, inputs):
+        return {"third_party": inputs.student_logits.float().logsumexp(-1).mean() * 0.0}
+
+
+def test_objectives_without_row_support_get_full_logits(tmp_path, caplog):
+    tr = _trainer(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="tide_plugin.training.loss"):
+        tr.setup_distillation(teacher=tr.teacher, objective=_ReadsFullLogits(), pipeline_info=tr.pipeline_info)
+    assert not tr._tide_fused
+    assert "fused output layer off" in caplog.text and "['third_party']" in caplog.text
+    batch = _distill_batch(next(iter(tr.get_train_dataloader())))
+    loss, logged = tr.distill_forward(tr.model, batch)  # runs on full logits
+    assert torch.isfinite(loss) and "third_party" in logged
+
+
+def test_flag_turns_it_off(tmp_path):
+    tr = _trainer(tmp_path, fused_output_layer=False)
+    assert not tr._tide_fused
