@@ -96,14 +96,16 @@ def test_cli_cross_on_shipped_file(tmp_path, capsys, qwen, mistral):
     _check_report_against_dataset(ds, report, "cross")
     assert report["rows_in"] == 320 and report["chunk_coverage"] > 0.9
     assert f"rows kept:                       {report['rows_kept']}" in printed
-    # every chunk spells the same bytes on both sides (spot check of 40 rows)
+    # every chunk spells the same bytes on both sides, but for a leading template space (spot check of 40 rows)
     s_tab, t_tab = byte_table(qwen), byte_table(mistral)
     for k in range(0, len(ds), 8):
         row = ds[k]
         sch, tch = torch.tensor(row["student_chunk_ids"]), torch.tensor(row["teacher_chunk_ids"])
         ids, tids = torch.tensor(row["input_ids"]), torch.tensor(row["teacher_input_ids"])
         for c in range(row["num_chunks"]):
-            assert s_tab.token_bytes(ids[sch == c].tolist()) == t_tab.token_bytes(tids[tch == c].tolist())
+            s_bytes = s_tab.token_bytes(ids[sch == c].tolist())
+            t_bytes = t_tab.token_bytes(tids[tch == c].tolist())
+            assert s_bytes == t_bytes or b" " + s_bytes == t_bytes or s_bytes == b" " + t_bytes
 
 
 @pytest.mark.slow
