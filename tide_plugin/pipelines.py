@@ -142,7 +142,11 @@ class PipelineStrategy:
 
     name: ClassVar[str]
     row_keys: ClassVar[tuple[str, ...]]
-    """Keys a dataset row of this pipeline holds (``distill_pad`` requires them)."""
+    """Keys a dataset row of this pipeline must hold (``distill_pad`` requires them)."""
+    written_keys: ClassVar[tuple[str, ...]] = ()
+    """Keys ``tide preprocess`` writes for this pipeline (``row_keys`` and optional ones)."""
+    scalar_keys: ClassVar[tuple[str, ...]] = ()
+    """Those of ``written_keys`` that hold one int per row (the rest hold lists of ints)."""
     has_teacher_ids: ClassVar[bool] = True
     has_chunks: ClassVar[bool] = False
     has_pairs: ClassVar[bool] = False
@@ -217,6 +221,7 @@ class SharedPipeline(PipelineStrategy):
 
     name = "shared"
     row_keys = (ROW_STUDENT_IDS, ROW_LABELS, ROW_TEACHER_IDS, ROW_PAIR_STUDENT, ROW_PAIR_TEACHER)
+    written_keys = row_keys
     has_pairs = True
     has_token_alignment = True
     default_teacher_max_length = 768
@@ -258,6 +263,8 @@ class CrossPipeline(PipelineStrategy):
 
     name = "cross"
     row_keys = (ROW_STUDENT_IDS, ROW_LABELS, ROW_TEACHER_IDS, ROW_STUDENT_CHUNKS, ROW_TEACHER_CHUNKS)
+    written_keys = (*row_keys, ROW_NUM_CHUNKS)
+    scalar_keys = (ROW_NUM_CHUNKS,)
     has_chunks = True
     default_teacher_max_length = 1024
 

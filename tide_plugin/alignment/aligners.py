@@ -16,6 +16,7 @@ from .checks import (
     IGNORE_INDEX,
     AlignmentError,
     PromptTooLongError,
+    UnrenderableError,
     _check_length,
     _check_messages,
     _check_roles,
@@ -49,7 +50,8 @@ def _prompt_tokens(tok: Any, enc: SideEncoding, messages: Sequence[Mapping[str, 
     try:
         prompt = tok.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
     except Exception as exc:  # a template that cannot render the prompt alone (e.g. an empty one)
-        raise AlignmentError(f"the student's chat template cannot render the prompt turns: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnrenderableError(f"the student's chat template cannot render the prompt turns: {reason}") from exc
     n = len(enc.ids)
     if enc.text.startswith(prompt):
         # fast path: the prompt ends on a token boundary of the whole rendering

@@ -25,6 +25,11 @@ class AlignmentError(ValueError):
     """A conversation or tokenizer the aligners cannot use (the message names it)."""
 
 
+class UnrenderableError(AlignmentError):
+    """A chat template cannot render the conversation (a ``tool`` role, roles that do not
+    alternate, ...). Preprocessing skips and counts such rows."""
+
+
 class PromptTooLongError(AlignmentError):
     """The prompt fills ``max_length``: no target token is left after truncation.
     Preprocessing counts such examples as discarded."""
