@@ -144,8 +144,11 @@ def test_config_errors_name_the_value():
         tide_plugin.get_teacher("bidirectional", model=model, dtype="float8")
     with pytest.raises(ValueError, match="'yx'"):
         tide_plugin.get_teacher("block", model=model, concat_order="yx")
-    with pytest.raises(ValueError, match="no EOS id is known; pass eos_token_id="):
-        tide_plugin.get_teacher("block", model=model)  # the tiny config has no eos_token_id
+    with pytest.warns(UserWarning, match="no EOS id is known .* padded to a block multiple with blocked keys"):
+        fallback = tide_plugin.get_teacher("block", model=model)  # the tiny config has no eos_token_id
+    assert fallback.block_padding == "blocked" and fallback.eos_token_id is None
+    with pytest.raises(ValueError, match=r"eos_token_id 99 is outside the teacher vocabulary \[0, 61\)"):
+        tide_plugin.get_teacher("block", model=model, eos_token_id=99)
     with pytest.raises(ValueError, match="block_padding 'pad' is not one of"):
         tide_plugin.get_teacher("block", model=model, block_padding="pad")
     with pytest.raises(ValueError, match="mask_form 'list' is not one of"):

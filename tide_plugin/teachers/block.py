@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,7 +38,8 @@ class BlockTeacherConfig(TeacherConfig):
     :param block_padding: ``eos`` (the reference): pad each sequence to a block
         multiple with visible EOS tokens; ``blocked`` (ours, earlier): pad with blocked keys.
     :param eos_token_id: the teacher's EOS id for ``eos`` padding (the teacher tokenizer's
-        ``eos_token_id``); read from the model's config when ``None``.
+        ``eos_token_id``); read from the model's config when ``None``. When neither
+        gives one, the adapter warns once and pads with blocked keys.
     :param mask_form: ``auto`` (a dict when the model's forward checks for one, else a
         tensor), ``dict`` or ``tensor``."""
 
@@ -119,17 +121,23 @@ class BlockTeacher(TeacherAdapter):
         super().__init__(model, **config)
         cfg = self.config
         self.eos_token_id = None
+        self.block_padding = cfg.block_padding
+        # the padding in effect: "blocked" when "eos" was asked for but no EOS id is known
         if cfg.block_padding == "eos":
             eos = cfg.eos_token_id if cfg.eos_token_id is not None else _config_eos(self.model)
             if eos is None:
-                raise ValueError(
-                    "block teacher: block_padding='eos' pads each teacher sequence with the teacher's EOS "
-                    "(SPEC 1.1) but no EOS id is known; pass eos_token_id=<the teacher tokenizer's eos_token_id> "
-                    "or block_padding='blocked'"
+                warnings.warn(
+                    "block teacher: no EOS id is known (pass eos_token_id=<the teacher tokenizer's eos_token_id> or "
+                    "set it in the model config); teacher rows are padded to a block multiple with blocked keys, "
+                    "not with the visible EOS tokens of the reference (SPEC 1.1)",
+                    UserWarning,
+                    stacklevel=2,
                 )
-            if self.vocab_size is not None and not 0 <= int(eos) < self.vocab_size:
+                self.block_padding = "blocked"
+            elif self.vocab_size is not None and not 0 <= int(eos) < self.vocab_size:
                 raise ValueError(f"teacher eos_token_id {eos} is outside the teacher vocabulary [0, {self.vocab_size})")
-            self.eos_token_id = int(eos)
+            else:
+                self.eos_token_id = int(eos)
         self.mask_as_dict = cfg.mask_form == "dict" or (cfg.mask_form == "auto" and takes_mask_dict(self.model))
 
     def forward_view(self, noisy_ids: Tensor, clean_ids: Tensor, valid: Tensor) -> Tensor:
