@@ -48,19 +48,24 @@ def _assign(starts: np.ndarray, ends: np.ndarray, c0: np.ndarray, c1: np.ndarray
     return np.where(ok, j, -1)
 
 
-def _lead_tokens(side: _Side, pos: list[int], floor: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _lead_tokens(side: _Side, pos: list[int], floor: list[int]) -> tuple[list[int], list[int]]:
     """Tokens that hold the template's space and the first bytes of a content (SPEC 3.3,
     last paragraph: ``▁Hi`` after ``[INST]``, ``ĠHi`` after a newline): the token starts
     one byte before the content start ``pos``, that byte is a space that belongs to no
     earlier content (it lies at or after ``floor``, the end of the previous content),
-    and the token starts right there. Returns ``(token index, content start)``."""
-    p = np.asarray(pos, dtype=np.int64)
-    i = np.searchsorted(side.ends, p, side="right")  # first token ending after the content start
-    ok = (i < side.ids.size) & (p >= 1) & (p - 1 >= np.asarray(floor, dtype=np.int64))
-    i, p = i[ok], p[ok]
-    space = np.frombuffer(side.encoded, dtype=np.uint8)[p - 1] == 0x20
-    ok = space & (side.starts[i] == p - 1)
-    return i[ok], p[ok]
+    and the token starts right there. Returns ``(token indices, content starts)``.
+    A plain loop: a conversation has a few content starts, most fail the space test."""
+    found_i: list[int] = []
+    found_p: list[int] = []
+    encoded, n = side.encoded, side.ids.size
+    for p, lo in zip(pos, floor):
+        if p < 1 or p - 1 < lo or encoded[p - 1] != 0x20:
+            continue
+        i = int(side.ends.searchsorted(p, "right"))  # first token ending after the content start
+        if i < n and int(side.starts[i]) == p - 1:
+            found_i.append(i)
+            found_p.append(p)
+    return found_i, found_p
 
 
 def align_chunks(
@@ -140,10 +145,10 @@ def align_chunks(
     bound_s[at_s] = True
     bound_t[at_t] = True
     starts_s, starts_t = S.starts, T.starts
-    if lead_s.size:
+    if lead_s:
         starts_s = starts_s.copy()
         starts_s[lead_s] = at_s
-    if lead_t.size:
+    if lead_t:
         starts_t = starts_t.copy()
         starts_t[lead_t] = at_t
     common = np.flatnonzero(bound_s[idx_s] & bound_t[idx_t])
