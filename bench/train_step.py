@@ -96,7 +96,7 @@ def measure(student, teacher, objective, batch: DistillBatch, opt, device, block
         logits = block_diffusion_logits(student, batch.noisy_input_ids, batch.input_ids, block_size=block,
                                         attention_mask=batch.attention_mask)
         ce = bd3lm_ce(logits, batch.input_ids, masked=batch.masked, maskable=batch.labels != -100,
-                      weight=batch.ce_weight)
+                      weight=batch.ce_time_weight)
         t_logits = teacher(batch)
         parts = objective(DistillInputs(batch=batch, student_logits=logits, teacher_logits=t_logits, progress=0.5))
         loss = ce + sum(parts.values())

@@ -105,12 +105,28 @@ def test_padding_gives_no_nan_and_valid_logits_match_unpadded(impl, dtype):
 
 
 def test_moe_teacher_architecture_and_gradients():
-    model = tiny_qwen3_moe(V, attn_implementation="sdpa", seed=4)
+    """The MoE architecture through the block-diffusion forward: logits and the
+    gradient of every parameter equal those of the plain per-block loop."""
+    model = tiny_qwen3_moe(V, attn_implementation="eager", seed=4)
     xt, x0 = _ids(2, 2 * B)
+    probe = torch.randn(2, 2 * B, V, generator=torch.Generator().manual_seed(9))  # a generic scalar of the logits
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    ref = _reference_logits(model, xt, x0, B)
+    ref_grads = torch.autograd.grad((ref * probe).sum(), params, allow_unused=True)
+    set_attn_implementation(model, "sdpa")
     logits = block_diffusion_logits(model, xt, x0, block_size=B)
-    logits.float().logsumexp(-1).sum().backward()
+    grads = torch.autograd.grad((logits * probe).sum(), params, allow_unused=True)
+
     assert logits.shape == (2, 2 * B, V)
-    assert model.model.embed_tokens.weight.grad is not None
+    torch.testing.assert_close(logits, ref, atol=2e-5, rtol=1e-4)
+    used = 0
+    for p, g, r in zip(params, grads, ref_grads):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-3)
+            used += int(g.abs().sum() > 0)
+    assert used >= len(params) // 2  # most parameters (embeddings, attention, routed experts) get a gradient
 
 
 def test_length_not_block_multiple_is_rejected(student):
@@ -166,11 +182,18 @@ def test_ce_empty_mask_is_zero_with_gradient_and_denominator_override():
     none = torch.zeros(2, 4, dtype=torch.bool)
     loss = bd3lm_ce(logits, x0, masked=none, maskable=none)
     loss.backward()
-    assert loss.item() == 0.0 and logits.grad is not None
+    assert loss.item() == 0.0 and logits.grad is not None and (logits.grad == 0).all()
     full = torch.ones(2, 4, dtype=torch.bool)
     a = bd3lm_ce(logits, x0, masked=full, maskable=full)
+    torch.testing.assert_close(a, _plain_ce(logits, x0, full, full, torch.ones(2), "token"))  # / 8 maskable tokens
     half = bd3lm_ce(logits, x0, masked=full, maskable=full, denominator=16)
     torch.testing.assert_close(half * 2, a)
+    (g_a,) = torch.autograd.grad(a, logits)
+    (g_half,) = torch.autograd.grad(half, logits)
+    torch.testing.assert_close(g_half * 2, g_a)
+    # the gradient of the mean CE: (softmax - onehot) / 8 at every position
+    plain = (logits.detach().softmax(-1) - torch.nn.functional.one_hot(x0, V)) / 8
+    torch.testing.assert_close(g_a, plain, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="'mean'.*token"):
         bd3lm_ce(logits, x0, masked=full, maskable=full, norm="mean")
 

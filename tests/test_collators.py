@@ -260,17 +260,17 @@ def test_masking_rate_matches_p_of_t(schedule):
     assert abs(total_z) < 4
     # ELBO weight -alpha'(t) / (1 - alpha(t) + 1e-6)
     if schedule == "linear":
-        torch.testing.assert_close(batch.ce_weight.double(), 1 / (t.double() + 1e-6), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch.ce_time_weight.double(), 1 / (t.double() + 1e-6), rtol=1e-5, atol=1e-5)
     else:
         a_prime = -(torch.pi / 2) * torch.sin(torch.pi / 2 * (1 - t.double()))
-        torch.testing.assert_close(batch.ce_weight.double(), -a_prime / (p + 1e-6), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(batch.ce_time_weight.double(), -a_prime / (p + 1e-6), rtol=1e-4, atol=1e-4)
 
 
 def test_uniform_weight_and_eps():
     rows = [same_row(random.Random(0), 2, 30)] * 64
     noise = Noise(mask_id=M_S, ce_weighting="uniform", eps=0.5, seed=1)
     batch = noise(DistillPad(eos_id=EOS)(rows))
-    assert torch.equal(batch.ce_weight, torch.ones(64))
+    assert torch.equal(batch.ce_time_weight, torch.ones(64))
     assert (batch.t >= 0.5).all() and (batch.t < 1).all()
 
 

@@ -241,7 +241,7 @@ def test_tidal_kl_matches_plain(dtype, shared, row_chunks):
     t = _logits(b, length, vt, dtype=dtype, seed=17)
     mask = _mask(b, length, seed=18)
     lam = torch.tensor([0.0, 0.45, 0.9])
-    w = fn.timestep_weight(torch.tensor([0.2, 0.5, 0.7]), "midrange")
+    w = torch.exp(-((torch.tensor([0.2, 0.5, 0.7]) - 0.5) ** 2) / (2 * 0.15**2))  # a midrange omega(t)
     v = shared or min(vs, vt)
     got, g_got = _value_and_grad(
         lambda x: fn.tidal_kl(x, t, mask, lam, weight=w, temperature=1.5, shared_vocab_size=shared), s
@@ -441,28 +441,6 @@ def test_reverse_calm_gradient_bounded_at_extremes(tau):
     assert per_chunk[-2:].abs().max() < 1e-5
 
 
-# -- TIDAL schedule and timestep weight ---------------------------------------------
-def test_tidal_lambda_and_weight_values():
-    t = torch.tensor([0.0, 0.25, 0.5, 0.999])
-    for decay, g_half in (("cosine", 0.5), ("linear", 0.5)):
-        for p, g in ((0.0, 0.0), (0.5, g_half), (1.0, 1.0)):
-            lam_train = 0.1 + 0.8 * g
-            torch.testing.assert_close(fn.tidal_lambda(p, t, decay=decay, axis="both"), lam_train * (1 - t))
-            torch.testing.assert_close(
-                fn.tidal_lambda(p, t, decay=decay, axis="training_only"), torch.full_like(t, lam_train)
-            )
-            torch.testing.assert_close(fn.tidal_lambda(p, t, decay=decay, axis="timestep_only"), 0.9 * (1 - t))
-    # cosine and linear differ away from 0, 1/2, 1
-    assert fn.tidal_lambda(0.25, t, decay="cosine", axis="training_only")[0].item() == pytest.approx(
-        0.1 + 0.8 * (1 - math.cos(math.pi / 4)) / 2
-    )
-    assert fn.tidal_lambda(0.25, t, decay="linear", axis="training_only")[0].item() == pytest.approx(0.3)
-    torch.testing.assert_close(fn.timestep_weight(t), torch.ones(4))
-    mid = fn.timestep_weight(t, "midrange")
-    torch.testing.assert_close(mid, torch.exp(-((t - 0.5) ** 2) / (2 * 0.15**2)))
-    assert mid[2].item() == 1.0 and mid[0].item() == pytest.approx(math.exp(-0.25 / 0.045))
-
-
 # -- argument validation ---------------------------------------------------------------
 def test_validation_errors():
     s = torch.zeros(2, 3, 5)
@@ -482,12 +460,6 @@ def test_validation_errors():
         (lambda: fn.calm(lp, lp[:, :3], cm), ValueError, "same shape"),
         (lambda: fn.calm(lp, lp, cm, temperature=float("nan")), ValueError, "temperature"),
         (lambda: fn.tidal_calm(lp, lp, cm.float(), t), TypeError, "chunk_mask must be a bool tensor"),
-        (lambda: fn.tidal_lambda(0.5, t, decay="exp"), ValueError, r"decay 'exp' is not one of \('cosine', 'linear'\)"),
-        (lambda: fn.tidal_lambda(0.5, t, axis="x"), ValueError, "axis 'x' is not one of"),
-        (lambda: fn.tidal_lambda(1.5, t), ValueError, r"progress must be in \[0, 1\]"),
-        (lambda: fn.tidal_lambda(0.5, t, lambda_max=2.0), ValueError, r"lambda_max must be a number in \[0, 1\]"),
-        (lambda: fn.tidal_lambda(0.5, t[None]), ValueError, r"t must have shape \[b\]"),
-        (lambda: fn.timestep_weight(t, "gaussian"), ValueError, "timestep weight 'gaussian' is not one of"),
         (
             lambda: fn.token_divergence(s, s, t.long(), t.long(), t.long(), mode="jsd"),
             ValueError,

@@ -11,8 +11,8 @@ import pytest
 
 import tide_plugin
 from tide_plugin import hookspecs
-from tide_plugin.hookspecs import HOOKS_BY_KIND, KINDS, PluginSpec, hookimpl
-from tide_plugin.registry import Registry, get_registry
+from tide_plugin.hookspecs import HOOKS_BY_KIND, KINDS, PROTOCOL_BY_KIND, PluginSpec, hookimpl
+from tide_plugin.registry import PluginContractError, Registry, get_registry
 
 HOOK_NAMES = sorted(
     name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "tide_plugin_spec")
@@ -22,6 +22,7 @@ HOOK_NAMES = sorted(
 def test_every_hook_is_a_kind_and_every_kind_a_hook():
     assert HOOK_NAMES == sorted(HOOKS_BY_KIND.values())
     assert set(HOOKS_BY_KIND) == set(KINDS)
+    assert set(PROTOCOL_BY_KIND) == set(KINDS), "every kind states what its factory builds"
 
 
 @pytest.mark.parametrize("hook_name", HOOK_NAMES)
@@ -32,22 +33,118 @@ def test_every_hook_is_documented(hook_name):
     assert inspect.signature(getattr(hookspecs, hook_name)).return_annotation != inspect.Signature.empty
 
 
+class _Config:
+    requirements = frozenset({"token_alignment"})
+    unit = "masked_rows"
+
+    def __init__(self, **config):
+        self.__dict__.update(config)
+
+
+class _Fits:
+    """Has every member of every kind's protocol (values are irrelevant to the check)."""
+
+    name = "fits"
+    requirements = frozenset()
+    units = {"fits": "masked_rows"}
+    stage_input, requires, provides = "batch", frozenset(), frozenset()
+    mask_token_id = None
+
+    def __init__(self, **config):
+        self.config = config
+
+    def __call__(self, data):
+        return data
+
+    def check_pipeline(self, info): ...
+    def metrics(self, inputs): return {}
+    def to(self, device): return self
+    def alpha(self, t): ...
+    def alpha_prime(self, t): ...
+    def mask_prob(self, t): ...
+    def elbo_weight(self, t): ...
+    def lambda_(self, progress, t): ...
+    def weight(self, t): ...
+
+
+def _plugin(kind, factory):
+    def hook(self):
+        return [PluginSpec(name=f"local_{kind}", factory=factory, summary=f"a local {kind}", config_cls=_Config)]
+
+    return type("LocalPlugin", (), {HOOKS_BY_KIND[kind]: hookimpl(hook)})()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_hook_registers_and_builds_a_plugin(kind):
-    hook_name = HOOKS_BY_KIND[kind]
-
-    def hook(self):
-        return [PluginSpec(name=f"local_{kind}", factory=lambda **cfg: (kind, cfg), summary=f"a local {kind}")]
-
-    plugin_cls = type("LocalPlugin", (), {hook_name: hookimpl(hook)})
     reg = Registry()
-    reg.register(plugin_cls(), distribution="local-dist", version="9")
+    reg.register(_plugin(kind, _Fits), distribution="local-dist", version="9")
     info = reg.available(kind)[f"local_{kind}"]
     assert (info.distribution, info.version, info.summary) == ("local-dist", "9", f"a local {kind}")
-    assert reg.build(kind, f"local_{kind}", x=1) == (kind, {"x": 1})
+    built = reg.build(kind, f"local_{kind}", x=1)
+    assert isinstance(built, _Fits) and built.config == {"x": 1}
+    assert isinstance(built, PROTOCOL_BY_KIND[kind])
     for other in KINDS:
         if other != kind:
             assert f"local_{kind}" not in reg.available(other)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_what_a_factory_builds_is_checked_against_its_kind(kind):
+    """A factory whose product misses a member of the kind's protocol is refused
+    when built, naming the plugin, its distribution and every missing member."""
+    protocol = PROTOCOL_BY_KIND[kind]
+    members = hookspecs.protocol_members(protocol)
+    dropped = members[0]
+    lacking = type("Lacking", (_Fits,), {})
+    reg = Registry()
+    reg.register(_plugin(kind, lambda **cfg: _without(lacking(**cfg), dropped)), distribution="sloppy-dist")
+    with pytest.raises(PluginContractError) as err:
+        reg.build(kind, f"local_{kind}")
+    message = str(err.value)
+    assert f"{kind} 'local_{kind}'" in message and "'sloppy-dist'" in message
+    assert repr(dropped) in message and protocol.__name__ in message
+
+
+def _without(obj, member):
+    """``obj`` with ``member`` hidden (class attributes included)."""
+    cls = type(obj)
+    hidden = type(cls.__name__, (cls,), {member: property(lambda self: (_ for _ in ()).throw(AttributeError(member)))})
+    obj.__class__ = hidden
+    return obj
+
+
+def test_protocols_ask_for_what_the_trainer_uses():
+    """The members each protocol declares (a change here is a change of the contract)."""
+    expected = {
+        "objective": ("__call__", "check_pipeline", "metrics", "name", "requirements", "units"),
+        "collator": ("__call__", "provides", "requires", "stage_input"),
+        "masking_schedule": ("alpha", "alpha_prime", "elbo_weight", "mask_prob"),
+        "strength_schedule": ("lambda_", "weight"),
+        "teacher": ("__call__", "mask_token_id", "to"),
+    }
+    assert {k: hookspecs.protocol_members(p) for k, p in PROTOCOL_BY_KIND.items()} == expected
+
+
+def test_objective_spec_without_declared_requirements_is_refused():
+    class NoConfig:
+        @hookimpl
+        def tide_plugin_objectives(self):
+            return [PluginSpec(name="undeclared", factory=_Fits)]
+
+    reg = Registry()
+    with pytest.raises(PluginContractError, match=r"objective 'undeclared': PluginSpec.config_cls must .*'requirements' and 'unit'"):
+        reg.register(NoConfig(), distribution="d")
+    assert "undeclared" not in reg.available("objective")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_builtin_fits_its_protocol(kind):
+    """Every built-in of every kind, built with its defaults where it can be, fits."""
+    reg = get_registry()
+    for name, info in reg.available(kind).items():
+        if info.distribution != "tide-plugin" or kind in ("teacher", "collator"):
+            continue  # teachers need a model, collator stages ids: both are built in their own tests
+        assert isinstance(reg.build(kind, name), PROTOCOL_BY_KIND[kind]), name
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -73,7 +170,8 @@ def test_tide_plugins_command_lists_builtins_and_example():
         ("objective", "tidal"),
         ("objective", "jensen_shannon"),
         ("collator", "comp_demo"),
-        ("scheduler", "tidal"),
+        ("strength_schedule", "tidal"),
+        ("masking_schedule", "cosine"),
         ("teacher", "bidirectional"),
     ]:
         assert (kind, name) in rows, out
@@ -89,3 +187,67 @@ def test_tide_plugins_kind_filter_and_unknown_command():
     assert kinds == {"teacher"}
     bad = subprocess.run([sys.executable, "-m", "tide_plugin.cli", "distil"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command 'distil'" in bad.stderr and "distill" in bad.stderr
+
+
+def test_readme_chunk_objective_example_works(monkeypatch):
+    """The README's plugin example, run as written: registered, its requirements
+    read without building it, built, and its loss equal to the formula it states."""
+    import re
+    import types
+    from pathlib import Path
+
+    import torch
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("**A chunk objective, start to finish.**") :]
+    source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    module = types.ModuleType("readme_chunk_mse")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look their module up
+    exec(compile(source, "README.md", "exec"), module.__dict__)  # noqa: S102 - our own documentation
+    reg = Registry()
+    reg.register(module, distribution="readme-example")
+    assert reg.objective_config("chunk_mse").requirements == {"chunks"}
+    obj = reg.build("objective", "chunk_mse", temperature=1.5)
+    assert obj.units == {"chunk_mse": "active_chunks"}
+
+    g = torch.Generator().manual_seed(0)
+    b, length, v = 2, 6, 9
+    ids = torch.randint(0, v, (b, length), generator=g)
+    chunks = torch.tensor([[0, 0, 1, 2, 2, -1], [0, 1, 1, 1, -1, -1]])
+    batch = tide_plugin.DistillBatch(
+        pipeline="cross", input_ids=ids, labels=ids, attention_mask=torch.ones(b, length, dtype=torch.bool),
+        teacher_input_ids=ids, student_chunk_ids=chunks, teacher_chunk_ids=chunks, num_chunks=torch.tensor([3, 2]),
+        chunk_active=torch.tensor([[True, False, True], [True, True, False]]),
+    )
+    zs = torch.randn(b, length, v, generator=g, requires_grad=True)
+    zt = torch.randn(b, length, v, generator=g)
+    loss = obj(tide_plugin.DistillInputs(batch=batch, student_logits=zs, teacher_logits=zt))["chunk_mse"]
+    terms = []
+    for i in range(b):
+        lp_s = zs[i].log_softmax(-1).gather(-1, ids[i, :, None])[:, 0]
+        lp_t = zt[i].log_softmax(-1).gather(-1, ids[i, :, None])[:, 0]
+        for c in range(3):
+            if batch.chunk_active[i, c]:
+                sel = chunks[i] == c
+                terms.append((torch.exp(lp_s[sel].sum() / 1.5) - torch.exp(lp_t[sel].sum() / 1.5)) ** 2)
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+
+
+def test_package_root_exports_resolve_and_stay_light():
+    for name in tide_plugin.__all__:
+        assert getattr(tide_plugin, name) is not None, name
+    code = "import sys, tide_plugin; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False", "import tide_plugin must not import torch (the tide command starts light)"
+
+
+def test_example_plugin_imports_only_the_package_root():
+    import ast
+    from pathlib import Path
+
+    import tide_plugin_example.jensen_shannon as example
+
+    tree = ast.parse(Path(example.__file__).read_text())
+    ours = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("tide_plugin")}
+    ours |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name.startswith("tide_plugin")}
+    assert ours == {"tide_plugin"}

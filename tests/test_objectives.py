@@ -135,9 +135,8 @@ def test_token_tidal_objective():
     obj = tide_plugin.get_objective("tidal", timestep_weight="midrange", decay="linear")
     loss = obj(inputs)["tidal"]
     t = inputs.batch.t
-    lam = fn.tidal_lambda(0.3, t, decay="linear")
-    torch.testing.assert_close(lam, (0.1 + 0.8 * 0.3) * (1 - t))
-    w = fn.timestep_weight(t, "midrange")
+    lam = (0.1 + 0.8 * 0.3) * (1 - t)  # linear decay at progress 0.3, both axes
+    w = torch.exp(-((t - 0.5) ** 2) / (2 * 0.15**2))  # midrange omega(t)
     want = fn.tidal_kl(inputs.student_logits, inputs.teacher_logits, inputs.batch.masked, lam, weight=w,
                        shared_vocab_size=SHARED)
     torch.testing.assert_close(loss, want)
@@ -195,22 +194,41 @@ def test_calm_objectives(name, reverse, dtype):
     assert not inputs.cache[CACHE_TEACHER_CHUNK_LP].requires_grad
 
 
-def test_chunk_tidal_objective():
-    inputs = cross_inputs(progress=0.5)
+def _plain_chunk_lp(logits, ids, chunk_ids):
+    """``[B, C]`` summed gold-token log-probs per chunk, from a full float32 log_softmax."""
+    lp = logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+    return torch.stack([torch.stack([lp[b][chunk_ids[b] == c].sum() for c in range(C)]) for b in range(B)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunk_tidal_objective(dtype):
+    """Value and gradient against a plain chunk TIDAL built from the logits alone
+    (chunk log-probs, lambda and omega all computed here, not read back from the
+    objective's cache)."""
+    inputs = cross_inputs(dtype, progress=0.5)
+    batch = inputs.batch
     loss = tide_plugin.get_objective("alm_taid", timestep_weight="midrange", temperature=3.0)(inputs)["tidal_calm"]
-    lp_s, lp_t = inputs.cache[CACHE_STUDENT_CHUNK_LP], inputs.cache[CACHE_TEACHER_CHUNK_LP]
-    t = inputs.batch.t
-    lam = 0.5 * (1 - t)  # cosine at progress 0.5: 0.1 + 0.8 * 0.5, times (1 - t)
-    want = fn.tidal_calm(lp_s, lp_t, inputs.batch.chunk_active, lam, weight=fn.timestep_weight(t, "midrange"),
-                         temperature=3.0)
-    torch.testing.assert_close(loss, want)
+    lp_s = _plain_chunk_lp(inputs.student_logits, batch.input_ids, batch.student_chunk_ids)
+    lp_t = _plain_chunk_lp(inputs.teacher_logits, batch.teacher_input_ids, batch.teacher_chunk_ids)
+    t = batch.t
+    lam = ((0.1 + 0.8 * 0.5) * (1 - t))[:, None]  # cosine decay at progress 0.5: g = 1/2; both axes
+    omega = torch.exp(-((t - 0.5) ** 2) / (2 * 0.15**2))[:, None]
+    s = torch.exp(lp_s / 3).clamp(1e-7, 1 - 1e-7)
+    q = torch.exp(lp_t / 3).clamp(1e-7, 1 - 1e-7)
+    m = ((1 - lam) * s.detach() + lam * q).clamp(1e-7, 1 - 1e-7)
+    per = -(m * s.log() + (1 - m) * (1 - s).log()) * omega
+    want = per[batch.chunk_active].sum() / batch.chunk_active.sum()
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    tol = dict(rtol=1.6e-2, atol=1e-5) if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(_grad(loss, inputs.student_logits), _grad(want, inputs.student_logits), **tol)
 
 
 @pytest.mark.filterwarnings("ignore:composing .* with the reverse objective")
 def test_composition_shares_chunk_log_probs():
     inputs = cross_inputs(progress=0.25)
     obj = tide_plugin.get_objective("calm+tidal_calm", calm={"weight": 0.5})
-    assert isinstance(obj, ComposedObjective) and obj.requires == {"chunks", "timestep", "progress"}
+    assert isinstance(obj, ComposedObjective) and obj.requirements == {"chunks", "timestep", "progress"}
+    assert obj.units == {"calm": "active_chunks", "tidal_calm": "active_chunks"}
     parts = obj(inputs)
     assert list(parts) == ["calm", "tidal_calm"]
     lp_s = inputs.cache[CACHE_STUDENT_CHUNK_LP]
@@ -276,7 +294,7 @@ def test_aliases_build_the_right_objective(name, cls, aligned):
         assert obj.config.aligned is aligned
         token_need = "pairs" if aligned else "token_alignment"
         if cls is not ChunkTidal:
-            assert token_need in obj.requires
+            assert token_need in obj.requirements
     assert obj.config.temperature == 2.0 and obj.weight == 1.0
     # explicit configuration wins over an alias preset
     if name.endswith("_aligned"):
@@ -374,3 +392,61 @@ def test_forward_compositions_do_not_warn(spec):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tide_plugin.get_objective(spec)
+
+
+# -- the contract: requirements, units, metrics, direction -----------------------------------
+REQUIREMENTS_AND_UNITS = {
+    "kl": ({"token_alignment"}, "masked_rows"),
+    "kl_aligned": ({"pairs"}, "pairs"),
+    "reverse_kl_aligned": ({"pairs"}, "pairs"),
+    "calm": ({"chunks"}, "active_chunks"),
+    "reverse_alm": ({"chunks"}, "active_chunks"),
+    "tidal": ({"token_alignment", "timestep", "progress"}, "masked_rows"),
+    "taid_aligned": ({"pairs", "timestep", "progress"}, "pairs"),
+    "tidal_calm": ({"chunks", "timestep", "progress"}, "active_chunks"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REQUIREMENTS_AND_UNITS))
+def test_requirements_and_unit_are_known_without_building(name, monkeypatch):
+    """The config class declares them: with every objective class unable to build,
+    they are still known, and the built objective agrees."""
+    needs, unit = REQUIREMENTS_AND_UNITS[name]
+    built = tide_plugin.get_objective(name)
+    assert built.requirements == needs and built.units == {built.name: unit}
+
+    def refuse(self, **config):
+        raise AssertionError("built an objective to read its requirements")
+
+    for cls in (TokenKL, Calm, TokenTidal, ChunkTidal):
+        monkeypatch.setattr(cls, "__init__", refuse)
+    assert tide_plugin.objective_requirements(name) == needs
+    assert tide_plugin.get_registry().objective_config(name).unit == unit
+
+
+def test_composed_requirements_without_building():
+    assert tide_plugin.objective_requirements("kl_aligned+taid_aligned") == {"pairs", "timestep", "progress"}
+    assert tide_plugin.objective_requirements("calm+tidal", calm={"weight": 0.5}) == {
+        "chunks", "token_alignment", "timestep", "progress"
+    }
+    with pytest.raises(TypeError, match="name no component"):
+        tide_plugin.objective_requirements("calm+tidal", temperature=1.0)
+
+
+def test_tidal_reports_its_own_lambda():
+    """The trainer logs what objectives report: TIDAL's mean lambda of the batch."""
+    inputs = same_inputs(progress=0.5)
+    t = inputs.batch.t
+    obj = tide_plugin.get_objective("tidal+kl")
+    metrics = obj.metrics(inputs)
+    assert set(metrics) == {"lambda/tidal"}
+    torch.testing.assert_close(metrics["lambda/tidal"], ((0.1 + 0.8 * 0.5) * (1 - t)).mean())
+    assert not metrics["lambda/tidal"].requires_grad
+    assert tide_plugin.get_objective("calm").metrics(cross_inputs()) == {}
+
+
+@pytest.mark.parametrize("name, direction", [("kl", "forward"), ("reverse_kl", "reverse"), ("calm", "forward"),
+                                             ("reverse_calm", "reverse"), ("tidal", "forward")])
+def test_direction_selects_the_divergence(name, direction):
+    obj = tide_plugin.get_objective(name)
+    assert obj.direction == direction

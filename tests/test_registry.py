@@ -6,6 +6,8 @@ import math
 import sys
 import textwrap
 import warnings
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -53,6 +55,51 @@ def _make_distribution(root, dist: str, entry_points: dict[str, str], modules: d
         (root / f"{name}.py").write_text(textwrap.dedent(source))
 
 
+def _objective_module(*names: str, extra: str = "") -> str:
+    """Source of a plugin module offering a minimal, well-formed objective under each name."""
+    specs = ", ".join(f"PluginSpec(name={n!r}, factory=lambda **c: Zero({n!r}, **c), config_cls=ZeroConfig)" for n in names)
+    return (
+        textwrap.dedent("""
+            from dataclasses import dataclass
+            from typing import ClassVar
+            from tide_plugin import Objective, PluginSpec, hookimpl
+
+            @dataclass(frozen=True)
+            class ZeroConfig:
+                weight: float = 1.0
+                requirements: ClassVar[frozenset] = frozenset({"token_alignment"})
+                unit: ClassVar[str] = "masked_rows"
+
+            class Zero(Objective):
+                def __init__(self, name, **config):
+                    self.name, self.config = name, ZeroConfig(**config)
+
+                def forward(self, inputs):
+                    return {self.name: inputs.student_logits.sum() * 0.0}
+
+            @hookimpl
+            def tide_plugin_objectives():
+                return [SPECS]
+        """).replace("SPECS", specs)
+        + textwrap.dedent(extra)
+    )
+
+
+@pytest.fixture()
+def installed(fresh_registry, tmp_path, monkeypatch):
+    """Install throw-away distributions (dist-info on sys.path) and forget their modules afterwards."""
+    modules: list[str] = []
+
+    def install(dist: str, entry_points: dict[str, str], sources: dict[str, str]) -> None:
+        _make_distribution(tmp_path, dist, entry_points, sources)
+        modules.extend(sources)
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield install
+    for mod in modules:
+        sys.modules.pop(mod, None)
+
+
 def test_builtins_registered_through_own_entry_points():
     objectives = tide_plugin.available("objective")
     assert BUILTIN_OBJECTIVES <= set(objectives)
@@ -60,7 +107,8 @@ def test_builtins_registered_through_own_entry_points():
         assert objectives[name].distribution == "tide-plugin"
         assert objectives[name].version == tide_plugin.__version__
         assert objectives[name].summary
-    assert {"tidal", "linear", "cosine"} <= set(tide_plugin.available("scheduler"))
+    assert {"tidal"} <= set(tide_plugin.available("strength_schedule"))
+    assert {"linear", "cosine"} <= set(tide_plugin.available("masking_schedule"))
     assert {"distill_pad", "noise", "comp_demo"} <= set(tide_plugin.available("collator"))
     assert {"bidirectional", "block"} <= set(tide_plugin.available("teacher"))
     assert not get_registry().failures, get_registry().failures
@@ -116,25 +164,38 @@ def test_unknown_name_is_keyerror_with_closest_match_and_listing():
 
 
 def test_unknown_kind_is_rejected():
-    with pytest.raises(ValueError, match="unknown plugin kind 'loss'; allowed: objective, collator, scheduler, teacher"):
+    with pytest.raises(
+        ValueError, match="unknown plugin kind 'loss'; allowed: objective, collator, masking_schedule, strength_schedule, teacher"
+    ):
         tide_plugin.available("loss")
 
 
-def _spec_plugin(name: str, aliases=()):
+@dataclass(frozen=True)
+class _Cfg:
+    aligned: bool = False
+    requirements: ClassVar[frozenset] = frozenset({"token_alignment"})
+    unit: ClassVar[str] = "masked_rows"
+
+
+def _spec_plugin(*names: str, aliases=()):
     class Plugin:
         @hookimpl
         def tide_plugin_objectives(self):
-            return [PluginSpec(name=name, factory=dict, summary="test", aliases=aliases)]
+            return [PluginSpec(name=n, factory=dict, summary="test", aliases=aliases, config_cls=_Cfg) for n in names]
 
     return Plugin()
 
 
-def test_duplicate_name_names_both_distributions():
+def test_duplicate_name_names_both_distributions_and_registers_nothing():
     reg = Registry()
     reg.register(_spec_plugin("twin"), distribution="dist-one", version="1")
     with pytest.raises(DuplicatePluginError) as err:
-        reg.register(_spec_plugin("twin"), distribution="dist-two", version="2")
+        reg.register(_spec_plugin("other", "twin"), distribution="dist-two", version="2")
     assert "'dist-one'" in str(err.value) and "'dist-two'" in str(err.value) and "'twin'" in str(err.value)
+    # all or nothing: the clashing plugin's other spec and its hooks are gone too
+    assert set(reg.available("objective")) == {"twin"}
+    assert reg.available("objective")["twin"].distribution == "dist-one"
+    assert [reg.pm.get_name(p) for p in reg.pm.get_plugins()] == ["dist-one:Plugin"]
 
 
 def test_alias_colliding_with_a_name_is_a_duplicate():
@@ -142,22 +203,25 @@ def test_alias_colliding_with_a_name_is_a_duplicate():
     reg.register(_spec_plugin("alpha"), distribution="dist-one")
     with pytest.raises(DuplicatePluginError, match="'alpha'.*dist-one.*dist-two"):
         reg.register(_spec_plugin("beta", aliases=("alpha",)), distribution="dist-two")
+    assert "beta" not in reg.available("objective")
 
 
 def test_same_name_in_different_kinds_is_allowed():
+    from tide_plugin.schedulers.tidal import TidalSchedule, TidalScheduleConfig
+
     class Both:
         @hookimpl
         def tide_plugin_objectives(self):
-            return [PluginSpec(name="tidal_like", factory=dict)]
+            return [PluginSpec(name="tidal_like", factory=dict, config_cls=_Cfg)]
 
         @hookimpl
-        def tide_plugin_schedulers(self):
-            return [PluginSpec(name="tidal_like", factory=list)]
+        def tide_plugin_strength_schedules(self):
+            return [PluginSpec(name="tidal_like", factory=TidalSchedule, config_cls=TidalScheduleConfig)]
 
     reg = Registry()
     reg.register(Both(), distribution="d")
-    assert reg.build("objective", "tidal_like", a=1) == {"a": 1}
-    assert reg.build("scheduler", "tidal_like") == []
+    assert reg.resolve("objective", "tidal_like").spec.factory is dict
+    assert isinstance(reg.build("strength_schedule", "tidal_like"), TidalSchedule)
 
 
 def test_alias_config_preset_and_explicit_config_wins():
@@ -166,20 +230,24 @@ def test_alias_config_preset_and_explicit_config_wins():
         def tide_plugin_objectives(self):
             return [
                 PluginSpec(
-                    name="thing", factory=dict, aliases=("thing_aligned",), alias_config={"thing_aligned": {"aligned": True}}
+                    name="thing",
+                    factory=dict,
+                    aliases=("thing_aligned",),
+                    alias_config={"thing_aligned": {"aligned": True}},
+                    config_cls=_Cfg,
                 )
             ]
 
     reg = Registry()
     reg.register(P(), distribution="d")
-    assert reg.build("objective", "thing") == {}
-    assert reg.build("objective", "thing_aligned") == {"aligned": True}
-    assert reg.build("objective", "thing_aligned", aligned=False, x=1) == {"aligned": False, "x": 1}
+    assert reg.config_for("objective", "thing") == {}
+    assert reg.config_for("objective", "thing_aligned") == {"aligned": True}
+    assert reg.config_for("objective", "thing_aligned", aligned=False, x=1) == {"aligned": False, "x": 1}
+    assert reg.objective_config("thing_aligned") == _Cfg(aligned=True)
 
 
-def test_broken_plugins_are_reported_and_the_rest_load(fresh_registry, tmp_path, monkeypatch):
-    _make_distribution(
-        tmp_path,
+def test_broken_plugins_are_reported_and_the_rest_load(installed):
+    installed(
         "broken-dist",
         {"explodes": "tide_test_explodes", "missing": "tide_test_no_such_module", "bad_hook": "tide_test_bad_hook"},
         {
@@ -192,20 +260,7 @@ def test_broken_plugins_are_reported_and_the_rest_load(fresh_registry, tmp_path,
             """,
         },
     )
-    _make_distribution(
-        tmp_path,
-        "good-dist",
-        {"fine": "tide_test_fine"},
-        {
-            "tide_test_fine": """
-                from tide_plugin import PluginSpec, hookimpl
-                @hookimpl
-                def tide_plugin_objectives():
-                    return [PluginSpec(name="fine_objective", factory=dict, summary="works")]
-            """,
-        },
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    installed("good-dist", {"fine": "tide_test_fine"}, {"tide_test_fine": _objective_module("fine_objective")})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reg = get_registry(reload=True)
@@ -226,8 +281,76 @@ def test_broken_plugins_are_reported_and_the_rest_load(fresh_registry, tmp_path,
     assert "jensen_shannon" in objectives
     # A plugin whose hook failed leaves nothing half-registered.
     assert not [p for p in reg.pm.get_plugins() if getattr(p, "__name__", "") == "tide_test_bad_hook"]
-    for mod in ("tide_test_explodes", "tide_test_bad_hook", "tide_test_fine"):
-        sys.modules.pop(mod, None)
+
+
+def test_clashing_distributions_skip_the_later_one_whole_and_the_rest_load(installed):
+    """Through the real entry-point load path: a name claimed by two installed
+    distributions stays with the one loaded first (built-ins load before any third
+    party); the later plugin is skipped whole, reported naming both distributions,
+    and the distributions sorted after the clash still load."""
+    installed("clash-a", {"first": "tide_test_clash_a"}, {"tide_test_clash_a": _objective_module("twin_loss", "a_only")})
+    # clash-b offers a schedule besides the clashing objective: neither may stay registered
+    installed(
+        "clash-b",
+        {"second": "tide_test_clash_b"},
+        {
+            "tide_test_clash_b": _objective_module(
+                "b_only",
+                "twin_loss",
+                extra="""
+                from tide_plugin.schedulers.tidal import TidalSchedule, TidalScheduleConfig
+
+                @hookimpl
+                def tide_plugin_strength_schedules():
+                    return [PluginSpec(name="b_schedule", factory=TidalSchedule, config_cls=TidalScheduleConfig)]
+                """,
+            )
+        },
+    )
+    installed("clash-c", {"third": "tide_test_clash_c"}, {"tide_test_clash_c": _objective_module("c_only")})
+    # sorted before every other third party, and still loses to the built-in it shadows
+    installed("aaa-steals-calm", {"steal": "tide_test_steal"}, {"tide_test_steal": _objective_module("calm", "aaa_only")})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reg = get_registry(reload=True)
+    messages = [str(w.message) for w in caught if issubclass(w.category, PluginLoadWarning)]
+    assert len(messages) == 2, messages
+    twin = next(m for m in messages if "'twin_loss'" in m)
+    assert "'clash-a'" in twin and "'clash-b'" in twin and "DuplicatePluginError" in twin
+    steal = next(m for m in messages if "'calm'" in m)
+    assert "'tide-plugin'" in steal and "'aaa-steals-calm'" in steal
+    assert {(f.distribution, f.entry_point) for f in reg.failures} == {("clash-b", "second"), ("aaa-steals-calm", "steal")}
+    objectives = reg.available("objective")
+    assert objectives["twin_loss"].distribution == "clash-a" and objectives["a_only"].distribution == "clash-a"
+    assert objectives["c_only"].distribution == "clash-c"  # sorted after the clash: loaded
+    assert objectives["calm"].distribution == "tide-plugin"  # built-ins win
+    assert "b_only" not in objectives and "aaa_only" not in objectives  # nothing half-registered
+    assert "b_schedule" not in reg.available("strength_schedule")
+    names = {reg.pm.get_name(p) for p in reg.pm.get_plugins()}
+    assert "clash-c:third" in names and "clash-b:second" not in names and "aaa-steals-calm:steal" not in names
+    assert tide_plugin.get_objective("twin_loss").name == "twin_loss"
+
+
+def test_retired_or_misspelt_hook_fails_only_its_plugin(installed):
+    installed(
+        "old-hooks",
+        {"old": "tide_test_old_hook"},
+        {
+            "tide_test_old_hook": """
+                from tide_plugin import hookimpl
+                @hookimpl
+                def tide_plugin_schedulers():
+                    return []
+            """
+        },
+    )
+    installed("after-old", {"fine": "tide_test_after_old"}, {"tide_test_after_old": _objective_module("after_old")})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reg = get_registry(reload=True)
+    messages = [str(w.message) for w in caught if issubclass(w.category, PluginLoadWarning)]
+    assert len(messages) == 1 and "unknown hook 'tide_plugin_schedulers'" in messages[0] and "'old-hooks'" in messages[0]
+    assert "after_old" in reg.available("objective")
 
 
 def test_disable_env_blocks_distributions(fresh_registry, monkeypatch):
@@ -266,7 +389,7 @@ def test_composition_builds_components_with_their_config():
     names = [c.name for c in obj.components]
     assert names == ["reverse_calm", "tidal_calm"]
     assert obj.components[0].weight == 0.5 and obj.components[1].weight == 1.0
-    assert obj.requires >= {"chunks"}
+    assert obj.requirements >= {"chunks"}
 
 
 @pytest.mark.parametrize(

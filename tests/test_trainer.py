@@ -11,14 +11,9 @@ import torch
 from _distill_helpers import EOS, MASK, V, split_batch, synthetic_rows
 
 from tide_plugin.objectives.base import PipelineMismatchError
-from tide_plugin.trainer import (
-    TIDE_CONFIG_NAME,
-    DistillConfig,
-    add_arguments,
-    build_trainer,
-    distill,
-    resolve_options,
-)
+from tide_plugin.checkpoints import TIDE_CONFIG_NAME
+from tide_plugin.cli.distill import add_arguments, distill, resolve_options
+from tide_plugin.training import DistillConfig, build_trainer
 from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
 
 
@@ -53,17 +48,71 @@ def _trainer(cfg, n=32):
 
 
 def test_end_to_end_logs_every_part_and_saves_a_reloadable_student(tmp_path):
-    cfg = _config(tmp_path, use_comp_demo=True, gradient_accumulation_steps=2)
+    """Two SGD steps of two micro-batches each, checked against the same run rebuilt
+    from the primitives (student forward, teacher adapter, bd3lm_ce and the loss
+    functions, with lambda from SPEC 5.3's formula): every logged part, the logged
+    lambda and progress, and the parameters after both steps."""
+    import copy
+    import math
+
+    from tide_plugin.bd3lm import bd3lm_ce, block_diffusion_logits
+    from tide_plugin.objectives import functional as fn
+
+    lr = 0.05
+    cfg = _config(tmp_path, use_comp_demo=True, gradient_accumulation_steps=2, max_steps=2, logging_steps=1,
+                  optim="sgd", learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0)
     tr = _trainer(cfg)
-    before = [p.detach().clone() for p in tr.model.parameters()]
+
+    class Recording:  # the run's own collator, keeping a copy of every batch it hands out
+        def __init__(self, inner):
+            self.inner, self.batches = inner, []
+
+        def __call__(self, rows):
+            out = self.inner(rows)
+            self.batches.append(copy.deepcopy(out["distill_batch"]))
+            return out
+
+    tr.data_collator = Recording(tr.data_collator)
+    model = copy.deepcopy(tr.model)  # the student before training
     tr.train()
-    logs = [h for h in tr.state.log_history if "loss" in h]
-    assert [h["step"] for h in logs] == [2, 4]
-    for h in logs:
-        for key in ("ce", "kl", "tidal", "lambda/tidal", "progress"):
-            assert key in h and h[key] == h[key]  # present and not NaN
-    assert logs[0]["progress"] < logs[1]["progress"]
-    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    batches = tr.data_collator.batches[:4]  # the loader may collate one batch ahead
+    assert len(batches) == 4
+
+    def step(model, micro, progress):
+        """Loss of one optimizer step (as the gradient sees it: every term summed over the
+        window and divided by the window's count of its units) and the logged means (each
+        micro-batch normalised by its own count, averaged over the window)."""
+        n_window = sum(int((b.labels != -100).sum()) for b in micro)
+        rows_window = sum(int(b.masked.sum()) for b in micro)  # kl's and tidal's unit: masked rows (SPEC 2.1)
+        total, logs = 0.0, {"ce": 0.0, "kl": 0.0, "tidal": 0.0, "lambda/tidal": 0.0}
+        for b in micro:
+            zs = block_diffusion_logits(model, b.noisy_input_ids, b.input_ids, block_size=4,
+                                        attention_mask=b.attention_mask)
+            zt = tr.teacher(b)
+            maskable = b.labels != -100
+            ce_sum = bd3lm_ce(zs, b.input_ids, masked=b.masked, maskable=maskable, weight=b.ce_time_weight, denominator=1)
+            lam = (0.1 + 0.8 * (1 - math.cos(math.pi * progress)) / 2) * (1 - b.t)  # cosine decay, both axes
+            kl = fn.token_kl(zs, zt, b.masked, temperature=2.0, shared_vocab_size=V)
+            tidal = fn.tidal_kl(zs, zt, b.masked, lam, temperature=2.0, shared_vocab_size=V)
+            total = total + ce_sum / n_window + (kl + tidal) * int(b.masked.sum()) / rows_window
+            for key, value in (("ce", ce_sum / maskable.sum()), ("kl", kl), ("tidal", tidal), ("lambda/tidal", lam.mean())):
+                logs[key] += float(value.detach()) / len(micro)
+        return total, logs
+
+    logged = [h for h in tr.state.log_history if "loss" in h]
+    assert [h["step"] for h in logged] == [1, 2]
+    params = [p for p in model.parameters() if p.requires_grad]
+    for k, progress in enumerate((0.0, 0.5)):  # progress = global_step / max_steps when the step ran
+        loss, want = step(model, batches[2 * k : 2 * k + 2], progress)
+        for key, value in want.items():
+            assert logged[k][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (k, key)
+        assert logged[k]["progress"] == progress
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= lr * g
+    for mine, theirs in zip(model.parameters(), tr.model.parameters()):
+        torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-4)
     assert not any(p.requires_grad for p in tr.teacher.model.parameters())
     out = tmp_path / "saved"
     tr.save_model(str(out))
@@ -232,7 +281,7 @@ def test_backend_follows_dllm_availability(tmp_path):
     the transformers one is, and asking for dllm explicitly fails with a clear error.
     dllm is not on the package registry, so CI exercises the second branch; the first
     runs wherever dllm is installed from its source (transformers 4.57.x)."""
-    from tide_plugin.trainer import DistillBD3LMTrainer, dllm_available, trainer_class
+    from tide_plugin.training import DistillBD3LMTrainer, dllm_available, trainer_class
 
     assert trainer_class("transformers") is DistillBD3LMTrainer
     with pytest.raises(ValueError, match="trainer backend 'deepspeed' is not one of auto, dllm, transformers"):
@@ -280,14 +329,39 @@ def test_shipped_recipe_configs_resolve(name, pipeline, teacher, tmp_path):
     objective.check_pipeline(PipelineInfo(pipeline=cfg.pipeline, shared_vocab_size=cfg.shared_vocab_size))
 
 
-@pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("zero2", "DEEPSPEED")])
-def test_shipped_accelerate_configs(name, kind):
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("ddp", {"ACCELERATE_MIXED_PRECISION": "bf16"}),
+        ("fsdp", {"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
+                  "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT",
+                  "FSDP_USE_ORIG_PARAMS": "true"}),
+        ("zero2", {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+                   "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none"}),
+    ],
+)
+def test_shipped_accelerate_configs(name, expected):
+    """Each shipped config goes through accelerate's own launcher: its loader (which
+    refuses unknown keys and unknown distributed types), the launch validation, and
+    the environment the launcher hands every process."""
     from importlib.resources import files
 
-    import yaml
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    data = yaml.safe_load((files("tide_plugin") / "configs" / f"{name}.yaml").read_text())
-    assert data["distributed_type"] == kind and data["num_processes"] >= 1
+    path = str(files("tide_plugin") / "configs" / f"{name}.yaml")
+    argv = ["--config_file", path, "-m", "tide_plugin.cli", "distill", "--config", "run.yaml"]
+    args, defaults, mixed_precision = _validate_launch_command(launch_command_parser().parse_args(argv))
+    assert mixed_precision and args.num_processes == 8 and args.num_machines == 1
+    assert (bool(args.multi_gpu), bool(args.use_fsdp), bool(args.use_deepspeed)) == {
+        "ddp": (True, False, False), "fsdp": (False, True, False), "zero2": (False, False, True)
+    }[name]
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        _, env = prepare_deepspeed_cmd_env(args)
+    else:
+        env = prepare_multi_gpu_env(args)
+    assert {k: env.get(k) for k in expected} == expected
 
 
 @pytest.mark.slow
@@ -328,7 +402,7 @@ def test_objective_parts_and_ce_weight_reach_the_student_gradient(tmp_path):
     """loss = ce_weight * CE + sum(parts), with gradients flowing from every term:
     linear in ce_weight (value and gradient), and with ce_weight=0 the objective
     alone still trains the student."""
-    from tide_plugin.trainer import _distill_batch
+    from tide_plugin.training.loss import _distill_batch
 
     tr = _trainer(_config(tmp_path, objective="kl+tidal", use_comp_demo=True), n=8)
     batch = _distill_batch(next(iter(tr.get_train_dataloader())))

@@ -104,7 +104,9 @@ class DistillBatch:
       - ``pair_student``, ``pair_teacher`` ``[b, P]`` long, ``pair_mask`` ``[b, P]`` bool (shared).
     Filled by ``noise``:
       - ``t`` ``[b]`` float32 in ``[eps, 1)``; ``masked`` ``[b, L]`` bool; ``noisy_input_ids``
-        ``[b, L]`` (``x_t``); ``ce_weight`` ``[b]`` float32 (``w(t)``, SPEC 1.6).
+        ``[b, L]`` (``x_t``); ``ce_time_weight`` ``[b]`` float32: ``w(t)``, the per-example
+        weight of the CE term (SPEC 1.6; 1 under uniform weighting), not to be confused
+        with ``DistillConfig.ce_weight``, the weight of the whole CE term.
       - ``chunk_active`` ``[b, C]`` bool: hit chunks without prompt tokens (cross).
       - ``teacher_masked`` ``[b, L_T]`` bool; ``teacher_noisy_ids`` ``[V, b, L_T]`` with V=1.
     Filled by ``comp_demo``:
@@ -129,7 +131,7 @@ class DistillBatch:
     t: Tensor | None = None
     masked: Tensor | None = None
     noisy_input_ids: Tensor | None = None
-    ce_weight: Tensor | None = None
+    ce_time_weight: Tensor | None = None
     chunk_active: Tensor | None = None
     teacher_masked: Tensor | None = None
     teacher_noisy_ids: Tensor | None = None

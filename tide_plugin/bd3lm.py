@@ -252,33 +252,15 @@ def block_diffusion_logits(
     return logits
 
 
-def bd3lm_ce(
-    logits: Tensor,
-    targets: Tensor,
-    *,
-    masked: Tensor,
-    maskable: Tensor,
-    weight: Tensor | None = None,
-    norm: LossNorm = "token",
-    denominator: Tensor | float | None = None,
-) -> Tensor:
-    """The CE term of SPEC 2.1, float32, computed on masked positions only (no
-    full-vocabulary float32 copy).
-
-    ``sum_i CE(z_i, x0_i) * w_i * masked_i`` divided by
-
-    - ``token``: ``count(maskable)`` (``max(1, .)``: an all-prompt batch gives 0, not NaN);
-    - ``sequence``: each row by its own ``max(1, count(maskable_row))``, then by ``b``;
-    - ``batch``: ``b``.
+def bd3lm_nll(logits: Tensor, targets: Tensor, *, masked: Tensor, maskable: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Per-row sums ``sum_i CE(z_i, x0_i) * w_i * masked_i`` ``[b]`` float32, computed on
+    masked positions only (no full-vocabulary float32 copy): the numerator of the CE term
+    (:func:`ce_from_nll`) and of dllm's NLL metric.
 
     :param logits: ``[b, L, V]`` any float dtype. :param targets: ``x0`` ``[b, L]``.
     :param masked: ``[b, L]`` bool. :param maskable: ``[b, L]`` bool (``labels != -100``).
     :param weight: ``w(t)`` as ``[b]`` or ``[b, L]``; 1 when ``None``.
-    :param denominator: overrides ``count(maskable)`` (token) or ``b`` (sequence, batch),
-        e.g. the count over all micro-batches of a gradient-accumulation step.
     """
-    if norm not in LOSS_NORMS:
-        raise ValueError(f"loss normalisation {norm!r} is not one of {LOSS_NORMS}")
     b, length = targets.shape
     if logits.shape[:2] != (b, length) or masked.shape != (b, length) or maskable.shape != (b, length):
         raise ValueError(
@@ -291,12 +273,48 @@ def bd3lm_ce(
         w = weight.float()
         w = w[:, None].expand(b, length) if w.dim() == 1 else w
         nll = nll * w[masked]
+    rows = masked.nonzero()[:, 0]
+    return torch.zeros(b, dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
+
+
+def ce_from_nll(
+    row_nll: Tensor, maskable: Tensor, *, norm: LossNorm = "token", denominator: Tensor | float | None = None
+) -> Tensor:
+    """The CE term of SPEC 2.1 from :func:`bd3lm_nll`'s ``[b]`` row sums, divided by
+
+    - ``token``: ``count(maskable)`` (``max(1, .)``: an all-prompt batch gives 0, not NaN);
+    - ``sequence``: each row by its own ``max(1, count(maskable_row))``, then by ``b``;
+    - ``batch``: ``b``.
+
+    :param maskable: ``[b, L]`` bool.
+    :param denominator: overrides ``count(maskable)`` (token) or ``b`` (sequence, batch),
+        e.g. the count over all micro-batches of a gradient-accumulation step.
+    """
+    if norm not in LOSS_NORMS:
+        raise ValueError(f"loss normalisation {norm!r} is not one of {LOSS_NORMS}")
     if norm == "token":
         denom = maskable.sum().clamp_min(1) if denominator is None else denominator
-        return nll.sum() / denom
-    rows = masked.nonzero()[:, 0]
-    per_row = torch.zeros(b, dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
+        return row_nll.sum() / denom
+    per_row = row_nll
     if norm == "sequence":
         per_row = per_row / maskable.sum(-1).clamp_min(1)  # max(1, .): a row with no target adds 0
-    denom = b if denominator is None else denominator
+    denom = row_nll.shape[0] if denominator is None else denominator
     return per_row.sum() / denom
+
+
+def bd3lm_ce(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    masked: Tensor,
+    maskable: Tensor,
+    weight: Tensor | None = None,
+    norm: LossNorm = "token",
+    denominator: Tensor | float | None = None,
+) -> Tensor:
+    """The CE term of SPEC 2.1, float32: :func:`bd3lm_nll` normalised by :func:`ce_from_nll`
+    (arguments as there)."""
+    if norm not in LOSS_NORMS:
+        raise ValueError(f"loss normalisation {norm!r} is not one of {LOSS_NORMS}")
+    row_nll = bd3lm_nll(logits, targets, masked=masked, maskable=maskable, weight=weight)
+    return ce_from_nll(row_nll, maskable, norm=norm, denominator=denominator)

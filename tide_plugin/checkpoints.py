@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 
+TIDE_CONFIG_NAME = "tide_config.json"
+"""Written next to every saved student: what sampling and evaluation need (mask id, block size)."""
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

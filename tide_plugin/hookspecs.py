@@ -1,20 +1,22 @@
-"""The whole plugin contract of tide-plugin.
+"""The whole plugin contract of tide-plugin: the hooks, and what each kind builds.
 
 A plugin is a Python module (or object) that implements one or more of the hooks
 below with :data:`hookimpl`. It is found through the entry-point group
 ``tide_plugin``; the package's own built-ins are registered that way too.
 
 Each registration hook returns the :class:`PluginSpec` objects the module offers;
-the registry (:mod:`tide_plugin.registry`) stores them by name. Nothing is
-registered as a side effect of importing or subclassing.
+the registry (:mod:`tide_plugin.registry`) stores them by kind and name, and
+checks that what a spec's factory builds fits the kind's protocol below
+(:data:`PROTOCOL_BY_KIND`). Nothing is registered as a side effect of importing
+or subclassing.
 
 Example, in a third-party package ``my_objective.py``::
 
-    from tide_plugin import PluginSpec, hookimpl
+    from tide_plugin import Objective, PluginSpec, hookimpl
 
     @hookimpl
     def tide_plugin_objectives():
-        return [PluginSpec(name="my_loss", factory=MyLoss, summary="...")]
+        return [PluginSpec(name="my_loss", factory=MyLoss, config_cls=MyLossConfig, summary="...")]
 
 and in its ``pyproject.toml``::
 
@@ -26,9 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import pluggy
+
+if TYPE_CHECKING:  # the contract module itself imports no torch
+    from torch import Tensor
+
+    from .batch import DistillBatch, DistillInputs, PipelineInfo
 
 PROJECT_NAME = "tide_plugin"
 """The pluggy project name and the entry-point group."""
@@ -36,8 +43,25 @@ PROJECT_NAME = "tide_plugin"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-PluginKind = Literal["objective", "collator", "scheduler", "teacher"]
-KINDS: tuple[PluginKind, ...] = ("objective", "collator", "scheduler", "teacher")
+PluginKind = Literal["objective", "collator", "masking_schedule", "strength_schedule", "teacher"]
+KINDS: tuple[PluginKind, ...] = ("objective", "collator", "masking_schedule", "strength_schedule", "teacher")
+
+Requirement = Literal["token_alignment", "pairs", "chunks", "timestep", "progress"]
+"""What an objective needs from the data pipeline and the trainer:
+
+- ``token_alignment``: student and teacher positions correspond one to one
+  (pipeline ``same``, or ``shared`` read through pairs);
+- ``pairs``: template-aligned position pairs (pipeline ``shared``);
+- ``chunks``: byte-exact chunks across tokenizers (pipeline ``cross``);
+- ``timestep``: the diffusion timestep ``batch.t`` (the ``noise`` stage);
+- ``progress``: training progress ``global_step / max_steps``."""
+REQUIREMENTS: tuple[str, ...] = ("token_alignment", "pairs", "chunks", "timestep", "progress")
+
+Unit = Literal["masked_rows", "pairs", "active_chunks"]
+"""What an objective part averages over (the trainer normalises each part by the
+count of its unit): masked student positions, counted template pairs (``pair_mask``
+and the student position masked), or active chunks (``batch.chunk_active``)."""
+UNITS: tuple[str, ...] = ("masked_rows", "pairs", "active_chunks")
 
 
 @dataclass(frozen=True)
@@ -46,15 +70,17 @@ class PluginSpec:
 
     :param name: registry name, a snake_case noun (``reverse_calm``).
     :param factory: called with keyword configuration to build the plugin
-        (usually a class whose config is a dataclass).
+        (usually a class whose config is a dataclass); what it builds must fit
+        the kind's protocol (:data:`PROTOCOL_BY_KIND`).
     :param summary: one line shown by ``tide plugins``.
     :param aliases: other names accepted for this plugin (the reference CLI's
         mode strings, for instance).
     :param alias_config: configuration preset applied when the plugin is built
         through a given alias, e.g. ``{"kl_aligned": {"aligned": True}}``;
         explicit configuration given by the caller wins.
-    :param config_cls: the config dataclass, if any (for documentation and
-        validation tools).
+    :param config_cls: the config dataclass, built from the same keywords. For an
+        objective it is required and declares ``requirements`` and ``unit``
+        (:class:`ObjectiveConfigProtocol`), so they are known without building.
     """
 
     name: str
@@ -76,13 +102,169 @@ class PluginSpec:
             )
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a run knows before any batch, handed to the collator stages that ask
+    for it (:attr:`CollatorStageProtocol.run_context`): a stage declares which of
+    these fields fill which of its configuration keys; explicit stage
+    configuration wins."""
+
+    pipeline: str | None = None
+    block_size: int = 32
+    seed: int = 0
+    student_eos_id: int | None = None
+    student_mask_id: int | None = None
+    student_pad_id: int | None = None
+    teacher_mask_id: int | None = None
+    teacher_pad_id: int = 0
+    max_length: int | None = None
+    teacher_max_length: int | None = None
+    masking_schedule: str = "linear"
+    time_epsilon: float = 1e-3
+    ce_weighting: str = "elbo"
+    demo_ratio: float = 0.5
+
+
+# -- what each kind's factory builds ------------------------------------------------------
+@runtime_checkable
+class ObjectiveConfigProtocol(Protocol):
+    """An objective's config class (``PluginSpec.config_cls``): built from the same
+    keywords as the objective, it says what the objective needs, without building it."""
+
+    requirements: frozenset[str]
+    """Subset of :data:`REQUIREMENTS`."""
+    unit: str
+    """One of :data:`UNITS`: what the objective's part averages over."""
+
+
+@runtime_checkable
+class ObjectiveProtocol(Protocol):
+    """A distillation objective (base class: :class:`tide_plugin.Objective`).
+
+    ``__call__(inputs)`` reads a :class:`~tide_plugin.batch.DistillInputs` (student
+    logits ``[b, L, V_S]``, teacher logits ``[b, L_T, V_T]``, the batch, progress)
+    and returns named scalar loss parts, already weighted; the trainer adds them to
+    the CE term and logs each.
+    """
+
+    name: str
+    requirements: frozenset[str]
+    units: Mapping[str, str]
+    """Part name -> the :data:`Unit` it averages over."""
+
+    def __call__(self, inputs: DistillInputs) -> dict[str, Tensor]: ...
+
+    def check_pipeline(self, info: PipelineInfo) -> None:
+        """Raise ``PipelineMismatchError`` naming what ``info`` lacks."""
+
+    def metrics(self, inputs: DistillInputs) -> dict[str, Tensor]:
+        """Extra detached scalars to log this step (e.g. ``lambda/tidal``)."""
+
+
+@runtime_checkable
+class CollatorStageProtocol(Protocol):
+    """A stage of the collator chain. The first stage takes the list of dataset
+    rows (``stage_input = "rows"``), every later one takes and returns a
+    :class:`~tide_plugin.batch.DistillBatch` (``"batch"``). ``requires`` and
+    ``provides`` name chain capabilities (``padded``, ``noised``, ``comp_demo``)
+    checked when the chain is built. A stage that draws random numbers also has
+    ``resume(batches_done)`` (:class:`ResumableStageProtocol`).
+
+    Optionally, the stage's class (the spec's factory) declares ``run_context``, a
+    mapping from its configuration keys to :class:`RunContext` fields, e.g.
+    ``{"mask_id": "student_mask_id", "seed": "seed"}``: the trainer fills those
+    keys from the run, whichever plugin provides the stage."""
+
+    stage_input: str
+    requires: frozenset[str]
+    provides: frozenset[str]
+
+    def __call__(self, data: Any) -> DistillBatch: ...
+
+
+@runtime_checkable
+class ResumableStageProtocol(Protocol):
+    """A stage with a random stream: on resume the trainer tells it how many
+    batches the run has already consumed, so it continues the same stream."""
+
+    def resume(self, batches_done: int) -> None: ...
+
+
+@runtime_checkable
+class TeacherProtocol(Protocol):
+    """A teacher adapter (base class :class:`tide_plugin.TeacherAdapter`):
+    ``__call__(batch)`` returns teacher logits ``[b, L_T, V_T]`` under ``no_grad``,
+    views merged; ``mask_token_id`` is ``m_T`` (or ``None`` when unknown)."""
+
+    mask_token_id: int | None
+
+    def __call__(self, batch: DistillBatch) -> Tensor: ...
+
+    def to(self, device: Any) -> Any: ...
+
+
+@runtime_checkable
+class MaskingScheduleProtocol(Protocol):
+    """A masking schedule ``alpha(t)`` (base class :class:`tide_plugin.MaskingSchedule`).
+    Every method takes ``t`` ``[b]`` (or a number) and returns float32 ``[b]``."""
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        """Probability that a token is kept."""
+
+    def alpha_prime(self, t: Tensor | float) -> Tensor:
+        """``d alpha / dt``."""
+
+    def mask_prob(self, t: Tensor | float) -> Tensor:
+        """``1 - alpha(t)``."""
+
+    def elbo_weight(self, t: Tensor | float) -> Tensor:
+        """The CE weight ``w(t) = -alpha'(t) / (1 - alpha(t) + 1e-6)`` (SPEC 1.6)."""
+
+
+@runtime_checkable
+class StrengthScheduleProtocol(Protocol):
+    """A distillation-strength schedule (TIDAL's lambda, SPEC 5.3): ``lambda_``
+    ``[b]`` in ``[0, 1]`` from training progress and timesteps ``t`` ``[b]``, and the
+    timestep weight ``omega(t)`` ``[b]``."""
+
+    def lambda_(self, progress: float, t: Tensor) -> Tensor: ...
+
+    def weight(self, t: Tensor) -> Tensor: ...
+
+
+PROTOCOL_BY_KIND: dict[str, type] = {
+    "objective": ObjectiveProtocol,
+    "collator": CollatorStageProtocol,
+    "masking_schedule": MaskingScheduleProtocol,
+    "strength_schedule": StrengthScheduleProtocol,
+    "teacher": TeacherProtocol,
+}
+"""Kind -> the protocol what its factory builds must fit (checked by the registry)."""
+
+
+def protocol_members(protocol: type) -> tuple[str, ...]:
+    """The attribute and method names a runtime-checkable protocol asks for."""
+    names = getattr(protocol, "__protocol_attrs__", None)
+    if names is None:  # Python < 3.12
+        from typing import _get_protocol_attrs  # type: ignore[attr-defined]
+
+        names = _get_protocol_attrs(protocol)
+    return tuple(sorted(names))
+
+
+def missing_members(obj: object, protocol: type) -> list[str]:
+    """The members of ``protocol`` that ``obj`` lacks (empty when it fits)."""
+    return [name for name in protocol_members(protocol) if not hasattr(obj, name)]
+
+
+# -- the hooks ------------------------------------------------------------------------------
 @hookspec
 def tide_plugin_objectives() -> Sequence[PluginSpec]:
     """Offer distillation objectives.
 
-    An objective's factory builds an object with ``__call__(inputs) -> dict[str, Tensor]``
-    (see :class:`tide_plugin.objectives.base.Objective`): named scalar loss parts
-    that the trainer weights, sums and logs.
+    Each factory builds an :class:`ObjectiveProtocol` object (subclass
+    :class:`tide_plugin.Objective`); the spec's ``config_cls`` declares its
+    ``requirements`` and ``unit`` (:class:`ObjectiveConfigProtocol`).
 
     :return: the objectives this plugin provides.
     """
@@ -92,8 +274,8 @@ def tide_plugin_objectives() -> Sequence[PluginSpec]:
 def tide_plugin_collators() -> Sequence[PluginSpec]:
     """Offer collator stages.
 
-    A collator's factory builds a callable stage of the collator chain: the first
-    stage takes the list of dataset rows, every later stage takes and returns a
+    Each factory builds a :class:`CollatorStageProtocol` stage: the first stage
+    takes the list of dataset rows, every later stage takes and returns a
     :class:`tide_plugin.batch.DistillBatch`.
 
     :return: the collator stages this plugin provides.
@@ -101,11 +283,22 @@ def tide_plugin_collators() -> Sequence[PluginSpec]:
 
 
 @hookspec
-def tide_plugin_schedulers() -> Sequence[PluginSpec]:
-    """Offer schedules: masking schedules ``alpha(t)`` and distillation-strength
-    schedules (the TIDAL lambda).
+def tide_plugin_masking_schedules() -> Sequence[PluginSpec]:
+    """Offer masking schedules ``alpha(t)`` of the forward diffusion process
+    (:class:`MaskingScheduleProtocol`), selected by the ``noise`` stage's
+    ``schedule`` (``--masking_schedule``).
 
-    :return: the schedulers this plugin provides.
+    :return: the masking schedules this plugin provides.
+    """
+
+
+@hookspec
+def tide_plugin_strength_schedules() -> Sequence[PluginSpec]:
+    """Offer distillation-strength schedules (:class:`StrengthScheduleProtocol`),
+    selected by name by the objectives that interpolate student and teacher
+    (``tidal``, ``tidal_calm``: ``schedule="tidal"``).
+
+    :return: the strength schedules this plugin provides.
     """
 
 
@@ -113,9 +306,9 @@ def tide_plugin_schedulers() -> Sequence[PluginSpec]:
 def tide_plugin_teachers() -> Sequence[PluginSpec]:
     """Offer teacher adapters.
 
-    A teacher adapter's factory builds an object that turns noised teacher ids into
-    teacher logits ``[b, L_T, V_T]`` under ``no_grad`` for one architecture family
-    (bidirectional masked diffusion, block diffusion, ...).
+    Each factory builds a :class:`TeacherProtocol` object that turns noised teacher
+    ids into teacher logits ``[b, L_T, V_T]`` under ``no_grad`` for one architecture
+    family (bidirectional masked diffusion, block diffusion, ...).
 
     :return: the teacher adapters this plugin provides.
     """
@@ -124,6 +317,7 @@ def tide_plugin_teachers() -> Sequence[PluginSpec]:
 HOOKS_BY_KIND: dict[PluginKind, str] = {
     "objective": "tide_plugin_objectives",
     "collator": "tide_plugin_collators",
-    "scheduler": "tide_plugin_schedulers",
+    "masking_schedule": "tide_plugin_masking_schedules",
+    "strength_schedule": "tide_plugin_strength_schedules",
     "teacher": "tide_plugin_teachers",
 }

@@ -6,11 +6,17 @@ Loading happens in one function, :meth:`Registry.load`, in a fixed order:
 2. read the block-list ``TIDE_DISABLE_PLUGINS`` (comma-separated distribution names);
 3. load this package's own entry points (the built-ins);
 4. load every other distribution's entry points, sorted by distribution name;
-5. ``check_pending()``, then collect the :class:`PluginSpec` objects each plugin returns.
+   each plugin is registered all or nothing (its hooks checked against the specs,
+   the :class:`PluginSpec` objects it returns collected and their names checked);
+5. ``check_pending()``.
 
-A plugin whose import or registration hook fails is reported with a
-:class:`PluginLoadWarning` naming its distribution, entry point and target; the
-others still load. The registry knows no concrete plugin.
+A plugin whose import or registration fails - a broken module, a bad hook, a
+name that an earlier distribution already registered (built-ins load first and
+win) - is reported with a :class:`PluginLoadWarning` naming its distribution,
+entry point and target (and, for a clash, the distribution that keeps the name);
+nothing of it stays registered and the others still load. What a factory builds
+is checked against its kind's protocol (:mod:`tide_plugin.hookspecs`) when it is
+built. The registry knows no concrete plugin.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .hookspecs import HOOKS_BY_KIND, KINDS, PROJECT_NAME, PluginKind, PluginSpec
+from .hookspecs import HOOKS_BY_KIND, KINDS, PROJECT_NAME, PROTOCOL_BY_KIND, PluginKind, PluginSpec, missing_members
 
 OWN_DISTRIBUTION = "tide-plugin"
 DISABLE_ENV = "TIDE_DISABLE_PLUGINS"
@@ -55,6 +61,10 @@ class UnknownPluginError(PluginError, KeyError):
 
 class DuplicatePluginError(PluginError):
     """Two plugins claim the same name (or alias) for one kind."""
+
+
+class PluginContractError(PluginError, TypeError):
+    """A plugin's spec or what its factory built does not fit its kind's protocol."""
 
 
 class PluginLoadWarning(UserWarning):
@@ -121,10 +131,9 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # any import-time failure of a third-party module
+                reg.register(plugin, distribution=dist, version=version, entry_point=ep.name, target=ep.value)
+            except Exception as exc:  # any failure of a third-party module: report it, load the rest
                 reg._report(dist, ep.name, ep.value, exc)
-                continue
-            reg.register(plugin, distribution=dist, version=version, entry_point=ep.name, target=ep.value)
         reg.pm.check_pending()
         return reg
 
@@ -138,33 +147,70 @@ class Registry:
         target: str | None = None,
     ) -> None:
         """Register a plugin object (module or instance with hookimpls) and collect
-        its specs. Used by :meth:`load` and by users who define plugins in a script."""
+        its specs, all or nothing: if a hook fails, returns something other than
+        :class:`PluginSpec` objects, or claims a name already taken (by an earlier
+        distribution; built-ins load first and win), nothing of the plugin stays
+        registered and the error is raised (:meth:`load` reports it and goes on).
+        Used by :meth:`load` and by users who define plugins in a script."""
         entry_point = entry_point or getattr(plugin, "__name__", type(plugin).__name__)
         pname = f"{distribution}:{entry_point}"
-        target = target or entry_point
+        self.pm.register(plugin, name=pname)
         try:
-            self.pm.register(plugin, name=pname)
-        except Exception as exc:
-            self._report(distribution, entry_point, target, exc)
-            return
-        collected: list[tuple[PluginKind, PluginSpec]] = []
-        try:
-            for kind, hook_name in HOOKS_BY_KIND.items():
-                caller = getattr(self.pm.hook, hook_name)
-                for impl in caller.get_hookimpls():
-                    if impl.plugin_name != pname:
-                        continue
-                    specs = impl.function() or ()
-                    for spec in specs:
-                        if not isinstance(spec, PluginSpec):
-                            raise TypeError(f"{hook_name} returned {spec!r}, expected PluginSpec")
-                        collected.append((kind, spec))
-        except Exception as exc:
+            self._check_hooks(plugin)
+            collected = self._collect(pname)
+            self._check_new(collected, distribution, entry_point)
+        except Exception:
             self.pm.unregister(name=pname)
-            self._report(distribution, entry_point, target, exc)
-            return
+            raise
         for kind, spec in collected:
-            self._add(kind, spec, distribution, version)
+            info = PluginInfo(kind, spec.name, tuple(spec.aliases), distribution, version, spec.summary, spec)
+            self._plugins[kind][spec.name] = info
+            for alias in spec.aliases:
+                self._aliases[kind][alias] = spec.name
+
+    def _check_hooks(self, plugin: object) -> None:
+        """pluggy's ``check_pending`` for one plugin: a hook that no spec declares
+        (a misspelt or retired hook name) fails this plugin only."""
+        for caller in self.pm.get_hookcallers(plugin) or ():
+            if not caller.has_spec():
+                raise PluginContractError(
+                    f"implements the unknown hook {caller.name!r}; hooks: {', '.join(HOOKS_BY_KIND.values())}"
+                )
+
+    def _collect(self, pname: str) -> list[tuple[PluginKind, PluginSpec]]:
+        collected: list[tuple[PluginKind, PluginSpec]] = []
+        for kind, hook_name in HOOKS_BY_KIND.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.plugin_name != pname:
+                    continue
+                for spec in impl.function() or ():
+                    if not isinstance(spec, PluginSpec):
+                        raise TypeError(f"{hook_name} returned {spec!r}, expected PluginSpec")
+                    if kind == "objective":
+                        _check_objective_config(spec)
+                    collected.append((kind, spec))
+        return collected
+
+    def _check_new(self, collected: list[tuple[PluginKind, PluginSpec]], dist: str, entry_point: str) -> None:
+        """Raise :class:`DuplicatePluginError` if a name or alias of ``collected`` is
+        taken, by a registered plugin or by another spec of the same plugin."""
+        claimed: dict[tuple[str, str], str] = {}
+        for kind, spec in collected:
+            table, aliases = self._plugins[kind], self._aliases[kind]
+            for key in (spec.name, *spec.aliases):
+                owner = table.get(key) or (table.get(aliases[key]) if key in aliases else None)
+                if owner is not None:
+                    raise DuplicatePluginError(
+                        f"{kind} name {key!r} is registered twice: by {owner.distribution!r} "
+                        f"({owner.kind} {owner.name!r}), loaded first, and by {dist!r} ({kind} {spec.name!r}, "
+                        f"entry point {entry_point!r}), skipped. Uninstall one or block it with "
+                        f"{DISABLE_ENV}=<distribution>."
+                    )
+                if (kind, key) in claimed:
+                    raise DuplicatePluginError(
+                        f"{kind} name {key!r} is claimed twice by {dist!r} ({claimed[kind, key]!r} and {spec.name!r})"
+                    )
+                claimed[kind, key] = spec.name
 
     def _report(self, dist: str, ep_name: str, target: str, exc: BaseException) -> None:
         failure = LoadFailure(dist, ep_name, target, f"{type(exc).__name__}: {exc}")
@@ -175,20 +221,6 @@ class Registry:
             PluginLoadWarning,
             stacklevel=3,
         )
-
-    def _add(self, kind: PluginKind, spec: PluginSpec, dist: str, version: str) -> None:
-        table, aliases = self._plugins[kind], self._aliases[kind]
-        for key in (spec.name, *spec.aliases):
-            owner = table.get(key) or (table.get(aliases[key]) if key in aliases else None)
-            if owner is not None:
-                raise DuplicatePluginError(
-                    f"{kind} name {key!r} is registered twice: by {owner.distribution!r} "
-                    f"({owner.kind} {owner.name!r}) and by {dist!r} ({kind} {spec.name!r}). "
-                    f"Uninstall one or block it with {DISABLE_ENV}=<distribution>."
-                )
-        table[spec.name] = PluginInfo(kind, spec.name, tuple(spec.aliases), dist, version, spec.summary, spec)
-        for alias in spec.aliases:
-            aliases[alias] = spec.name
 
     # -- lookup ------------------------------------------------------------
     def _check_kind(self, kind: str) -> None:
@@ -204,15 +236,56 @@ class Registry:
             raise UnknownPluginError(kind, name, [*table, *self._aliases[kind]])
         return table[canonical]
 
+    def check_name(self, kind: PluginKind, name: str, what: str) -> None:
+        """Raise ``ValueError`` if ``name`` is not registered for ``kind``, for config
+        validation: ``"<what> 'x' is not one of the registered <kind>s (...). Did you mean ...?"``."""
+        try:
+            self.resolve(kind, name)
+        except UnknownPluginError as exc:
+            close = difflib.get_close_matches(str(name), exc.available, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{what} {name!r} is not one of the registered {kind}s {tuple(exc.available)}.{hint}") from None
+
+    def config_for(self, kind: PluginKind, name: str, **config: Any) -> dict[str, Any]:
+        """The keywords :meth:`build` passes to the factory: the alias preset, then ``config``."""
+        preset: Mapping[str, Any] = self.resolve(kind, name).spec.alias_config.get(name, {})
+        return {**preset, **config}
+
     def build(self, kind: PluginKind, name: str, **config: Any) -> Any:
-        """Build a configured plugin. Presets of an alias apply first; ``config`` wins."""
+        """Build a configured plugin. Presets of an alias apply first; ``config`` wins.
+        Raises :class:`PluginContractError` if what the factory built does not fit
+        the kind's protocol (:data:`tide_plugin.hookspecs.PROTOCOL_BY_KIND`)."""
         info = self.resolve(kind, name)
-        preset: Mapping[str, Any] = info.spec.alias_config.get(name, {})
-        return info.spec.factory(**{**preset, **config})
+        built = info.spec.factory(**self.config_for(kind, name, **config))
+        protocol = PROTOCOL_BY_KIND.get(kind)  # every kind has one; a kind being added may not yet
+        missing = missing_members(built, protocol) if protocol is not None else []
+        if missing:
+            raise PluginContractError(
+                f"{kind} {info.name!r} from distribution {info.distribution!r} built a {type(built).__name__} "
+                f"that lacks {missing} of {protocol.__name__}"
+            )
+        return built
+
+    def objective_config(self, name: str, **config: Any) -> Any:
+        """The config object of objective ``name`` (alias presets applied), which
+        declares ``requirements`` and ``unit``; the objective itself is not built."""
+        info = self.resolve("objective", name)
+        return info.spec.config_cls(**self.config_for("objective", name, **config))
 
     def available(self, kind: PluginKind) -> dict[str, PluginInfo]:
         self._check_kind(kind)
         return dict(sorted(self._plugins[kind].items()))
+
+
+def _check_objective_config(spec: PluginSpec) -> None:
+    cls = spec.config_cls
+    lacking = [a for a in ("requirements", "unit") if cls is None or not hasattr(cls, a)]
+    if lacking:
+        raise PluginContractError(
+            f"objective {spec.name!r}: PluginSpec.config_cls must be a config class declaring "
+            f"'requirements' and 'unit' (ObjectiveConfigProtocol); "
+            f"{'config_cls is None' if cls is None else f'{cls.__name__} lacks {lacking}'}"
+        )
 
 
 _lock = threading.Lock()
@@ -240,23 +313,40 @@ def get_objective(name: str, **config: Any) -> Any:
     configuration for a component is passed as a dict under its name as written
     in the spec, e.g. ``get_objective("calm+tidal_calm", calm={"weight": 0.5})``.
     """
-    parts = [p.strip() for p in name.split("+")]
-    if any(not p for p in parts):
-        raise ValueError(f"objective spec {name!r} has an empty component; write names joined by '+'")
+    parts = _components(name, config)
     reg = get_registry()
     if len(parts) == 1:
         return reg.build("objective", parts[0], **config)
-    if len(set(parts)) != len(parts):
-        raise ValueError(f"objective spec {name!r} names a component twice")
-    unused = set(config) - set(parts)
-    if unused:
-        raise TypeError(
-            f"composed objective {name!r}: configuration keys {sorted(unused)} name no component; "
-            f"pass a dict per component under one of {parts}"
-        )
     from .objectives.base import ComposedObjective
 
     return ComposedObjective([reg.build("objective", p, **dict(config.get(p, {}))) for p in parts])
+
+
+def objective_requirements(name: str, **config: Any) -> frozenset[str]:
+    """What objective ``name`` (an alias or an ``a+b`` spec, configured as for
+    :func:`get_objective`) needs, read from its config class without building it
+    (see :data:`tide_plugin.hookspecs.Requirement`)."""
+    parts = _components(name, config)
+    reg = get_registry()
+    if len(parts) == 1:
+        return frozenset(reg.objective_config(parts[0], **config).requirements)
+    return frozenset().union(*(reg.objective_config(p, **dict(config.get(p, {}))).requirements for p in parts))
+
+
+def _components(name: str, config: Mapping[str, Any]) -> list[str]:
+    parts = [p.strip() for p in name.split("+")]
+    if any(not p for p in parts):
+        raise ValueError(f"objective spec {name!r} has an empty component; write names joined by '+'")
+    if len(parts) > 1:
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"objective spec {name!r} names a component twice")
+        unused = set(config) - set(parts)
+        if unused:
+            raise TypeError(
+                f"composed objective {name!r}: configuration keys {sorted(unused)} name no component; "
+                f"pass a dict per component under one of {parts}"
+            )
+    return parts
 
 
 def get_collator(name: str, **config: Any) -> Any:
@@ -264,9 +354,14 @@ def get_collator(name: str, **config: Any) -> Any:
     return get_registry().build("collator", name, **config)
 
 
-def get_scheduler(name: str, **config: Any) -> Any:
-    """Build a scheduler by name or alias."""
-    return get_registry().build("scheduler", name, **config)
+def get_masking_schedule(name: str, **config: Any) -> Any:
+    """Build a masking schedule ``alpha(t)`` by name or alias."""
+    return get_registry().build("masking_schedule", name, **config)
+
+
+def get_strength_schedule(name: str, **config: Any) -> Any:
+    """Build a distillation-strength schedule (TIDAL's lambda) by name or alias."""
+    return get_registry().build("strength_schedule", name, **config)
 
 
 def get_teacher(name: str, **config: Any) -> Any:

@@ -15,8 +15,10 @@ The first stage takes the list of rows; every later stage takes and returns a
 built: a stage declares ``stage_input`` (``"rows"`` or ``"batch"``), and the
 capabilities it ``requires`` from earlier stages and ``provides`` to later ones
 (built-ins: ``distill_pad`` provides ``padded``, ``noise`` requires ``padded``
-and provides ``noised``, ``comp_demo`` requires both). Stages without these
-attributes (third-party) are taken to read a batch and require nothing.
+and provides ``noised``, ``comp_demo`` requires both). A registered stage must
+have them (:class:`~tide_plugin.hookspecs.CollatorStageProtocol`, checked when
+built); an already built callable without them is taken to read a batch and
+require nothing.
 """
 
 from __future__ import annotations

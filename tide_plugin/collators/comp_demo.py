@@ -55,6 +55,8 @@ class CompDemo(SeededStage):
     stage_input = "batch"
     requires = frozenset({"padded", "noised"})
     provides = frozenset({"comp_demo"})
+    run_context = {"demo_ratio": "demo_ratio", "seed": "seed"}
+    """Configuration filled from the run (:class:`~tide_plugin.hookspecs.RunContext`)."""
     salt = 0x636F6D7064656D6F  # "compdemo"
 
     def __init__(self, config: CompDemoConfig | None = None, **kwargs: Any) -> None:

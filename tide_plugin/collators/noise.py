@@ -2,9 +2,9 @@
 of SPEC 3.4. ``DistillBatch -> DistillBatch``.
 
 Per example ``t ~ U[eps, 1)``; ``p = 1 - alpha(t)`` from the masking schedule
-(``linear`` or ``cosine``, built by name through the scheduler registry);
+(``linear``, ``cosine`` or a third party's, built by name through the registry);
 ``maskable = labels != -100``; ``masked = (u < p) & maskable``;
-``x_t = where(masked, m_S, x0)``; ``ce_weight = w(t)`` (``elbo``: ``-alpha'/(1-alpha)``,
+``x_t = where(masked, m_S, x0)``; ``ce_time_weight = w(t)`` (``elbo``: ``-alpha'/(1-alpha)``,
 or ``uniform``: 1).
 
 Teacher side, by pipeline (:meth:`tide_plugin.pipelines.PipelineStrategy.propagate_mask`):
@@ -17,7 +17,7 @@ Teacher side, by pipeline (:meth:`tide_plugin.pipelines.PipelineStrategy.propaga
   hold no prompt (label -100) token.
 
 Fills (shapes): ``t`` ``[b]`` float32, ``masked`` ``[b, L]`` bool,
-``noisy_input_ids`` ``[b, L]``, ``ce_weight`` ``[b]`` float32, ``teacher_masked``
+``noisy_input_ids`` ``[b, L]``, ``ce_time_weight`` ``[b]`` float32, ``teacher_masked``
 ``[b, L_T]`` bool, ``teacher_noisy_ids`` ``[1, b, L_T]`` (``L_T = L`` for same),
 ``chunk_active`` ``[b, C]`` bool (cross, ``C = max num_chunks``).
 
@@ -39,7 +39,6 @@ from ..batch import DistillBatch
 from ..hookspecs import PluginSpec, hookimpl
 from ..pipelines import IGNORE_INDEX, get_pipeline
 
-SCHEDULES: tuple[str, ...] = ("linear", "cosine")
 CE_WEIGHTINGS: tuple[str, ...] = ("elbo", "uniform")
 
 _MASK64 = (1 << 64) - 1
@@ -85,6 +84,13 @@ class SeededStage:
         self.calls = 0
         self._generator = torch.Generator()
 
+    def resume(self, batches_done: int) -> None:
+        """Continue the stream as if ``batches_done`` batches had been collated (a
+        resumed run skips the batches it has seen without collating them)."""
+        if isinstance(batches_done, bool) or not isinstance(batches_done, int) or batches_done < 0:
+            raise ValueError(f"batches_done must be an int >= 0, got {batches_done!r}")
+        self.calls = batches_done
+
     def next_generator(self) -> torch.Generator:
         """The generator for this call (advances the call counter)."""
         self._generator.manual_seed(stream_seed(self.seed, self.salt, _rank(), _worker_id(), self.calls))
@@ -114,7 +120,8 @@ class NoiseConfig:
         ``tide_plugin.alignment.resolve_mask_id``).
     :param teacher_mask_id: teacher mask id ``m_T`` (required for the shared and
         cross pipelines; defaults to ``mask_id`` in the same pipeline).
-    :param schedule: masking schedule by scheduler name, ``linear`` (default) or ``cosine``.
+    :param schedule: masking schedule by registered name (``linear``, the default,
+        ``cosine``, or a third party's).
     :param eps: lower bound of ``t ~ U[eps, 1)`` (SPEC 1.2).
     :param ce_weighting: ``elbo`` (``w(t) = -alpha'(t)/(1-alpha(t)+1e-6)``) or ``uniform``.
     :param seed: seed of the stage's random stream.
@@ -135,8 +142,9 @@ class NoiseConfig:
             )
         _check_mask_id("mask_id", self.mask_id)
         _check_mask_id("teacher_mask_id", self.teacher_mask_id)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"masking schedule {self.schedule!r} is not one of {SCHEDULES}")
+        from ..registry import get_registry
+
+        get_registry().check_name("masking_schedule", self.schedule, "masking schedule")
         if not (isinstance(self.eps, (int, float)) and 0.0 <= float(self.eps) < 1.0):
             raise ValueError(f"eps must lie in [0, 1), got {self.eps!r}")
         if self.ce_weighting not in CE_WEIGHTINGS:
@@ -151,15 +159,24 @@ class Noise(SeededStage):
     stage_input = "batch"
     requires = frozenset({"padded"})
     provides = frozenset({"noised"})
+    run_context = {
+        "mask_id": "student_mask_id",
+        "teacher_mask_id": "teacher_mask_id",
+        "schedule": "masking_schedule",
+        "eps": "time_epsilon",
+        "ce_weighting": "ce_weighting",
+        "seed": "seed",
+    }
+    """Configuration filled from the run (:class:`~tide_plugin.hookspecs.RunContext`)."""
     salt = 0x6E6F697365  # "noise"
 
     def __init__(self, config: NoiseConfig | None = None, **kwargs: Any) -> None:
         if config is not None and kwargs:
             raise TypeError("pass either a NoiseConfig or keyword configuration, not both")
         self.config = config if config is not None else NoiseConfig(**kwargs)
-        from ..registry import get_scheduler
+        from ..registry import get_masking_schedule
 
-        self.scheduler = get_scheduler(self.config.schedule)
+        self.scheduler = get_masking_schedule(self.config.schedule)
         self._init_rng(self.config.seed)
 
     def __repr__(self) -> str:
@@ -211,7 +228,8 @@ class Noise(SeededStage):
         batch.t = t.to(dev)
         batch.masked = masked
         batch.noisy_input_ids = torch.where(masked, torch.full_like(x0, cfg.mask_id), x0)
-        batch.ce_weight = torch.as_tensor(self.scheduler.ce_weight(t, cfg.ce_weighting), dtype=torch.float32).to(dev)
+        w = torch.ones_like(t) if cfg.ce_weighting == "uniform" else self.scheduler.elbo_weight(t)
+        batch.ce_time_weight = torch.as_tensor(w, dtype=torch.float32).to(dev)
         batch.teacher_masked = teacher_masked
         batch.teacher_noisy_ids = torch.where(teacher_masked, torch.full_like(y0, m_t), y0).unsqueeze(0)
         batch.teacher_view_index = None

@@ -131,6 +131,16 @@ class DistillPad:
     stage_input = "rows"
     provides = frozenset({"padded"})
     requires: frozenset[str] = frozenset()
+    run_context = {
+        "eos_id": "student_eos_id",
+        "block_size": "block_size",
+        "pipeline": "pipeline",
+        "pad_id": "student_pad_id",
+        "teacher_pad_id": "teacher_pad_id",
+        "max_length": "max_length",
+        "teacher_max_length": "teacher_max_length",
+    }
+    """Configuration filled from the run (:class:`~tide_plugin.hookspecs.RunContext`)."""
 
     def __init__(self, config: DistillPadConfig | None = None, **kwargs: Any) -> None:
         if config is not None and kwargs:

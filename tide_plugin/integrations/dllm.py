@@ -3,10 +3,10 @@
 dllm users keep their trainer class (its callbacks, its metrics meter, its
 ``BD3LMConfig`` fields) and get TIDE's ``compute_loss``: :class:`DistillLossMixin`
 comes first in the MRO, so the student forward, teacher adapter, objectives and
-logging are exactly those of :class:`~tide_plugin.trainer.DistillBD3LMTrainer`.
+logging are exactly those of :class:`~tide_plugin.training.DistillBD3LMTrainer`.
 
-:func:`tide_plugin.trainer.trainer_class` picks this class when ``import dllm``
-works (dllm pins transformers 4.57). :class:`~tide_plugin.trainer.DistillConfig`
+:func:`tide_plugin.training.trainer_class` picks this class when ``import dllm``
+works (dllm pins transformers 4.57). :class:`~tide_plugin.training.DistillConfig`
 carries every attribute dllm's ``MDLMTrainer`` / ``BD3LMTrainer`` read in their
 ``__init__`` (``time_epsilon``, ``loss_weight_type``, ``loss_norm_type``,
 ``right_shift_logits``, ``block_size``), so the same config drives both;
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..batch import PipelineInfo
-from ..trainer import DistillArguments, DistillLossMixin
+from ..training.config import DistillArguments
+from ..training.loss import DistillLossMixin, dllm_nll_update
 
 try:
     from dllm.core.trainers import BD3LMConfig, BD3LMTrainer
@@ -55,8 +56,16 @@ class DllmDistillConfig(DistillArguments, BD3LMConfig):
 
 class DllmDistillBD3LMTrainer(DistillLossMixin, BD3LMTrainer):
     """TIDE distillation on dllm's ``BD3LMTrainer``; arguments as
-    :class:`~tide_plugin.trainer.DistillBD3LMTrainer`."""
+    :class:`~tide_plugin.training.DistillBD3LMTrainer`.
+
+    dllm's own metrics (``nll``, ``ppl`` and their ``eval_`` forms, reported by dllm's
+    callback when the trainer evaluates) are fed every step as dllm feeds them
+    (:func:`~tide_plugin.training.loss.dllm_nll_update`)."""
 
     def __init__(self, *args: Any, teacher: Any, objective: Any, pipeline_info: PipelineInfo, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.setup_distillation(teacher=teacher, objective=objective, pipeline_info=pipeline_info)
+
+    def record_nll(self, training: bool, row_nll: Any, maskable: Any) -> None:
+        value, weight = dllm_nll_update(row_nll, maskable)
+        self.meter.update(split="train" if training else "eval", value=value, weight=weight)

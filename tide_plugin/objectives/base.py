@@ -1,62 +1,126 @@
-"""The objective interface and composition.
+"""The objective base class, composition and the helpers objective authors share.
 
-An objective is a thin object holding hyperparameters; the math lives in pure
-functions (:mod:`tide_plugin.objectives.functional`). ``__call__`` reads a
+An objective is a thin object holding a config; the math lives in pure functions
+(:mod:`tide_plugin.objectives.functional`). ``__call__`` reads a
 :class:`~tide_plugin.batch.DistillInputs` and returns named scalar loss parts,
-already multiplied by the objective's weight.
+already multiplied by the objective's weight. What it needs (``requirements``) and
+what its part averages over (``unit``) are declared by its config class, so they
+are known before it is built (:class:`~tide_plugin.hookspecs.ObjectiveConfigProtocol`).
 """
 
 from __future__ import annotations
 
 import abc
+import math
 import warnings
-from collections.abc import Sequence
-from typing import ClassVar, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
-from ..batch import DistillInputs, PipelineInfo
+from ..batch import DistillBatch, DistillInputs, PipelineInfo
+from ..hookspecs import Requirement, Unit
 
-Requirement = Literal["token_alignment", "pairs", "chunks", "shared_vocab", "timestep", "progress"]
+Direction = Literal["forward", "reverse"]
 
 
 class PipelineMismatchError(ValueError):
     """An objective needs something the configured pipeline does not provide."""
 
 
-class Objective(abc.ABC):
-    """Base class of every objective.
+def check_temperature_weight(temperature: float, weight: float) -> None:
+    """Config checks shared by the objectives: ``temperature > 0`` and a finite ``weight >= 0``."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        temperature > 0 and math.isfinite(temperature)
+    ):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (weight >= 0 and math.isfinite(weight)):
+        raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
 
-    Subclasses set ``name`` and ``requires`` and implement :meth:`forward`.
-    ``weight`` scales every part the objective returns.
+
+def check_requirements(name: str, requirements: frozenset[str], info: PipelineInfo) -> None:
+    """Raise :class:`PipelineMismatchError` naming each of ``requirements`` that
+    the pipeline ``info`` does not provide."""
+    problems = []
+    if "chunks" in requirements and not info.has_chunks:
+        problems.append(f"chunk alignment (a 'cross' pipeline), got pipeline {info.pipeline!r}")
+    if "pairs" in requirements and not info.has_pairs:
+        problems.append(f"template-aligned pairs (a 'shared' pipeline), got pipeline {info.pipeline!r}")
+    if "token_alignment" in requirements and not info.has_token_alignment:
+        problems.append(
+            f"token-level alignment (pipeline 'same' or 'shared'), got pipeline {info.pipeline!r}; "
+            "use a chunk-level objective (calm, reverse_calm, tidal_calm) across tokenizers"
+        )
+    if "timestep" in requirements and not info.has_timestep:
+        problems.append("the diffusion timestep t")
+    if "progress" in requirements and not info.has_progress:
+        problems.append("training progress (global_step / max_steps)")
+    if problems:
+        raise PipelineMismatchError(f"objective {name!r} needs " + "; ".join(problems))
+
+
+def unit_count(batch: DistillBatch, unit: Unit) -> Tensor:
+    """How many of ``unit`` the batch holds (a 0-dim long tensor on the batch's
+    device): masked student positions, counted pairs (``pair_mask`` and the student
+    position masked) or active chunks. The denominator of a part's average."""
+    if unit == "masked_rows":
+        return _field(batch, "masked", unit).sum()
+    if unit == "pairs":
+        masked = _field(batch, "masked", unit)
+        pairs = _field(batch, "pair_student", unit).clamp(0, max(masked.shape[1] - 1, 0))
+        return (_field(batch, "pair_mask", unit) & masked.gather(1, pairs)).sum()
+    if unit == "active_chunks":
+        return _field(batch, "chunk_active", unit).sum()
+    raise ValueError(f"unit {unit!r} is not one of ('masked_rows', 'pairs', 'active_chunks')")
+
+
+def _field(batch: DistillBatch, name: str, unit: str) -> Tensor:
+    value = getattr(batch, name)
+    if value is None:
+        raise ValueError(f"counting {unit!r} needs batch.{name}, which is unset")
+    return value
+
+
+class Objective(abc.ABC):
+    """Base class of the objectives (:class:`~tide_plugin.hookspecs.ObjectiveProtocol`).
+
+    Subclasses set ``name``, build ``self.config`` (an instance of their spec's
+    ``config_cls``: it declares ``requirements`` and ``unit``, and may have a
+    ``weight``) and implement :meth:`forward`. ``weight`` scales every part.
     """
 
     name: ClassVar[str] = "objective"
-    requires: frozenset[Requirement] = frozenset()
-    weight: float = 1.0
-    mode_seeking: ClassVar[bool] = False
-    """Reverse (student-weighted) objectives: reverse KL, Reverse CALM."""
+    direction: ClassVar[Direction] = "forward"
+    """``reverse`` for student-weighted (mode-seeking) objectives: reverse KL,
+    Reverse CALM; the forward and reverse variants share one implementation."""
     interpolates_teacher: ClassVar[bool] = False
-    """Objectives whose target mixes student and teacher by a lambda schedule (TIDAL)."""
+    """Objectives whose target mixes student and teacher by a strength schedule (TIDAL)."""
+    config: Any
+
+    @property
+    def weight(self) -> float:
+        return float(getattr(self.config, "weight", 1.0))
+
+    @property
+    def requirements(self) -> frozenset[Requirement]:
+        return frozenset(self.config.requirements)
+
+    @property
+    def unit(self) -> Unit:
+        return self.config.unit
+
+    @property
+    def units(self) -> Mapping[str, Unit]:
+        """Part name -> unit: one part, named after the objective."""
+        return {self.name: self.unit}
 
     def check_pipeline(self, info: PipelineInfo) -> None:
         """Raise :class:`PipelineMismatchError` naming what is missing."""
-        problems = []
-        if "chunks" in self.requires and not info.has_chunks:
-            problems.append(f"chunk alignment (a 'cross' pipeline), got pipeline {info.pipeline!r}")
-        if "pairs" in self.requires and not info.has_pairs:
-            problems.append(f"template-aligned pairs (a 'shared' pipeline), got pipeline {info.pipeline!r}")
-        if "token_alignment" in self.requires and not info.has_token_alignment:
-            problems.append(
-                f"token-level alignment (pipeline 'same' or 'shared'), got pipeline {info.pipeline!r}; "
-                "use a chunk-level objective (calm, reverse_calm, tidal_calm) across tokenizers"
-            )
-        if "timestep" in self.requires and not info.has_timestep:
-            problems.append("the diffusion timestep t")
-        if "progress" in self.requires and not info.has_progress:
-            problems.append("training progress (global_step / max_steps)")
-        if problems:
-            raise PipelineMismatchError(f"objective {self.name!r} needs " + "; ".join(problems))
+        check_requirements(self.name, self.requirements, info)
+
+    def metrics(self, inputs: DistillInputs) -> dict[str, Tensor]:  # noqa: ARG002 - a hook for subclasses
+        """Extra detached scalars the trainer logs this step (none by default)."""
+        return {}
 
     @abc.abstractmethod
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
@@ -69,7 +133,7 @@ class Objective(abc.ABC):
         return {k: v * self.weight for k, v in parts.items()}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, weight={self.weight})"
+        return f"{type(self).__name__}({self.config})"
 
 
 class ComposedObjective(Objective):
@@ -78,13 +142,18 @@ class ComposedObjective(Objective):
 
     name = "composed"
 
-    def __init__(self, components: Sequence[Objective]):
+    def __init__(self, components: Sequence[Any]):
         if not components:
             raise ValueError("a composed objective needs at least one component")
         self.components = list(components)
-        self.requires = frozenset().union(*(c.requires for c in self.components))
-        tidal = [c.name for c in self.components if c.interpolates_teacher]
-        reverse = [c.name for c in self.components if c.mode_seeking]
+        seen: dict[str, str] = {}
+        for c in self.components:
+            for part in c.units:
+                if part in seen:
+                    raise ValueError(f"composed objective: {seen[part]!r} and {c.name!r} both return the part {part!r}")
+                seen[part] = c.name
+        tidal = [c.name for c in self.components if getattr(c, "interpolates_teacher", False)]
+        reverse = [c.name for c in self.components if getattr(c, "direction", "forward") == "reverse"]
         if tidal and reverse:
             warnings.warn(
                 f"composing {tidal} with the reverse objective(s) {reverse}: TIDAL pairs with forward "
@@ -94,9 +163,24 @@ class ComposedObjective(Objective):
                 stacklevel=3,
             )
 
+    @property
+    def weight(self) -> float:
+        return 1.0  # each component applies its own
+
+    @property
+    def requirements(self) -> frozenset[Requirement]:
+        return frozenset().union(*(c.requirements for c in self.components))
+
+    @property
+    def units(self) -> Mapping[str, Unit]:
+        return {part: unit for c in self.components for part, unit in c.units.items()}
+
     def check_pipeline(self, info: PipelineInfo) -> None:
         for c in self.components:
             c.check_pipeline(info)
+
+    def metrics(self, inputs: DistillInputs) -> dict[str, Tensor]:
+        return {k: v for c in self.components for k, v in c.metrics(inputs).items()}
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
@@ -109,3 +193,14 @@ class ComposedObjective(Objective):
 
     def __repr__(self) -> str:
         return "+".join(repr(c) for c in self.components)
+
+
+__all__ = [
+    "ComposedObjective",
+    "Direction",
+    "Objective",
+    "PipelineMismatchError",
+    "check_requirements",
+    "check_temperature_weight",
+    "unit_count",
+]

@@ -19,15 +19,15 @@ launch script uses 5.0: pass ``temperature=5.0`` to reproduce it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ..batch import DistillInputs
-from ..hookspecs import PluginSpec, hookimpl
-from .base import Objective
+from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
+from .base import Objective, check_temperature_weight
 from .functional import calm, chunk_log_probs
-from .kl import check_temperature_weight
 
 CACHE_STUDENT_CHUNK_LP = "chunk_log_probs.student.active"
 """``inputs.cache`` key: ``[b, C]`` float32 student chunk log-probs of the active chunks
@@ -84,6 +84,8 @@ class CalmConfig:
 
     temperature: float = 2.0
     weight: float = 1.0
+    requirements: ClassVar[frozenset[Requirement]] = frozenset({"chunks"})
+    unit: ClassVar[Unit] = "active_chunks"
 
     def __post_init__(self) -> None:
         check_temperature_weight(self.temperature, self.weight)
@@ -93,25 +95,20 @@ class Calm(Objective):
     """CALM (forward): the student chunk probability fits the teacher's as a Bernoulli target."""
 
     name = "calm"
-    requires = frozenset({"chunks"})
 
     def __init__(self, **config) -> None:
         self.config = CalmConfig(**config)
-        self.weight = self.config.weight
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         lp_s, lp_t, active = active_chunk_log_probs(inputs, self.name)
-        return {self.name: calm(lp_s, lp_t, active, temperature=self.config.temperature, reverse=self.mode_seeking)}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config})"
+        return {self.name: calm(lp_s, lp_t, active, temperature=self.config.temperature, reverse=self.direction == "reverse")}
 
 
 class ReverseCalm(Calm):
     """Reverse CALM: gradient ``(s / tau) log((1-q)/q)`` per chunk (dual-end noise filtering)."""
 
     name = "reverse_calm"
-    mode_seeking = True
+    direction = "reverse"
 
 
 @hookimpl

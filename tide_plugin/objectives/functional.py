@@ -41,28 +41,15 @@ to ``[b, L, V]`` logits at 150k vocabularies (about 1.2 GiB in bf16 at b=8, L=51
 PROB_CLAMP = 1e-7
 """CALM probabilities are clamped to ``[PROB_CLAMP, 1 - PROB_CLAMP]`` (SPEC 5.2)."""
 
-MIDRANGE_SIGMA = 0.15
-
-Decay = Literal["cosine", "linear"]
-Axis = Literal["both", "training_only", "timestep_only"]
-TimestepWeight = Literal["uniform", "midrange"]
-DECAYS: tuple[str, ...] = ("cosine", "linear")
-AXES: tuple[str, ...] = ("both", "training_only", "timestep_only")
-TIMESTEP_WEIGHTS: tuple[str, ...] = ("uniform", "midrange")
 _TOKEN_MODES = ("forward", "reverse", "tidal")
 
 __all__ = [
-    "AXES",
-    "DECAYS",
-    "TIMESTEP_WEIGHTS",
     "aligned_rows",
     "calm",
     "chunk_log_probs",
     "masked_rows",
     "tidal_calm",
     "tidal_kl",
-    "tidal_lambda",
-    "timestep_weight",
     "token_divergence",
     "token_kl",
 ]
@@ -586,61 +573,3 @@ def tidal_calm(
     m = ((1.0 - lam_b) * s.detach() + lam_b * q).clamp(PROB_CLAMP, 1.0 - PROB_CLAMP)
     loss = -(m * s.log() + (1.0 - m) * torch.log1p(-s)) * w_b
     return _chunk_mean(loss, chunk_mask)
-
-
-# ---------------------------------------------------------------------------
-# TIDAL schedule (SPEC 5.3)
-# ---------------------------------------------------------------------------
-def _as_timesteps(t: Tensor | float) -> Tensor:
-    if not isinstance(t, Tensor):
-        t = torch.tensor([float(t)])
-    if t.dim() != 1:
-        raise ValueError(f"t must have shape [b], got {list(t.shape)}")
-    return t.detach().float()
-
-
-def tidal_lambda(
-    progress: float | Tensor,
-    t: Tensor,
-    *,
-    lambda_init: float = 0.1,
-    lambda_max: float = 0.9,
-    decay: Decay = "cosine",
-    axis: Axis = "both",
-) -> Tensor:
-    """TIDAL interpolation weight per example (SPEC 5.3).
-
-    ``lambda_train = l0 + (l1 - l0) g(p)``, ``g`` cosine ``(1 - cos(pi p)) / 2`` or
-    linear ``p``. ``both``: ``lambda_train (1 - t)``; ``training_only``:
-    ``lambda_train``; ``timestep_only``: ``l1 (1 - t)``.
-
-    :param progress: ``global_step / max(max_steps, 1)`` in ``[0, 1]``.
-    :param t: ``[b]`` diffusion timesteps.
-    :return: ``[b]`` float32.
-    """
-    _check_choice("decay", decay, DECAYS)
-    _check_choice("axis", axis, AXES)
-    for name, v in (("lambda_init", lambda_init), ("lambda_max", lambda_max)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-            raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
-    p = float(progress)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"progress must be in [0, 1] (global_step / max_steps), got {p!r}")
-    t = _as_timesteps(t)
-    g = (1.0 - math.cos(math.pi * p)) / 2.0 if decay == "cosine" else p
-    lam_train = lambda_init + (lambda_max - lambda_init) * g
-    if axis == "both":
-        return lam_train * (1.0 - t)
-    if axis == "training_only":
-        return torch.full_like(t, lam_train)
-    return lambda_max * (1.0 - t)
-
-
-def timestep_weight(t: Tensor, kind: TimestepWeight = "uniform") -> Tensor:
-    """``omega(t)`` per example (SPEC 5.3): ``uniform`` 1, ``midrange``
-    ``exp(-(t - 0.5)^2 / (2 * 0.15^2))``. :param t: ``[b]``. :return: ``[b]`` float32."""
-    _check_choice("timestep weight", kind, TIMESTEP_WEIGHTS)
-    t = _as_timesteps(t)
-    if kind == "uniform":
-        return torch.ones_like(t)
-    return torch.exp(-((t - 0.5) ** 2) / (2.0 * MIDRANGE_SIGMA**2))

@@ -16,25 +16,14 @@ student position is masked.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..batch import DistillInputs
-from ..hookspecs import PluginSpec, hookimpl
-from .base import Objective
+from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
+from .base import Objective, check_temperature_weight
 from .functional import aligned_rows, masked_rows, token_divergence
-
-
-def check_temperature_weight(temperature: float, weight: float) -> None:
-    """Shared config checks: ``temperature > 0`` and a finite ``weight >= 0``."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-        temperature > 0 and math.isfinite(temperature)
-    ):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (weight >= 0 and math.isfinite(weight)):
-        raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +39,14 @@ class KLConfig:
         check_temperature_weight(self.temperature, self.weight)
         if not isinstance(self.aligned, bool):
             raise ValueError(f"aligned must be True or False, got {self.aligned!r}")
+
+    @property
+    def requirements(self) -> frozenset[Requirement]:
+        return frozenset({"pairs"} if self.aligned else {"token_alignment"})
+
+    @property
+    def unit(self) -> Unit:
+        return "pairs" if self.aligned else "masked_rows"
 
 
 def token_rows(inputs: DistillInputs, aligned: bool, who: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -81,8 +78,6 @@ class TokenKL(Objective):
 
     def __init__(self, **config) -> None:
         self.config = KLConfig(**config)
-        self.weight = self.config.weight
-        self.requires = frozenset({"pairs"} if self.config.aligned else {"token_alignment"})
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         b_idx, s_pos, t_pos = token_rows(inputs, self.config.aligned, self.name)
@@ -92,21 +87,18 @@ class TokenKL(Objective):
             b_idx,
             s_pos,
             t_pos,
-            mode="reverse" if self.mode_seeking else "forward",
+            mode=self.direction,
             temperature=self.config.temperature,
             shared_vocab_size=inputs.shared_vocab_size,
         )
         return {self.name: loss}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config})"
 
 
 class ReverseTokenKL(TokenKL):
     """Reverse KL ``KL(P_S || P_T)``."""
 
     name = "reverse_kl"
-    mode_seeking = True
+    direction = "reverse"
 
 
 @hookimpl

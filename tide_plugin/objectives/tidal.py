@@ -10,64 +10,98 @@ Registered names:
   ``m = stopgrad(clamp((1-lam) s + lam q))``, loss ``-(m log s + (1-m) log(1-s)) omega(t)``
   summed over active chunks, divided by their count.
 
-``lam`` ``[b]`` and ``omega(t)`` ``[b]`` come from the ``tidal`` scheduler with
-``progress = inputs.progress`` and ``t = batch.t``. TIDAL pairs with forward
-objectives (SPEC 5.3).
+``lam`` ``[b]`` and ``omega(t)`` ``[b]`` come from the strength schedule selected by
+name (``schedule``, default ``tidal``: its fields ``lambda_init``, ``lambda_max``,
+``decay``, ``axis``, ``timestep_weight`` are passed through as keywords or in
+``schedule_config``), with ``progress = inputs.progress`` and ``t = batch.t``.
+TIDAL pairs with forward objectives (SPEC 5.3).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
 from ..batch import DistillInputs
-from ..hookspecs import PluginSpec, hookimpl
-from ..schedulers.tidal import TidalSchedule, TidalScheduleConfig
-from .base import Objective
+from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
+from ..registry import get_strength_schedule
+from .base import Objective, check_temperature_weight
 from .calm import active_chunk_log_probs
-from .functional import Axis, Decay, TimestepWeight, tidal_calm, token_divergence
-from .kl import check_temperature_weight, token_rows
+from .functional import tidal_calm, token_divergence
+from .kl import token_rows
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TidalConfig:
-    """Schedule (SPEC 5.3 defaults) plus ``temperature``, ``weight`` and, for token
-    TIDAL, ``aligned`` (template pairs; the ``taid_aligned`` alias)."""
+    """Token TIDAL's configuration.
 
-    lambda_init: float = 0.1
-    lambda_max: float = 0.9
-    decay: Decay = "cosine"
-    axis: Axis = "both"
-    timestep_weight: TimestepWeight = "uniform"
-    temperature: float = 2.0
-    weight: float = 1.0
-    aligned: bool = False
+    :param schedule: the strength schedule, by registered name (``tidal``).
+    :param schedule_config: its configuration; keywords this class does not know
+        are added to it, so ``TidalConfig(decay="linear")`` configures the schedule.
+        The schedule validates them when the objective builds it.
+    :param temperature: tau (2.0). :param weight: multiplies the part.
+    :param aligned: read template pairs (the ``taid_aligned`` alias).
+    """
+
+    schedule: str
+    schedule_config: Mapping[str, Any]
+    temperature: float
+    weight: float
+    aligned: bool
+
+    def __init__(
+        self,
+        schedule: str = "tidal",
+        schedule_config: Mapping[str, Any] | None = None,
+        temperature: float = 2.0,
+        weight: float = 1.0,
+        aligned: bool = False,
+        **schedule_kwargs: Any,
+    ) -> None:
+        merged = dict(schedule_config or {})
+        both = sorted(set(merged) & set(schedule_kwargs))
+        if both:
+            raise ValueError(f"{both} given both as keywords and in schedule_config")
+        merged.update(schedule_kwargs)
+        for name, value in (("schedule", schedule), ("schedule_config", merged), ("temperature", temperature),
+                            ("weight", weight), ("aligned", aligned)):
+            object.__setattr__(self, name, value)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         check_temperature_weight(self.temperature, self.weight)
         if not isinstance(self.aligned, bool):
             raise ValueError(f"aligned must be True or False, got {self.aligned!r}")
-        self.schedule_config()  # validates the schedule fields
+        if not isinstance(self.schedule, str) or not self.schedule:
+            raise ValueError(f"schedule must be a strength schedule's registered name, got {self.schedule!r}")
 
-    def schedule_config(self) -> TidalScheduleConfig:
-        return TidalScheduleConfig(
-            lambda_init=self.lambda_init,
-            lambda_max=self.lambda_max,
-            decay=self.decay,
-            axis=self.axis,
-            timestep_weight=self.timestep_weight,
-        )
+    @property
+    def requirements(self) -> frozenset[Requirement]:
+        return frozenset({"pairs" if self.aligned else "token_alignment", "timestep", "progress"})
+
+    @property
+    def unit(self) -> Unit:
+        return "pairs" if self.aligned else "masked_rows"
 
 
-@dataclass(frozen=True)
 class TidalCalmConfig(TidalConfig):
-    """Chunk TIDAL has no ``aligned`` mode (chunks are the alignment)."""
+    """Chunk TIDAL: as :class:`TidalConfig` without ``aligned`` mode (chunks are the alignment)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.aligned:
             raise ValueError("tidal_calm works on chunks; aligned=True applies to token TIDAL ('tidal') only")
+
+    @property
+    def requirements(self) -> frozenset[Requirement]:
+        return frozenset({"chunks", "timestep", "progress"})
+
+    @property
+    def unit(self) -> Unit:
+        return "active_chunks"
 
 
 class _TidalBase(Objective):
@@ -76,12 +110,7 @@ class _TidalBase(Objective):
 
     def __init__(self, **config) -> None:
         self.config = self.config_cls(**config)
-        self.weight = self.config.weight
-        sc = self.config.schedule_config()
-        self.schedule = TidalSchedule(
-            lambda_init=sc.lambda_init, lambda_max=sc.lambda_max, decay=sc.decay, axis=sc.axis,
-            timestep_weight=sc.timestep_weight,
-        )
+        self.schedule = get_strength_schedule(self.config.schedule, **self.config.schedule_config)
 
     def lambda_and_weight(self, inputs: DistillInputs) -> tuple[Tensor, Tensor]:
         """``lam`` ``[b]`` and ``omega(t)`` ``[b]`` on the logits' device."""
@@ -92,19 +121,20 @@ class _TidalBase(Objective):
         lam = self.schedule.lambda_(inputs.progress, t).to(device)
         return lam, self.schedule.weight(t).to(device)
 
+    def metrics(self, inputs: DistillInputs) -> dict[str, Tensor]:
+        """``lambda/<name>``: the batch's mean interpolation weight."""
+        if inputs.batch.t is None:
+            return {}
+        return {f"lambda/{self.name}": self.schedule.lambda_(inputs.progress, inputs.batch.t).float().mean().detach()}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config})"
+        return f"{type(self).__name__}({self.config}, {self.schedule!r})"
 
 
 class TokenTidal(_TidalBase):
     """Token TIDAL. Student logits ``[b, L, V_S]``, teacher logits ``[b, L_T, V_T]``."""
 
     name = "tidal"
-
-    def __init__(self, **config) -> None:
-        super().__init__(**config)
-        align = "pairs" if self.config.aligned else "token_alignment"
-        self.requires = frozenset({align, "timestep", "progress"})
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         b_idx, s_pos, t_pos = token_rows(inputs, self.config.aligned, self.name)
@@ -129,7 +159,6 @@ class ChunkTidal(_TidalBase):
 
     name = "tidal_calm"
     config_cls = TidalCalmConfig
-    requires = frozenset({"chunks", "timestep", "progress"})
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         lp_s, lp_t, active = active_chunk_log_probs(inputs, self.name)

@@ -4,8 +4,8 @@ registered as ``linear`` (default) and ``cosine``.
 - ``alpha(t)``: probability that a token is kept at time ``t``;
 - ``alpha_prime(t)``: its derivative ``d alpha / dt``;
 - ``mask_prob(t) = 1 - alpha(t)``;
-- ``ce_weight(t, kind)``: ``elbo`` ``-alpha'(t) / (1 - alpha(t) + 1e-6)`` (``1/t`` for
-  linear) or ``uniform`` 1.
+- ``elbo_weight(t)``: the CE weight ``w(t) = -alpha'(t) / (1 - alpha(t) + 1e-6)``
+  (``1/t`` for linear); the ``noise`` stage uses 1 instead under ``uniform`` weighting.
 
 Every method takes ``t`` as a ``[b]`` tensor (or a number) and returns float32 ``[b]``
 (float64 for float64 ``t``; a 0-dim tensor for a number).
@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import Tensor
 
 from ..hookspecs import PluginSpec, hookimpl
 
-CeWeight = Literal["elbo", "uniform"]
-CE_WEIGHTS: tuple[str, ...] = ("elbo", "uniform")
 ELBO_EPS = 1e-6
 """Added to ``1 - alpha(t)`` in the ELBO weight (SPEC 1.6)."""
 
@@ -43,7 +39,8 @@ def _t(t: Tensor | float) -> Tensor:
 
 
 class MaskingSchedule:
-    """Base of the masking schedules: subclasses define ``alpha`` and ``alpha_prime``."""
+    """Base of the masking schedules (:class:`~tide_plugin.hookspecs.MaskingScheduleProtocol`):
+    subclasses define ``mask_prob`` and ``alpha_prime``; ``alpha`` and ``elbo_weight`` follow."""
 
     name = "masking"
 
@@ -62,12 +59,8 @@ class MaskingSchedule:
         """``alpha(t)``: probability that a token is kept."""
         return 1.0 - self.mask_prob(t)
 
-    def ce_weight(self, t: Tensor | float, kind: CeWeight = "elbo") -> Tensor:
-        """Per-example CE weight ``w(t)``: ``elbo`` ``-alpha'(t) / (1 - alpha(t) + 1e-6)`` or ``uniform`` 1."""
-        if kind not in CE_WEIGHTS:
-            raise ValueError(f"ce weight kind {kind!r} is not one of {CE_WEIGHTS}")
-        if kind == "uniform":
-            return torch.ones_like(_t(t))
+    def elbo_weight(self, t: Tensor | float) -> Tensor:
+        """Per-example CE weight ``w(t) = -alpha'(t) / (1 - alpha(t) + 1e-6)`` (SPEC 1.6)."""
         return -self.alpha_prime(t) / (self.mask_prob(t) + ELBO_EPS)
 
     def __repr__(self) -> str:
@@ -100,7 +93,7 @@ class CosineSchedule(MaskingSchedule):
 
 
 @hookimpl
-def tide_plugin_schedulers() -> list[PluginSpec]:
+def tide_plugin_masking_schedules() -> list[PluginSpec]:
     return [
         PluginSpec(
             name="linear",

@@ -9,34 +9,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from tide_plugin import PluginSpec, hookimpl
-from tide_plugin.batch import DistillInputs
-from tide_plugin.objectives.base import Objective
+from tide_plugin import DistillInputs, Objective, PluginSpec, Requirement, Unit, check_temperature_weight, hookimpl
 
 
-@dataclass
+@dataclass(frozen=True)
 class JensenShannonConfig:
+    """:param temperature: tau. :param weight: multiplies the part. Declares what the
+    objective needs (``requirements``) and what its part averages over (``unit``)."""
+
     temperature: float = 2.0
     weight: float = 1.0
+    requirements: ClassVar[frozenset[Requirement]] = frozenset({"token_alignment"})
+    unit: ClassVar[Unit] = "masked_rows"
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        check_temperature_weight(self.temperature, self.weight)
 
 
 class JensenShannon(Objective):
     """Student logits ``[b, L, V]`` vs teacher logits ``[b, L, V]`` at masked positions."""
 
     name = "jensen_shannon"
-    requires = frozenset({"token_alignment"})
 
     def __init__(self, **config: float) -> None:
         self.config = JensenShannonConfig(**config)
-        self.weight = self.config.weight
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         tau = self.config.temperature

@@ -14,38 +14,11 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "distill": ("tide_plugin.trainer", "distil a teacher into a block-diffusion student"),
+    "distill": ("tide_plugin.cli.distill", "distil a teacher into a block-diffusion student"),
     "preprocess": ("tide_plugin.alignment.preprocess", "tokenise and align chat JSONL into a dataset"),
     "eval": ("tide_plugin.eval.cli", "evaluate a student with lm-eval (offline tasks included)"),
-    "plugins": ("tide_plugin.cli", "list every registered plugin"),
+    "plugins": ("tide_plugin.cli.plugins", "list every registered plugin"),
 }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # `tide plugins`
-    parser.add_argument("--kind", choices=["objective", "collator", "scheduler", "teacher"], help="only this kind")
-
-
-def run(args: argparse.Namespace) -> int:  # `tide plugins`
-    from .hookspecs import KINDS
-    from .registry import get_registry
-
-    reg = get_registry()
-    rows = [("kind", "name", "aliases", "distribution", "summary")]
-    for kind in KINDS:
-        if args.kind and kind != args.kind:
-            continue
-        for info in reg.available(kind).values():
-            rows.append((kind, info.name, ", ".join(info.aliases) or "-", f"{info.distribution} {info.version}", info.summary))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for i, r in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
-        if i == 0:
-            print("  ".join("-" * w for w in widths) + "  " + "-" * 7)
-    for f in reg.failures:
-        print(f"\nnot loaded: {f.entry_point} ({f.target}) from {f.distribution}: {f.error}", file=sys.stderr)
-    if reg.blocked:
-        print(f"\nblocked by TIDE_DISABLE_PLUGINS: {', '.join(reg.blocked)}", file=sys.stderr)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"tide {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    from .registry import PluginError
+    from ..registry import PluginError
 
     try:
         return int(module.run(args) or 0)
@@ -83,7 +56,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tide {name}: error: {exc}", file=sys.stderr)
         print("(set TIDE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

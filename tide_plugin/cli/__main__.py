@@ -1,0 +1,7 @@
+"""``python -m tide_plugin.cli`` (e.g. under ``accelerate launch``)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,24 @@
+"""Training: configuration, the loss mixin and trainer, builders, the run report.
+
+Only this package, :mod:`tide_plugin.integrations`, :mod:`tide_plugin.study` and
+:mod:`tide_plugin.cli` know a ``transformers.Trainer`` (DESIGN "rules of the house").
+"""
+
+from .builders import build_collator, build_trainer, dllm_available, trainer_class
+from .config import DistillArguments, DistillConfig
+from .loss import DistillBD3LMTrainer, DistillCollator, DistillLossMixin, tide_config
+from .report import write_metrics
+
+__all__ = [
+    "DistillArguments",
+    "DistillBD3LMTrainer",
+    "DistillCollator",
+    "DistillConfig",
+    "DistillLossMixin",
+    "build_collator",
+    "build_trainer",
+    "dllm_available",
+    "tide_config",
+    "trainer_class",
+    "write_metrics",
+]

@@ -1,0 +1,178 @@
+"""Building a run: the trainer class (transformers or dllm), the collator chain
+and :func:`build_trainer` (teacher adapter, objective, collators, trainer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import transformers
+
+from ..batch import PipelineInfo
+from ..hookspecs import RunContext
+from ..pipelines import get_pipeline
+from .config import DistillConfig
+from .loss import DistillBD3LMTrainer, DistillCollator
+
+def dllm_available() -> bool:
+    try:
+        import dllm  # noqa: F401
+    except Exception:  # dllm missing or broken under this transformers version
+        return False
+    return True
+
+
+def trainer_class(prefer: str = "auto") -> type:
+    """``DistillBD3LMTrainer`` or, when dllm imports (``prefer`` ``auto`` or ``dllm``),
+    the dllm-based one."""
+    if prefer not in ("auto", "dllm", "transformers"):
+        raise ValueError(f"trainer backend {prefer!r} is not one of auto, dllm, transformers")
+    if prefer == "transformers" or (prefer == "auto" and not dllm_available()):
+        return DistillBD3LMTrainer
+    from ..integrations.dllm import DllmDistillBD3LMTrainer
+
+    return DllmDistillBD3LMTrainer
+
+
+# --------------------------------------------------------------------------------------
+# Building a run
+# --------------------------------------------------------------------------------------
+def run_context(
+    config: DistillConfig,
+    *,
+    student_eos_id: int,
+    student_mask_id: int,
+    teacher_mask_id: int | None,
+    student_pad_id: int | None = None,
+    teacher_pad_id: int = 0,
+) -> RunContext:
+    """What the run knows before any batch, for the collator stages that declare
+    which of it they need (:attr:`~tide_plugin.hookspecs.CollatorStageProtocol`)."""
+    return RunContext(
+        pipeline=config.pipeline,
+        block_size=int(config.block_size),
+        seed=int(config.noise_seed if config.noise_seed is not None else config.seed),
+        student_eos_id=int(student_eos_id),
+        student_mask_id=int(student_mask_id),
+        student_pad_id=student_pad_id,
+        teacher_mask_id=teacher_mask_id,
+        teacher_pad_id=int(teacher_pad_id),
+        max_length=config.max_length,
+        teacher_max_length=config.teacher_max_length,
+        masking_schedule=config.masking_schedule,
+        time_epsilon=float(config.time_epsilon),
+        ce_weighting=config.ce_weighting,
+        demo_ratio=float(config.demo_ratio),
+    )
+
+
+def build_collator(
+    config: DistillConfig,
+    *,
+    student_eos_id: int,
+    student_mask_id: int,
+    teacher_mask_id: int | None,
+    student_pad_id: int | None = None,
+    teacher_pad_id: int = 0,
+) -> DistillCollator:
+    """The collator chain of ``config.collator_names()``: each stage gets the fields of
+    the :func:`run_context` its class declares (``run_context``: config key -> field),
+    then ``config.collator_config`` for it. The stage names appear nowhere here."""
+    from ..collators.chain import build_collator_chain
+    from ..registry import get_registry
+
+    context = run_context(
+        config,
+        student_eos_id=student_eos_id,
+        student_mask_id=student_mask_id,
+        teacher_mask_id=teacher_mask_id,
+        student_pad_id=student_pad_id,
+        teacher_pad_id=teacher_pad_id,
+    )
+    reg = get_registry()
+    per_stage: dict[str, dict[str, Any]] = {}
+    names = config.collator_names()
+    for name in names:
+        wanted = getattr(reg.resolve("collator", name).spec.factory, "run_context", {})
+        per_stage[name] = {key: getattr(context, field) for key, field in wanted.items()}
+        per_stage[name].update(config.collator_config.get(name, {}))
+    return DistillCollator(build_collator_chain(names, **per_stage))
+
+
+def build_trainer(
+    config: DistillConfig,
+    *,
+    student: torch.nn.Module,
+    teacher_model: torch.nn.Module | str,
+    train_dataset: Any,
+    student_tokenizer: Any = None,
+    student_mask_id: int | None = None,
+    student_eos_id: int | None = None,
+    backend: str = "auto",
+    callbacks: Sequence[Any] | None = None,
+) -> transformers.Trainer:
+    """Assemble teacher adapter, objective, collator chain and trainer from ``config``."""
+    from ..registry import get_objective, get_teacher
+
+    if config.pipeline is None:
+        raise ValueError("config.pipeline is unset: choose same | shared | cross (or a mode that implies one)")
+    tok = student_tokenizer
+    mask_id = student_mask_id if student_mask_id is not None else getattr(tok, "mask_token_id", None)
+    eos_id = student_eos_id if student_eos_id is not None else getattr(tok, "eos_token_id", None)
+    if mask_id is None or eos_id is None:
+        raise ValueError(f"student mask id ({mask_id}) and EOS id ({eos_id}) are needed; pass a tokenizer or the ids")
+    teacher_kwargs: dict[str, Any] = {
+        "mask_token_id": config.teacher_mask_token_id,
+        "dtype": config.teacher_dtype,
+        "sequential_views": config.sequential_views,
+        "load_in_4bit": config.teacher_load_in_4bit,
+    }
+    from ..registry import get_registry
+
+    # Options the adapter's config declares (the block-diffusion layout, for one) are
+    # passed through, whichever plugin provides the adapter.
+    teacher_cls = get_registry().resolve("teacher", config.teacher).spec.config_cls
+    teacher_fields = {f.name for f in dataclasses.fields(teacher_cls)} if dataclasses.is_dataclass(teacher_cls) else set()
+    for key, value in (("concat_order", config.concat_order), ("block_size", int(config.block_size))):
+        if key in teacher_fields and value is not None:
+            teacher_kwargs[key] = value
+    teacher_kwargs.update(config.teacher_config)
+    teacher = get_teacher(config.teacher, model=teacher_model, **teacher_kwargs)
+    teacher_mask = config.teacher_mask_token_id
+    if teacher_mask is None:
+        teacher_mask = teacher.mask_token_id if get_pipeline(config.pipeline).has_teacher_ids else mask_id
+    objective_kwargs = config.objective_kwargs()
+    objective = get_objective(config.objective, **objective_kwargs)
+    if config.shared_vocab_size is None and objective.requirements & {"token_alignment", "pairs"}:
+        warnings.warn(
+            "shared_vocab_size is unset: token-level objectives compare the first min(V_S, V_T) ids of both "
+            "vocabularies, added tokens included; set shared_vocab_size to the ids both sides share "
+            "(Qwen family: 151646, SPEC 3.1)",
+            UserWarning,
+            stacklevel=2,
+        )
+    info = PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size)
+    objective.check_pipeline(info)  # before any model work
+    collator = build_collator(
+        config,
+        student_eos_id=int(eos_id),
+        student_mask_id=int(mask_id),
+        teacher_mask_id=None if teacher_mask is None else int(teacher_mask),
+        student_pad_id=getattr(tok, "pad_token_id", None),
+    )
+    student.config.mask_token_id = int(mask_id)
+    student.config.block_size = int(config.block_size)
+    cls = trainer_class(backend)
+    kwargs: dict[str, Any] = {
+        "model": student,
+        "args": config,
+        "train_dataset": train_dataset,
+        "data_collator": collator,
+        "callbacks": list(callbacks or []),
+    }
+    if tok is not None:
+        kwargs["processing_class"] = tok
+    return cls(teacher=teacher, objective=objective, pipeline_info=info, **kwargs)

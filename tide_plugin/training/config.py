@@ -1,0 +1,231 @@
+"""Training configuration: :class:`DistillArguments` (the distillation fields, the
+reference launch flags among them) and :class:`DistillConfig` (those plus
+``transformers.TrainingArguments``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import transformers
+
+from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
+from ..pipelines import PIPELINES, get_pipeline
+LOSS_WEIGHT_TYPES = ("elbo", "uniform")
+LOSS_WEIGHT_ALIASES = {"scheduler": "elbo"}
+"""dllm's name for the ELBO weighting. It stays the field's default and is kept as
+typed, because dllm's own config checks the field against its names; the code reads
+:attr:`DistillArguments.ce_weighting`, which speaks the ``noise`` stage's names."""
+TIDAL_FIELDS = {
+    "taid_lambda_init": "lambda_init",
+    "taid_lambda_max": "lambda_max",
+    "taid_decay": "decay",
+    "taid_axis_mode": "axis",
+    "taid_timestep_weight": "timestep_weight",
+}
+
+
+def _parse_mapping(value: Any, name: str) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str):
+        try:
+            out = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name} must be a JSON object, got {value!r}: {exc}") from exc
+        if isinstance(out, dict):
+            return out
+    raise ValueError(f"{name} must be a mapping or a JSON object string, got {value!r}")
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "y", "on")
+    return bool(value)
+
+
+@dataclass
+class DistillArguments:
+    """The distillation options (a mixin of dataclass fields; see :class:`DistillConfig`).
+
+    Reference launch flags are accepted as aliases: ``distill_mode`` (``alm``,
+    ``reverse_alm``, ``alm_taid``, ``kl_aligned``, ``reverse_kl_aligned``,
+    ``taid_aligned``, any registered name, ``+`` composition; ``*_aligned`` selects
+    the ``shared`` pipeline, chunk modes ``cross``), ``use_comp_demo``, ``demo_ratio``,
+    ``alm_temperature`` (chunk objectives), ``kl_temperature`` (token objectives),
+    ``taid_lambda_init`` / ``taid_lambda_max`` / ``taid_decay`` / ``taid_axis_mode`` /
+    ``taid_timestep_weight`` (TIDAL), ``teacher_mask_token_id``, ``shared_vocab_size``,
+    ``concat_order``.
+    """
+
+    objective: str = field(
+        default="reverse_calm",
+        metadata={"help": "objective names joined by '+', e.g. reverse_calm or tidal_calm+calm (aliases accepted)"},
+    )
+    objective_config: str | None = field(
+        default=None,
+        metadata={"help": 'per-objective parameters as JSON, e.g. {"reverse_calm": {"temperature": 5.0, "weight": 0.5}}'},
+    )
+    ce_weight: float = field(default=1.0, metadata={"help": "weight of the BD3LM CE term (0 drops it)"})
+    collators: str = field(
+        default="distill_pad+noise",
+        metadata={"help": "collator chain, names joined by '+'; comp_demo is appended when use_comp_demo"},
+    )
+    collator_config: str | None = field(default=None, metadata={"help": "per-stage collator parameters as JSON"})
+    teacher: str = field(default="bidirectional", metadata={"help": "teacher adapter: bidirectional | block | ..."})
+    teacher_config: str | None = field(default=None, metadata={"help": "extra teacher adapter parameters as JSON"})
+    teacher_mask_token_id: int | None = field(default=None, metadata={"help": "teacher mask id m_T"})
+    concat_order: str | None = field(
+        default=None,
+        metadata={"help": "block teacher input order: xt_x0 | x0_xt (WeDLM); default the adapter's (alias wedlm: x0_xt)"},
+    )
+    teacher_dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16"})
+    teacher_device: str | None = field(default=None, metadata={"help": "teacher placement; default the student's"})
+    sequential_views: bool = field(default=False, metadata={"help": "run CompDemo views one after the other"})
+    teacher_load_in_4bit: bool = field(default=False, metadata={"help": "4-bit teacher (needs bitsandbytes)"})
+    pipeline: str | None = field(default=None, metadata={"help": "same | shared | cross (inferred when unset)"})
+    shared_vocab_size: int | None = field(default=None, metadata={"help": "V_shared for token objectives"})
+    block_size: int = field(default=32, metadata={"help": "BD3LM block size"})
+    masking_schedule: str = field(default="linear", metadata={"help": "alpha(t): linear | cosine"})
+    time_epsilon: float = field(default=1e-3, metadata={"help": "t ~ U[eps, 1)"})
+    loss_weight_type: str = field(
+        default="scheduler",
+        metadata={"help": "per-example CE weight: scheduler (dllm's name) = elbo, w(t) from the masking schedule | uniform"},
+    )
+    loss_norm_type: str = field(default="token", metadata={"help": "CE normalisation: token | sequence | batch"})
+    right_shift_logits: bool = field(default=False, metadata={"help": "(dllm compatibility; must stay False)"})
+    max_length: int | None = field(default=None, metadata={"help": "student truncation length"})
+    teacher_max_length: int | None = field(default=None, metadata={"help": "teacher truncation length"})
+    noise_seed: int | None = field(default=None, metadata={"help": "seed of the noise / CompDemo streams (default seed)"})
+    # ---- reference launch flags (aliases) ----
+    distill_mode: str | None = field(default=None, metadata={"help": "reference mode string (alias of --objective)"})
+    use_comp_demo: bool = field(default=False, metadata={"help": "CompDemo: two complementary teacher views"})
+    demo_ratio: float = field(default=0.5, metadata={"help": "CompDemo split probability r"})
+    alm_temperature: float | None = field(default=None, metadata={"help": "temperature of chunk objectives"})
+    kl_temperature: float | None = field(default=None, metadata={"help": "temperature of token objectives"})
+    taid_lambda_init: float | None = field(default=None, metadata={"help": "TIDAL l0"})
+    taid_lambda_max: float | None = field(default=None, metadata={"help": "TIDAL l1"})
+    taid_decay: str | None = field(default=None, metadata={"help": "TIDAL g: cosine | linear"})
+    taid_axis_mode: str | None = field(default=None, metadata={"help": "both | training_only | timestep_only"})
+    taid_timestep_weight: str | None = field(default=None, metadata={"help": "uniform | midrange"})
+
+    # -- validation and resolution ------------------------------------------------
+    def _distill_post_init(self) -> None:
+        if self.distill_mode:
+            self.objective = self.distill_mode
+        parts = [p.strip() for p in str(self.objective).split("+")]
+        if not parts or any(not p for p in parts):
+            raise ValueError(f"objective {self.objective!r} has an empty component; write names joined by '+'")
+        self.objective = "+".join(parts)
+        self.objective_config = _parse_mapping(self.objective_config, "objective_config")
+        self.collator_config = _parse_mapping(self.collator_config, "collator_config")
+        self.teacher_config = _parse_mapping(self.teacher_config, "teacher_config")
+        self.use_comp_demo = _bool(self.use_comp_demo)
+        self.sequential_views = _bool(self.sequential_views)
+        if self.pipeline is None:
+            self.pipeline = self.implied_pipeline()
+        if self.pipeline is not None and self.pipeline not in PIPELINES:
+            raise ValueError(f"pipeline {self.pipeline!r} is not one of {PIPELINES}")
+        if self.concat_order is not None and self.concat_order not in CONCAT_ORDERS:
+            raise ValueError(f"concat_order {self.concat_order!r} is not one of {CONCAT_ORDERS}")
+        if self.loss_norm_type not in LOSS_NORMS:
+            raise ValueError(f"loss_norm_type {self.loss_norm_type!r} is not one of {LOSS_NORMS}")
+        if self.loss_weight_type not in LOSS_WEIGHT_TYPES and self.loss_weight_type not in LOSS_WEIGHT_ALIASES:
+            raise ValueError(
+                f"loss_weight_type {self.loss_weight_type!r} is not one of {LOSS_WEIGHT_TYPES} "
+                f"(or {sorted(LOSS_WEIGHT_ALIASES)}, dllm's name for elbo)"
+            )
+        from ..registry import get_registry
+
+        get_registry().check_name("masking_schedule", self.masking_schedule, "masking_schedule")
+        if not 0.0 < float(self.time_epsilon) < 1.0:
+            raise ValueError(f"time_epsilon {self.time_epsilon} must lie in (0, 1)")
+        if int(self.block_size) <= 0:
+            raise ValueError(f"block_size {self.block_size} must be a positive integer")
+        if not 0.0 < float(self.demo_ratio) < 1.0:
+            raise ValueError(f"demo_ratio {self.demo_ratio} must lie in (0, 1)")
+        if self.ce_weight < 0:
+            raise ValueError(f"ce_weight {self.ce_weight} must be >= 0")
+        if _bool(self.right_shift_logits):
+            raise ValueError("right_shift_logits=True is not supported: BD3LM predicts x0 at the x_t position")
+
+    # -- what the pieces are built from -------------------------------------------------
+    @property
+    def ce_weighting(self) -> str:
+        """The per-example CE weight ``w(t)``: ``elbo`` or ``uniform`` (``loss_weight_type``
+        with dllm's alias resolved), as the ``noise`` stage names it."""
+        return LOSS_WEIGHT_ALIASES.get(self.loss_weight_type, self.loss_weight_type)
+
+    def implied_pipeline(self) -> str | None:
+        """The pipeline the objectives' declared requirements imply (third-party
+        objectives included; read from their config classes, nothing is built):
+        chunks -> ``cross``, template pairs -> ``shared``, position-by-position
+        token alignment -> ``same``; ``None`` when they need none of these."""
+        from ..registry import objective_requirements
+
+        needs = objective_requirements(self.objective, **self.objective_kwargs())
+        for need, has in (("chunks", "has_chunks"), ("pairs", "has_pairs"), ("token_alignment", "has_token_alignment")):
+            if need in needs:  # the first pipeline (same, shared, cross) that offers it
+                return next(name for name in PIPELINES if getattr(get_pipeline(name), has))
+        return None
+
+    def objective_kwargs(self) -> dict[str, Any]:
+        """Per-component configuration for :func:`tide_plugin.get_objective`, with the
+        reference flags applied (explicit ``objective_config`` wins): ``alm_temperature``
+        to chunk-level objectives and ``kl_temperature`` to the others (by their declared
+        requirements), the ``taid_*`` flags to objectives that take a strength schedule
+        (a ``schedule_config`` field), whose schedule validates them."""
+        from ..registry import get_registry
+
+        reg = get_registry()
+        parts = self.objective.split("+")
+        out: dict[str, dict[str, Any]] = {}
+        for p in parts:
+            info = reg.resolve("objective", p)
+            cls = info.spec.config_cls
+            names = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else set()
+            explicit = dict(self.objective_config.get(p, {}) or self.objective_config.get(info.name, {}))
+            cfg: dict[str, Any] = {}
+            chunk_level = "chunks" in reg.objective_config(p, **explicit).requirements
+            temp = self.alm_temperature if chunk_level else self.kl_temperature
+            if temp is not None and "temperature" in names:
+                cfg["temperature"] = float(temp)
+            if "schedule_config" in names:
+                for flag, key in TIDAL_FIELDS.items():
+                    value = getattr(self, flag)
+                    if value is not None and key not in explicit.get("schedule_config", {}):
+                        cfg[key] = value
+            cfg.update(explicit)
+            out[p] = cfg
+        unknown = set(self.objective_config) - set(parts) - {reg.resolve("objective", p).name for p in parts}
+        if unknown:
+            raise ValueError(f"objective_config names {sorted(unknown)}, which are not components of {self.objective!r}")
+        return out if len(parts) > 1 else out[parts[0]]
+
+    def collator_names(self) -> list[str]:
+        names = [n.strip() for n in self.collators.replace(",", "+").split("+") if n.strip()]
+        if self.use_comp_demo and "comp_demo" not in names:
+            names.append("comp_demo")
+        return names
+
+
+@dataclass
+class DistillConfig(DistillArguments, transformers.TrainingArguments):
+    """``transformers.TrainingArguments`` plus :class:`DistillArguments`, with sane
+    defaults: no evaluation, ``report_to="none"``, ``remove_unused_columns=False``,
+    logging every 10 steps (transformers' own: lr 5e-5, the paper's; full checkpoints, so runs resume)."""
+
+    output_dir: str | None = field(default="runs/distill", metadata={"help": "where checkpoints and logs go"})
+    report_to: str | None = field(default="none", metadata={"help": "integrations to report to (none by default)"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep the distillation columns"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N optimizer steps"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._distill_post_init()
+

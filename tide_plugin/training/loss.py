@@ -1,0 +1,268 @@
+"""The distillation loss for any ``transformers.Trainer``: :class:`DistillLossMixin`
+(``compute_loss``, logging, resume, saving), the DataLoader collate wrapper, and
+:class:`DistillBD3LMTrainer`.
+
+One training step (DESIGN "data flow")::
+
+    DistillBatch (collator chain: distill_pad -> noise [-> comp_demo])
+      -> student BD3LM forward on x_t ⊕ x0, logits of the x_t half   [b, L, V_S]
+      -> teacher adapter forward on every view, merged               [b, L_T, V_T]
+      -> DistillInputs(progress = global_step / max_steps)
+      -> objective parts (already weighted)
+      loss = ce_weight * CE + sum(parts)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import Tensor
+
+from ..batch import DistillBatch, DistillInputs, PipelineInfo
+from ..bd3lm import bd3lm_nll, block_diffusion_logits, ce_from_nll, unwrap_model
+from ..checkpoints import TIDE_CONFIG_NAME
+from ..hookspecs import ResumableStageProtocol
+from .normalise import count_units, normalise_parts, part_units, window_denominators, window_units
+
+def _distill_batch(inputs: Any) -> DistillBatch:
+    if isinstance(inputs, DistillBatch):
+        return inputs
+    if isinstance(inputs, Mapping) and isinstance(inputs.get("distill_batch"), DistillBatch):
+        return inputs["distill_batch"]
+    raise TypeError(
+        f"the distillation trainer expects a DistillBatch (from the collator chain), got {type(inputs).__name__}"
+    )
+
+
+class DistillCollator:
+    """DataLoader ``collate_fn``: rows -> ``{"distill_batch": DistillBatch}`` (a mapping,
+    so the Trainer's input preparation leaves the typed batch intact)."""
+
+    def __init__(self, chain: Any):
+        self.chain = chain
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, DistillBatch]:
+        return {"distill_batch": self.chain(rows)}
+
+
+class DistillLossMixin:
+    """``compute_loss`` and logging for any ``transformers.Trainer`` subclass.
+
+    Call :meth:`setup_distillation` after ``Trainer.__init__``.
+    """
+
+    teacher: Any
+    objective: Any
+
+    def setup_distillation(self, *, teacher: Any, objective: Any, pipeline_info: PipelineInfo) -> None:
+        args = self.args
+        self.teacher = teacher
+        self.objective = objective
+        self.pipeline_info = pipeline_info
+        objective.check_pipeline(pipeline_info)  # fail when built, not at step 1
+        device = torch.device(args.teacher_device) if getattr(args, "teacher_device", None) else args.device
+        if hasattr(teacher, "to") and not getattr(teacher, "_placed", False):
+            teacher.to(device)
+        # We normalise the CE term ourselves (get_batch_samples counts the window), so the
+        # Trainer must not count labels or skip its division by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        if hasattr(self, "loss_is_scaled_for_ga"):
+            self.loss_is_scaled_for_ga = False
+        self._tide_units = part_units(objective)  # part -> unit; fails when built, not at step 1
+        self._tide_window: dict[str, Tensor] | None = None
+        self._tide_sums: dict[str, Tensor] = {}
+        self._tide_stats: dict[str, Any] = {}
+        self._tide_count = 0
+
+    # -- counting the gradient-accumulation window -----------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
+        """Count every term's units (CE's and each objective part's) over the window and
+        all ranks, on the device: no host sync here or per micro-step (SPEC 2.1, ours)."""
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
+        batches = []
+        for sample in batch_samples:
+            try:
+                batches.append(_distill_batch(sample))
+            except TypeError:
+                continue
+        units = window_units(self._tide_units)
+        counts = count_units(batches, units, self.args.device)
+        world = self.accelerator.num_processes
+        if world > 1:
+            counts = self.accelerator.gather(counts[None]).sum(0)
+        denominators = window_denominators(counts, len(batch_samples), world)
+        self._tide_window = dict(zip(units, denominators.unbind()))
+        return batch_samples, num_items
+
+    # -- the step -----------------------------------------------------------------------
+    def distill_forward(self, model: torch.nn.Module, batch: DistillBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss, logged)``. ``loss`` is trained on: in training, after
+        :meth:`get_batch_samples` counted the window, CE and every objective part are
+        normalised over the window's units (:mod:`~tide_plugin.training.normalise`).
+        ``logged`` holds ``ce`` and every part with the micro-batch's own normalisation
+        (what the reference logs; detached scalars), and ``lambda/<objective>``."""
+        args = self.args
+        if batch.noisy_input_ids is None or batch.masked is None:
+            raise ValueError("the batch is not noised: put 'noise' in the collator chain")
+        student_logits = block_diffusion_logits(
+            model,
+            batch.noisy_input_ids,
+            batch.input_ids,
+            block_size=int(args.block_size),
+            attention_mask=batch.attention_mask,
+        )
+        maskable = batch.labels != -100
+        weight = batch.ce_time_weight if args.ce_weighting == "elbo" else None
+        window = self._tide_window if model.training else None
+        denominator = None
+        if window is not None:
+            denominator = window["maskable_tokens" if args.loss_norm_type == "token" else "sequences"]
+        row_nll = bd3lm_nll(student_logits, batch.input_ids, masked=batch.masked, maskable=maskable, weight=weight)
+        self.record_nll(model.training, row_nll.detach(), maskable)
+        ce = ce_from_nll(row_nll, maskable, norm=args.loss_norm_type, denominator=denominator)
+        teacher_logits = self.teacher(batch)
+        progress = self.state.global_step / max(self.state.max_steps, 1)
+        inputs = DistillInputs(
+            batch=batch,
+            student_logits=student_logits,
+            teacher_logits=teacher_logits,
+            progress=progress,
+            shared_vocab_size=args.shared_vocab_size,
+        )
+        parts = self.objective(inputs)
+        # Logged: every term with its micro-batch's own normalisation (as the reference logs).
+        logged: dict[str, Tensor] = {"ce": ce.detach()}
+        if denominator is not None:
+            # max(1, .): the micro-batch's own CE divides by it too (ce_from_nll)
+            local = maskable.sum().clamp_min(1) if args.loss_norm_type == "token" else batch.batch_size
+            logged["ce"] = ce.detach() * (denominator / local)
+        logged.update({k: v.detach() for k, v in parts.items()})
+        logged.update({k: v.detach() for k, v in self.objective.metrics(inputs).items()})  # e.g. lambda/tidal
+        if window is not None:  # trained on: every part over the window's units, like CE
+            parts = normalise_parts(parts, batch, self._tide_units, window)
+        loss = ce * float(args.ce_weight)
+        for value in parts.values():
+            loss = loss + value
+        return loss, logged
+
+    def record_nll(self, training: bool, row_nll: Tensor, maskable: Tensor) -> None:
+        """Called every step with the CE numerator ``[b]`` (:func:`~tide_plugin.bd3lm.bd3lm_nll`,
+        detached) and ``maskable`` ``[b, L]``: a hook for trainers that keep their own
+        metrics (the dllm-based trainer feeds dllm's NLL/PPL meter). Nothing by default."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):  # noqa: ARG002
+        batch = _distill_batch(inputs).to(self.args.device)
+        loss, logged = self.distill_forward(model, batch)
+        if model.training:
+            for k, v in logged.items():
+                v = v.float()
+                self._tide_sums[k] = self._tide_sums[k] + v if k in self._tide_sums else v
+            for k, v in batch.stats.items():  # host floats from the collators: no sync
+                self._tide_stats[k] = self._tide_stats.get(k, 0.0) + v
+            self._tide_count += 1
+            self._tide_progress = self.state.global_step / max(self.state.max_steps, 1)
+        return (loss, {"parts": logged}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """At logging steps: each part's mean over the micro-batches since the last log
+        (and over ranks), and ``stats/<name>``: the collators' counters (dropped pairs and
+        chunks, masked tokens, CompDemo A/B sizes, truncated examples, ...) summed over
+        those batches and all ranks. One device sync."""
+        if "loss" in logs and self._tide_count:
+            logs.update(self._tide_logs())
+            logs["progress"] = float(getattr(self, "_tide_progress", 0.0))
+            self._tide_sums, self._tide_stats, self._tide_count = {}, {}, 0
+        super().log(logs, *args, **kwargs)
+
+    def _tide_logs(self) -> dict[str, float]:
+        device = self.args.device
+        means = [self._tide_sums[k].to(device) / self._tide_count for k in self._tide_sums]
+        stats = [torch.as_tensor(v, dtype=torch.float32).to(device) for v in self._tide_stats.values()]
+        values = torch.stack(means + stats) if means or stats else torch.zeros(0, device=device)
+        world = self.accelerator.num_processes
+        if world > 1:  # every rank logs the same keys (one pipeline), so the shapes agree
+            values = self.accelerator.reduce(values, reduction="sum")
+            values[: len(means)] /= world
+        keys = list(self._tide_sums) + [f"stats/{k}" for k in self._tide_stats]
+        return dict(zip(keys, (float(v) for v in values.tolist())))  # the one sync
+
+    # -- resume: continue the collators' random streams ------------------------------------
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint:
+            ckpt = resume_from_checkpoint
+            if ckpt is True or ckpt == "True":
+                from transformers.trainer_utils import get_last_checkpoint
+
+                ckpt = get_last_checkpoint(self.args.output_dir)
+            state_file = Path(str(ckpt)) / "trainer_state.json"
+            if ckpt and state_file.exists():
+                step = int(json.loads(state_file.read_text()).get("global_step", 0))
+                self._advance_collators(step * int(self.args.gradient_accumulation_steps))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _advance_collators(self, batches_done: int) -> None:
+        """A resumed run skips the batches already seen without collating them: tell
+        every stage with a random stream (``resume``) where the run stands."""
+        chain = getattr(self.data_collator, "chain", None)
+        for stage in getattr(chain, "stages", []):
+            if isinstance(stage, ResumableStageProtocol):
+                stage.resume(batches_done)
+
+    # -- saving ---------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        out = Path(output_dir or self.args.output_dir)
+        info = tide_config(self.args, unwrap_model(self.model), getattr(self, "processing_class", None))
+        (out / TIDE_CONFIG_NAME).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def dllm_nll_update(row_nll: Tensor, maskable: Tensor) -> tuple[Tensor, Tensor]:
+    """``(value, weight)`` for one step of dllm's NLL/PPL meter, filled as dllm's own
+    ``MDLMTrainer``/``BD3LMTrainer`` fill it.
+
+    dllm updates a weighted mean with the per-token NLL ``CE * w(t) * masked`` ``[b, L]``
+    and the weight ``maskable`` ``[b, L]``; its NLL is ``sum(NLL) / sum(maskable)`` over all
+    updates (and ranks), its PPL ``exp(NLL)``. A weighted mean keeps only
+    ``sum(value * weight)`` and ``sum(weight)``, so the pair ``(sum / max(1, n), n)`` (``n``
+    the maskable count; ``max(1, .)``: a step without targets adds 0 to both) accumulates
+    the same, without a ``[b, L]`` tensor.
+
+    :param row_nll: ``[b]`` float32 (:func:`~tide_plugin.bd3lm.bd3lm_nll`).
+    :param maskable: ``[b, L]`` bool. :return: two float32 scalars.
+    """
+    n = maskable.sum().float()
+    return row_nll.sum().float() / n.clamp_min(1), n
+
+
+def tide_config(args: Any, model: torch.nn.Module, tokenizer: Any = None) -> dict[str, Any]:
+    """What a saved student needs for sampling and evaluation."""
+    mask_id = getattr(getattr(model, "config", None), "mask_token_id", None)
+    if mask_id is None and tokenizer is not None:
+        mask_id = getattr(tokenizer, "mask_token_id", None)
+    return {
+        "mask_token_id": mask_id,
+        "block_size": int(args.block_size),
+        "pipeline": args.pipeline,
+        "objective": args.objective,
+        "masking_schedule": args.masking_schedule,
+        "format": "tide-bd3lm-student/1",
+    }
+
+
+class DistillBD3LMTrainer(DistillLossMixin, transformers.Trainer):
+    """BD3LM distillation on ``transformers.Trainer`` (accelerate inside: DDP, FSDP, DeepSpeed).
+
+    :param teacher: a teacher adapter (:func:`tide_plugin.get_teacher`).
+    :param objective: an objective (:func:`tide_plugin.get_objective`).
+    :param pipeline_info: what the data pipeline provides (checked by the objective now).
+    Other arguments are ``transformers.Trainer``'s.
+    """
+
+    def __init__(self, *args, teacher: Any, objective: Any, pipeline_info: PipelineInfo, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.setup_distillation(teacher=teacher, objective=objective, pipeline_info=pipeline_info)
