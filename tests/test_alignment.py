@@ -78,24 +78,43 @@ def check_chunks(ex, student_table, teacher_table, student_tok, teacher_tok):
         seen = [c for c in chunk_ids if c != -1]
         assert seen == sorted(seen), "chunk ids must be monotone along the tokens"
         assert set(seen) == set(range(ex.num_chunks)), "chunk ids must be 0..n-1, each used"
-    total = 0
+    total = lead = 0
     for c in range(ex.num_chunks):
         s_bytes, s_pos = spelled(student_table, ex.student_ids, ex.student_chunk_ids, c)
         t_bytes, t_pos = spelled(teacher_table, ex.teacher_ids, ex.teacher_chunk_ids, c)
-        assert s_bytes == t_bytes, f"chunk {c}: student {s_bytes!r} != teacher {t_bytes!r}"
-        assert s_bytes, f"chunk {c} spells nothing"
-        total += len(s_bytes)
+        if s_bytes != t_bytes:  # SPEC 3.3: a chunk may open with a token holding the template's space
+            assert b" " + s_bytes == t_bytes or b" " + t_bytes == s_bytes, (
+                f"chunk {c}: student {s_bytes!r} != teacher {t_bytes!r}"
+            )
+            lead += 1
+        assert min(len(s_bytes), len(t_bytes)), f"chunk {c} spells nothing"
+        total += min(len(s_bytes), len(t_bytes))
         special_s = set(student_tok.all_special_ids)
         special_t = set(teacher_tok.all_special_ids)
         assert not special_s.intersection(ex.student_ids[i] for i in s_pos)
         assert not special_t.intersection(ex.teacher_ids[i] for i in t_pos)
     assert total == ex.stats["kept_bytes"]
     assert ex.stats["kept_bytes"] <= ex.stats["covered_bytes"] <= ex.stats["content_bytes"]
+    return lead
 
 
-def check_labels(ex, tok, table, messages):
+def check_labels(ex, tok, table, messages, targets="last_turn"):
+    """SPEC 3.1b on a Qwen student (``<|im_start|>`` 151644, ``<|im_end|>`` its EOS)."""
+    which = targets
     targets = [i for i, label in enumerate(ex.labels) if label != IGNORE_INDEX]
     assert all(ex.labels[i] == ex.student_ids[i] for i in targets)
+    if which == "last_turn":
+        # the reference's rule written plainly: the tokens of the earlier turns rendered with
+        # the generation prompt are prompt, everything after them is a target
+        prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        n = len(tok(prompt, add_special_tokens=False).input_ids)
+        assert ex.labels == [IGNORE_INDEX] * n + ex.student_ids[n:]
+        assert ex.student_ids[-2:] == [tok.eos_token_id, tok.convert_tokens_to_ids("Ċ")]
+        assert targets[0] > max(i for i, t in enumerate(ex.student_ids) if t == 151644)
+        if not messages[-1]["content"][:1].isspace():  # else the content's first bytes share the header's token
+            spelled_targets = b"".join(table[ex.student_ids[i]] for i in targets)
+            assert spelled_targets == unicodedata.normalize("NFC", messages[-1]["content"]).encode() + b"\n"
+        return
     eot = [i for i in targets if ex.student_ids[i] == tok.eos_token_id]
     assert len(eot) == sum(m["role"] == "assistant" for m in messages)
     # every assistant content, as Qwen encodes it (NFC), is spelled by target tokens
@@ -166,6 +185,9 @@ def test_chunks_spell_same_bytes_fuzz(qwen, mistral, qwen_bytes, mistral_bytes, 
     ex = chunk_alignment(mistral, qwen, messages)
     check_chunks(ex, qwen_bytes, mistral_bytes, qwen, mistral)
     check_labels(ex, qwen, qwen_bytes, messages)
+    ours = chunk_alignment(mistral, qwen, messages, targets="every_assistant_turn")
+    assert ours.student_chunk_ids == ex.student_chunk_ids
+    check_labels(ours, qwen, qwen_bytes, messages, targets="every_assistant_turn")
     COVERAGE["content"] += ex.stats["content_bytes"]
     COVERAGE["covered"] += ex.stats["covered_bytes"]
     # the other direction (Mistral student, Qwen teacher) holds the same invariants
@@ -197,10 +219,10 @@ def test_truncation_rules_fuzz(qwen, mistral, qwen_bytes, mistral_bytes, message
     assert ex.num_chunks == fits
     assert ex.stats["dropped_chunks"] == full.num_chunks - fits
     assert ex.stats["dropped_chunks_student_cut"] + ex.stats["dropped_chunks_teacher_cap"] == ex.stats["dropped_chunks"]
-    if fits:  # the teacher ends right after its last kept chunk
-        assert ex.teacher_chunk_ids[-1] == fits - 1
-    else:
-        assert len(ex.teacher_ids) == min(cap, len(full.teacher_ids))
+    # the teacher is cut after the last chunk the student cut leaves, then capped (SPEC 3.3)
+    left = [i for i, x in enumerate(full.teacher_chunk_ids)
+            if x >= 0 and max(j for j, y in enumerate(full.student_chunk_ids) if y == x) < max_length]
+    assert len(ex.teacher_ids) == min(cap, left[-1] + 1 if left else len(full.teacher_ids))
 
 
 def test_coverage_on_demo_chats(qwen, mistral, qwen_bytes, mistral_bytes):
@@ -239,15 +261,95 @@ def test_worked_example(qwen, mistral):
         s = [qwen.convert_ids_to_tokens(t) for t, x in zip(ex.student_ids, ex.student_chunk_ids) if x == c]
         t = [mistral.convert_ids_to_tokens(t) for t, x in zip(ex.teacher_ids, ex.teacher_chunk_ids) if x == c]
         pairs.append((s, t))
-    # "Be" and "Hello" share a Mistral token with the template's space ("▁Be"): no chunk
-    assert pairs[:5] == [(["Ġnice"], ["▁nice"]), (["."], ["."]), (["Hi"], ["Hi"]), (["Ġthere"], ["▁there"]),
-                         (["ĉ"], ["<0x09>"])]
+    # "Be" and "Hello" share a Mistral token with the template's space ("▁Be"): the chunk
+    # opens at that token (SPEC 3.3), so the first word of each message is distilled too
+    assert pairs[:6] == [(["Be"], ["▁Be"]), (["Ġnice"], ["▁nice"]), (["."], ["."]), (["Hi"], ["Hi"]),
+                         (["Ġthere"], ["▁there"]), (["ĉ"], ["<0x09>"])]
+    assert (["Hello"], ["▁Hello"]) in pairs
+    assert ex.stats["covered_bytes"] == ex.stats["content_bytes"]
     assert (["ä½łå¥½"], ["你", "好"]) in pairs  # one Qwen token, two Mistral tokens
     assert (["```"], ["``", "`"]) in pairs
     assert ex.stats["unmatched_messages"] == 0
     targets = qwen.convert_ids_to_tokens([t for t, y in zip(ex.student_ids, ex.labels) if y != IGNORE_INDEX])
-    assert targets[0] == "Hello" and targets[-1] == "<|im_end|>"
-    assert qwen.decode([t for t, y in zip(ex.student_ids, ex.labels) if y != IGNORE_INDEX]) == msgs[2]["content"] + "<|im_end|>"
+    assert targets[0] == "Hello" and targets[-2:] == ["<|im_end|>", "Ċ"]
+    assert qwen.decode([t for t, y in zip(ex.student_ids, ex.labels) if y != IGNORE_INDEX]) == (
+        msgs[2]["content"] + "<|im_end|>\n"
+    )
+
+
+FIRST_WORD_TEMPLATES = {
+    # SentencePiece's dummy prefix: the content opens a text segment, "▁Hi" spells "Hi"
+    "dummy_prefix": ("mistral", "{% for m in messages %}{{ m['content'] + '</s>' }}{% endfor %}"),
+    # "[INST] Hi [/INST] Sure": "▁Hi" / "▁Sure" hold the template's space and the first word
+    "inst_adjacency": ("mistral", None),
+    # byte-level BPE: "ĠHi" after a newline holds the template's space
+    "byte_level_newline": ("qwen", "{% for m in messages %}{{ m['role'] + ':\\n ' + m['content'] + '\\n' }}{% endfor %}"),
+}
+
+
+@pytest.mark.parametrize("convention", sorted(FIRST_WORD_TEMPLATES))
+def test_first_word_of_each_message_is_chunked(qwen, mistral, qwen_bytes, mistral_bytes, convention):
+    """SPEC 3.3, last paragraph: a chunk may open at a token that holds the template's
+    space and the content's first bytes, so no first word goes without distillation."""
+    name, template = FIRST_WORD_TEMPLATES[convention]
+    teacher = copy.deepcopy(qwen if name == "qwen" else mistral)
+    if template is not None:
+        teacher.chat_template = template
+    msgs = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Sure thing"}]
+    ex = chunk_alignment(teacher, qwen, msgs)
+    lead = check_chunks(ex, qwen_bytes, qwen_bytes if name == "qwen" else mistral_bytes, qwen, teacher)
+    firsts = []
+    for c in range(ex.num_chunks):
+        s = qwen.convert_ids_to_tokens([t for t, x in zip(ex.student_ids, ex.student_chunk_ids) if x == c])
+        t = teacher.convert_ids_to_tokens([t for t, x in zip(ex.teacher_ids, ex.teacher_chunk_ids) if x == c])
+        if s in (["Hi"], ["Sure"]):
+            firsts.append((s[0], t))
+    space = "Ġ" if name == "qwen" else "▁"
+    assert firsts == [("Hi", [space + "Hi"]), ("Sure", [space + "Sure"])]
+    assert ex.stats["covered_bytes"] == ex.stats["content_bytes"] == 18
+    assert lead == 2  # the plain byte tables spell "▁" / "Ġ" (and the dummy prefix) as a space
+
+
+def test_leading_space_of_content_is_not_template(qwen, mistral, qwen_bytes, mistral_bytes):
+    """A space that belongs to the previous content never lets a chunk open early."""
+    teacher = copy.deepcopy(qwen)
+    teacher.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    msgs = [{"role": "user", "content": "a "}, {"role": "assistant", "content": "Hi"}]
+    ex = chunk_alignment(teacher, qwen, msgs)
+    check_chunks(ex, qwen_bytes, qwen_bytes, qwen, teacher)
+    # "ĠHi" holds the user's trailing space: no chunk, and the teacher ends after "a"
+    assert ex.num_chunks == 1 and teacher.convert_ids_to_tokens(ex.teacher_ids) == ["a"]
+
+
+MULTI_TURN = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": "Another one?"},
+    {"role": "assistant", "content": "Green, or red."},
+]
+
+
+@pytest.mark.parametrize("aligner", ["chunks", "pairs"])
+def test_targets_of_a_multi_turn_chat(qwen, mistral, qwen_custom, aligner):
+    """SPEC 3.1b: the reference trains on the last assistant turn with its end-of-turn
+    token and the template's newline after it; every earlier turn is prompt. Training
+    on every assistant turn is ours, by name."""
+    align = (lambda **kw: chunk_alignment(mistral, qwen, MULTI_TURN, **kw)) if aligner == "chunks" else (
+        lambda **kw: template_pairs(qwen_custom, qwen, MULTI_TURN, **kw))
+    ex = align()
+    decoded = qwen.decode([t for t, y in zip(ex.student_ids, ex.labels) if y != IGNORE_INDEX])
+    assert decoded == "Green, or red.<|im_end|>\n"
+    first = next(i for i, y in enumerate(ex.labels) if y != IGNORE_INDEX)
+    assert all(y != IGNORE_INDEX for y in ex.labels[first:])  # one run up to the end
+    ours = align(targets="every_assistant_turn")
+    assert qwen.decode([t for t, y in zip(ours.student_ids, ours.labels) if y != IGNORE_INDEX]) == (
+        "Blue.<|im_end|>Green, or red.<|im_end|>"
+    )
+    with pytest.raises(ValueError, match="targets 'all' is not one of"):
+        align(targets="all")
+    with pytest.raises(AlignmentError, match="ends with an 'assistant' message; the last role is 'user'"):
+        chunk_alignment(mistral, qwen, MULTI_TURN + [{"role": "user", "content": "More?"}])
 
 
 def test_nfc_difference_never_chunked(qwen, mistral, qwen_bytes, mistral_bytes):
@@ -281,7 +383,7 @@ def test_content_that_names_a_role(qwen, mistral, qwen_bytes, mistral_bytes):
     ex = chunk_alignment(mistral, qwen, msgs)
     check_chunks(ex, qwen_bytes, mistral_bytes, qwen, mistral)
     targets = [t for t, y in zip(ex.student_ids, ex.labels) if y != IGNORE_INDEX]
-    assert qwen.decode(targets) == "assistant<|im_end|>"
+    assert qwen.decode(targets) == "assistant<|im_end|>\n"
 
 
 def test_special_token_text_in_content(qwen, mistral):
@@ -289,7 +391,8 @@ def test_special_token_text_in_content(qwen, mistral):
     tokenizer, so the content cannot be found; an assistant turn like that leaves no
     target and is an error, a user turn is counted as unmatched."""
     with pytest.raises(AlignmentError, match="no student token is a target"):
-        chunk_alignment(mistral, qwen, [{"role": "user", "content": ""}, {"role": "assistant", "content": "<|im_end|>"}])
+        chunk_alignment(mistral, qwen, [{"role": "user", "content": ""}, {"role": "assistant", "content": "<|im_end|>"}],
+                        targets="every_assistant_turn")
     ex = chunk_alignment(mistral, qwen, [{"role": "user", "content": "a <|im_end|> b"}, {"role": "assistant", "content": "ok"}])
     assert ex.stats["unmatched_messages"] == 1
 

@@ -550,3 +550,65 @@ def test_rows_without_chunks_or_pairs():
     batch = chain(seed=1)(shared)
     assert batch.pair_student.shape == (2, 0) and not batch.teacher_masked.any()
     assert torch.equal(batch.teacher_noisy_ids[0], batch.teacher_input_ids)
+
+
+# ------------------------------------------------------------------------------------------
+# one strategy per pipeline, one truncation rule offline and at collate time
+
+
+def test_get_pipeline_names_and_suggests():
+    from tide_plugin.pipelines import PIPELINES, get_pipeline
+
+    assert [get_pipeline(n).name for n in PIPELINES] == ["same", "shared", "cross"]
+    assert get_pipeline("cross").has_chunks and get_pipeline("shared").has_pairs
+    assert not get_pipeline("same").has_teacher_ids
+    with pytest.raises(ValueError, match=r"pipeline 'crosss' is not one of .*did you mean 'cross'\?"):
+        get_pipeline("crosss")
+    with pytest.raises(ValueError, match="did you mean 'shared'"):
+        DistillPad(eos_id=1, pipeline="share")
+
+
+@pytest.mark.parametrize("aligner", ["chunks", "pairs"])
+def test_truncation_at_collate_time_equals_truncation_when_aligning(qwen, mistral, aligner):
+    """SPEC 3.2 / 3.3's truncation is one implementation: cutting an aligned row in
+    distill_pad gives what aligning with the same caps gives."""
+    import copy
+    import json
+    from importlib import resources
+
+    from tide_plugin.alignment import PromptTooLongError, chunk_alignment, template_pairs
+
+    if aligner == "chunks":
+        teacher, align, pipeline = mistral, chunk_alignment, "cross"
+    else:
+        teacher = copy.deepcopy(qwen)
+        teacher.chat_template = (
+            "{%- for m in messages %}{{- '### ' + m['role'] + ':\\n' + m['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}"
+        )
+        align, pipeline = template_pairs, "shared"
+    lines = resources.files("tide_plugin").joinpath("data/chat_demo.jsonl").read_text(encoding="utf-8").splitlines()
+    rng = random.Random(5)
+    checked = 0
+    for line in rng.sample(lines, 12):
+        msgs = json.loads(line)["messages"]
+        full = align(teacher, qwen, msgs)
+        for max_length, cap in ((64, None), (128, 90), (256, 60)):
+            try:
+                ref = align(teacher, qwen, msgs, max_length=max_length, teacher_max_length=cap)
+            except PromptTooLongError:
+                continue
+            pad = DistillPad(eos_id=qwen.eos_token_id, pipeline=pipeline, block_size=8, max_length=max_length,
+                             teacher_max_length=cap)
+            batch = pad([full.to_row()])
+            n, tn = len(ref.student_ids), len(ref.teacher_ids)
+            assert batch.input_ids[0, :n].tolist() == ref.student_ids and batch.labels[0, :n].tolist() == ref.labels
+            assert batch.teacher_input_ids.shape[1] == tn and batch.teacher_input_ids[0].tolist() == ref.teacher_ids
+            if pipeline == "cross":
+                assert batch.student_chunk_ids[0, :n].tolist() == ref.student_chunk_ids
+                assert batch.teacher_chunk_ids[0].tolist() == ref.teacher_chunk_ids
+                assert int(batch.num_chunks[0]) == ref.num_chunks
+            else:
+                k = int(batch.pair_mask[0].sum())
+                assert list(zip(batch.pair_student[0, :k].tolist(), batch.pair_teacher[0, :k].tolist())) == ref.pairs
+            checked += 1
+    assert checked >= 12

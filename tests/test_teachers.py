@@ -14,7 +14,7 @@ from tide_plugin.bd3lm import block_diffusion_logits
 from tide_plugin.teachers.base import merge_views
 from tide_plugin.tiny import set_attn_implementation, tiny_qwen3, tiny_qwen3_moe
 
-V_T, MASK_T = 61, 60
+V_T, MASK_T, EOS_T = 61, 60, 59
 
 
 def _batch(b=3, length=10, views=1, seed=0, pad_row=True) -> DistillBatch:
@@ -83,7 +83,7 @@ def test_bidirectional_bf16_no_nan(moe):
 @pytest.mark.parametrize("name", ["bidirectional", "block"])
 def test_views_batched_equal_sequential_and_merge_by_index(name, moe):
     model = moe if name == "bidirectional" else tiny_qwen3(V_T, seed=5)
-    extra = {"block_size": 4} if name == "block" else {}
+    extra = {"block_size": 4, "eos_token_id": EOS_T} if name == "block" else {}
     batch = _batch(views=2, length=12, seed=4)
     batched = tide_plugin.get_teacher(name, model=model, mask_token_id=MASK_T, **extra)(batch)
     sequential = tide_plugin.get_teacher(name, model=model, mask_token_id=MASK_T, sequential_views=True, **extra)(batch)
@@ -109,8 +109,9 @@ def test_merge_views_rejects_bad_index():
 def test_block_teacher_concat_orders_and_padding_to_block():
     model = tiny_qwen3(V_T, seed=6)
     batch = _batch(length=10, seed=8)  # 10 is not a multiple of the block size 4
-    a = tide_plugin.get_teacher("block", model=model, mask_token_id=MASK_T, block_size=4)(batch)
-    wedlm = tide_plugin.get_teacher("wedlm", model=model, mask_token_id=MASK_T, block_size=4)
+    kw = {"mask_token_id": MASK_T, "block_size": 4, "block_padding": "blocked"}
+    a = tide_plugin.get_teacher("block", model=model, **kw)(batch)
+    wedlm = tide_plugin.get_teacher("wedlm", model=model, **kw)
     assert wedlm.config.concat_order == "x0_xt"
     b = wedlm(batch)
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
@@ -143,6 +144,15 @@ def test_config_errors_name_the_value():
         tide_plugin.get_teacher("bidirectional", model=model, dtype="float8")
     with pytest.raises(ValueError, match="'yx'"):
         tide_plugin.get_teacher("block", model=model, concat_order="yx")
+    with pytest.warns(UserWarning, match="no EOS id is known .* padded to a block multiple with blocked keys"):
+        fallback = tide_plugin.get_teacher("block", model=model)  # the tiny config has no eos_token_id
+    assert fallback.block_padding == "blocked" and fallback.eos_token_id is None
+    with pytest.raises(ValueError, match=r"eos_token_id 99 is outside the teacher vocabulary \[0, 61\)"):
+        tide_plugin.get_teacher("block", model=model, eos_token_id=99)
+    with pytest.raises(ValueError, match="block_padding 'pad' is not one of"):
+        tide_plugin.get_teacher("block", model=model, block_padding="pad")
+    with pytest.raises(ValueError, match="mask_form 'list' is not one of"):
+        tide_plugin.get_teacher("block", model=model, mask_form="list", eos_token_id=EOS_T)
     batch = _batch()
     batch.teacher_noisy_ids = None
     with pytest.raises(ValueError, match="noise"):
@@ -165,3 +175,113 @@ def test_teacher_loaded_from_a_checkpoint_directory(tmp_path):
                                       dtype="bfloat16")
     assert next(teacher.model.parameters()).dtype == torch.bfloat16 and not teacher.model.training
     assert torch.isfinite(teacher(_batch()).float()).all()
+
+
+# ------------------------------------------------------------------------------------------
+# Pipeline B as the reference: block-EOS padding of the teacher, visible to it (SPEC 1.1, 2.2)
+
+
+def _plain_block_mask(length: int, block: int, x0_first: bool) -> torch.Tensor:
+    """SPEC 2.1's mask over ``2 * length`` positions, written position by position."""
+    allowed = torch.zeros(2 * length, 2 * length, dtype=torch.bool)
+    for q in range(2 * length):
+        for k in range(2 * length):
+            q_x0, k_x0 = (q < length) == x0_first, (k < length) == x0_first
+            bq, bk = (q % length) // block, (k % length) // block
+            allowed[q, k] = (q_x0 == k_x0 and bq == bk) or (not q_x0 and k_x0 and bk < bq) or (q_x0 and k_x0 and bk <= bq)
+    return allowed
+
+
+def _reference_teacher_logits(model, rows_y0, rows_yt, block, pad_id):
+    """The reference's Pipeline B teacher call, written plainly: each teacher row padded
+    with EOS to a block multiple (real tokens), batch padding blocked as keys and
+    queries, a float mask handed over as a dict, positions [0..L-1, 0..L-1], logits
+    of the x_t half (WeDLM's x0_xt order)."""
+    padded = []
+    for y0, yt in zip(rows_y0, rows_yt):
+        extra = (-len(y0)) % block
+        padded.append((y0 + [EOS_T] * extra, yt + [EOS_T] * extra))
+    L = max(len(y0) for y0, _ in padded)
+    y0 = torch.full((len(padded), L), pad_id)
+    yt = torch.full((len(padded), L), pad_id)
+    real = torch.zeros(len(padded), L, dtype=torch.bool)
+    for j, (a, b) in enumerate(padded):
+        y0[j, : len(a)], yt[j, : len(b)], real[j, : len(a)] = torch.tensor(a), torch.tensor(b), True
+    neg = torch.finfo(torch.float32).min
+    mask = torch.zeros(len(padded), 1, 2 * L, 2 * L).masked_fill(~_plain_block_mask(L, block, True), neg)
+    pad2 = ~torch.cat([real, real], dim=1)
+    mask = mask.masked_fill(pad2[:, None, None, :], neg).masked_fill(pad2[:, None, :, None], neg)
+    pos = torch.arange(L).expand(len(padded), L)
+    with torch.no_grad():
+        out = model(input_ids=torch.cat([y0, yt], dim=1), attention_mask={"full_attention": mask, "sliding_attention": mask},
+                    position_ids=torch.cat([pos, pos], dim=1))
+    return out.logits[:, L:]
+
+
+def _teacher_rows(seed):
+    g = torch.Generator().manual_seed(seed)
+    lengths = [10, 6]  # block 4: rows end inside their last block; the batch pads row 2
+    y0 = [torch.randint(0, EOS_T, (n,), generator=g).tolist() for n in lengths]
+    yt = [[MASK_T if torch.rand(1, generator=g).item() < 0.5 else t for t in row] for row in y0]
+    return y0, yt
+
+
+def _teacher_batch(y0, yt, pad_id=0):
+    L = max(len(r) for r in y0)
+    ids = torch.full((len(y0), L), pad_id)
+    noisy = torch.full((len(y0), L), pad_id)
+    valid = torch.zeros(len(y0), L, dtype=torch.bool)
+    for j, (a, b) in enumerate(zip(y0, yt)):
+        ids[j, : len(a)], noisy[j, : len(b)], valid[j, : len(a)] = torch.tensor(a), torch.tensor(b), True
+    s = torch.zeros(len(y0), 4, dtype=torch.long)
+    return DistillBatch(pipeline="shared", input_ids=s, labels=s, attention_mask=s.bool(), teacher_input_ids=ids,
+                        teacher_attention_mask=valid, teacher_noisy_ids=noisy[None])
+
+
+def test_block_teacher_logits_equal_the_reference_with_visible_eos_padding():
+    model = tiny_qwen3(V_T, seed=11, eos_token_id=EOS_T, attn_implementation="sdpa")
+    y0, yt = _teacher_rows(seed=12)
+    batch = _teacher_batch(y0, yt)
+    teacher = tide_plugin.get_teacher("wedlm", model=model, mask_token_id=MASK_T, block_size=4)
+    assert teacher.eos_token_id == EOS_T and teacher.config.block_padding == "eos"
+    ours = teacher(batch)
+    ref = _reference_teacher_logits(model, y0, yt, block=4, pad_id=0)
+    for j, row in enumerate(y0):
+        torch.testing.assert_close(ours[j, : len(row)], ref[j, : len(row)], atol=1e-5, rtol=1e-5)
+    # the last block sees the EOS tokens: with blocked padding it differs there, and only there
+    blocked = tide_plugin.get_teacher("wedlm", model=model, mask_token_id=MASK_T, block_size=4, block_padding="blocked")(batch)
+    for j, row in enumerate(y0):
+        last = len(row) // 4 * 4
+        torch.testing.assert_close(blocked[j, :last], ours[j, :last], atol=1e-5, rtol=1e-5)
+        assert (blocked[j, last : len(row)] - ours[j, last : len(row)]).abs().max() > 1e-3
+
+
+def _dict_only_model(seed):
+    from transformers import Qwen3ForCausalLM
+
+    class DictMaskOnlyQwen3(Qwen3ForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            if not isinstance(attention_mask, dict):
+                raise TypeError(f"this model takes its mask as {{'full_attention': mask}}, got {type(attention_mask).__name__}")
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    plain = tiny_qwen3(V_T, seed=seed, eos_token_id=EOS_T)
+    model = DictMaskOnlyQwen3(plain.config)
+    model.load_state_dict(plain.state_dict())
+    model.config._attn_implementation = plain.config._attn_implementation
+    return model.eval(), plain
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_block_teacher_hands_a_dict_mask_to_a_model_that_takes_only_that(impl):
+    model, plain = _dict_only_model(seed=13)
+    set_attn_implementation(model, impl), set_attn_implementation(plain, impl)
+    batch = _teacher_batch(*_teacher_rows(seed=14))
+    teacher = tide_plugin.get_teacher("wedlm", model=model, mask_token_id=MASK_T, block_size=4)
+    assert teacher.mask_as_dict
+    got = teacher(batch)
+    tensor_form = tide_plugin.get_teacher("wedlm", model=plain, mask_token_id=MASK_T, block_size=4, mask_form="tensor")
+    assert not tensor_form.mask_as_dict
+    torch.testing.assert_close(got, tensor_form(batch), atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="takes its mask as"):
+        tide_plugin.get_teacher("wedlm", model=model, mask_token_id=MASK_T, block_size=4, mask_form="tensor")(batch)

@@ -13,26 +13,44 @@ block size), ``L_T`` teacher length, ``C`` chunks per example (max over the batc
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-Pipeline = Literal["same", "shared", "cross"]
-"""``same``: teacher sees the student's ids position by position (SPEC 3.1);
-``shared``: shared vocabulary, template-aligned position pairs (SPEC 3.2);
-``cross``: different tokenizers, byte-exact chunks (SPEC 3.3)."""
+from .pipelines import (
+    IGNORE_INDEX,
+    PIPELINES,
+    ROW_LABELS,
+    ROW_NUM_CHUNKS,
+    ROW_PAIR_STUDENT,
+    ROW_PAIR_TEACHER,
+    ROW_STUDENT_CHUNKS,
+    ROW_STUDENT_IDS,
+    ROW_TEACHER_CHUNKS,
+    ROW_TEACHER_IDS,
+    Pipeline,
+    get_pipeline,
+)
 
-# Keys of one preprocessed dataset row (what `tide preprocess` writes and
-# `distill_pad` reads). Lists of ints; optional keys depend on the pipeline.
-ROW_STUDENT_IDS = "input_ids"  # [L_S]
-ROW_LABELS = "labels"  # [L_S], -100 on prompt tokens
-ROW_TEACHER_IDS = "teacher_input_ids"  # [L_T] (shared / cross)
-ROW_STUDENT_CHUNKS = "student_chunk_ids"  # [L_S] chunk id per token, -1 = none (cross)
-ROW_TEACHER_CHUNKS = "teacher_chunk_ids"  # [L_T] (cross)
-ROW_NUM_CHUNKS = "num_chunks"  # int (cross)
-ROW_PAIR_STUDENT = "align_student"  # [P] student positions (shared)
-ROW_PAIR_TEACHER = "align_teacher"  # [P] teacher positions (shared)
+# Pipeline names, row keys and IGNORE_INDEX are defined once, in tide_plugin.pipelines.
+__all__ = [
+    "IGNORE_INDEX",
+    "PIPELINES",
+    "ROW_LABELS",
+    "ROW_NUM_CHUNKS",
+    "ROW_PAIR_STUDENT",
+    "ROW_PAIR_TEACHER",
+    "ROW_STUDENT_CHUNKS",
+    "ROW_STUDENT_IDS",
+    "ROW_TEACHER_CHUNKS",
+    "ROW_TEACHER_IDS",
+    "AlignedExample",
+    "DistillBatch",
+    "DistillInputs",
+    "Pipeline",
+    "PipelineInfo",
+]
 
 
 @dataclass
@@ -180,12 +198,12 @@ class PipelineInfo:
 
     @property
     def has_chunks(self) -> bool:
-        return self.pipeline == "cross"
+        return get_pipeline(self.pipeline).has_chunks
 
     @property
     def has_pairs(self) -> bool:
-        return self.pipeline == "shared"
+        return get_pipeline(self.pipeline).has_pairs
 
     @property
     def has_token_alignment(self) -> bool:
-        return self.pipeline in ("same", "shared")
+        return get_pipeline(self.pipeline).has_token_alignment

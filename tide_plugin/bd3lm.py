@@ -193,6 +193,7 @@ def block_diffusion_logits(
     attention_mask: Tensor | None = None,
     order: ConcatOrder = "xt_x0",
     impl: str | None = None,
+    mask_as_dict: bool = False,
 ) -> Tensor:
     """BD3LM forward (SPEC 2.1): run ``model`` on ``x_t ⊕ x0`` (or ``x0 ⊕ x_t``) with
     position ids ``[0..L-1, 0..L-1]`` and the block-diffusion mask, and return the
@@ -204,6 +205,8 @@ def block_diffusion_logits(
     :param clean_ids: ``x0`` ``[b, L]`` long.
     :param attention_mask: ``[b, L]`` bool, True for real tokens (pad keys blocked).
     :param impl: attention implementation; read from the model's config when ``None``.
+    :param mask_as_dict: hand the mask over as ``{"full_attention": m, "sliding_attention": m}``
+        (the transformers form that skips mask creation; WeDLM's call, SPEC 2.2).
     """
     if noisy_ids.shape != clean_ids.shape or noisy_ids.dim() != 2:
         raise ValueError(
@@ -237,7 +240,7 @@ def block_diffusion_logits(
     )
     kwargs: dict[str, Any] = {
         "input_ids": ids,
-        "attention_mask": mask,
+        "attention_mask": {"full_attention": mask, "sliding_attention": mask} if mask_as_dict else mask,
         "position_ids": block_diffusion_position_ids(b, length, device=device),
         "use_cache": False,
     }

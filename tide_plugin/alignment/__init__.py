@@ -28,12 +28,16 @@ content ranges the two token sequences are walked with cumulative byte lengths
 chunk. Where the two sides' normalisers make the content differ (a non-NFC
 string under Qwen's NFC), only the byte runs that are equal on both sides
 (``difflib`` matching blocks) are chunked, so a chunk never spells different
-bytes on the two sides. Bytes at the edge of a content range that share a token
-with template text (``"[INST] hi"`` -> ``▁hi``) belong to no chunk.
+bytes on the two sides. A token that holds the template's space and the first
+bytes of a content (``"[INST] hi"`` -> ``▁hi``, ``"\\n hi"`` -> ``Ġhi``) may open a
+chunk there: its bytes after that space are compared (SPEC 3.3, last paragraph).
 
-Labels (student side): ``-100`` everywhere except on tokens that overlap the
-content of an ``assistant`` message, and on the end-of-turn token right after
-it (the first token after the content, when it is the EOS token or a special
+Labels (student side, SPEC 3.1b, :data:`TARGETS`): ``last_turn`` (default, the
+reference) makes the last assistant turn a target with its end-of-turn token and
+the newline the template puts after it, every earlier turn prompt (``-100``);
+``every_assistant_turn`` (ours) makes targets of the tokens that overlap the
+content of every ``assistant`` message and of the end-of-turn token right after
+each (the first token after the content, when it is the EOS token or a special
 token whose text contains ``end`` / ``eot``: ``<|im_end|>``, ``</s>``).
 """
 
@@ -44,25 +48,32 @@ from .bytetable import ByteTable, byte_table
 from .checks import (
     DEFAULT_TEACHER_MAX_LENGTH,
     IGNORE_INDEX,
+    TARGETS,
     AlignmentError,
     PromptTooLongError,
+    UnrenderableError,
     resolve_mask_id,
 )
 from .chunks import ChunkAlignment, align_chunks
 from .encode import SideEncoding, encode_side
+from .metadata import dataset_tokenizers, tokenizer_fingerprint
 
 __all__ = [
     "DEFAULT_TEACHER_MAX_LENGTH",
     "IGNORE_INDEX",
+    "TARGETS",
     "AlignmentError",
     "ByteTable",
     "ChunkAlignment",
     "PromptTooLongError",
     "SideEncoding",
+    "UnrenderableError",
     "align_chunks",
     "byte_table",
     "chunk_alignment",
+    "dataset_tokenizers",
     "encode_side",
     "resolve_mask_id",
     "template_pairs",
+    "tokenizer_fingerprint",
 ]

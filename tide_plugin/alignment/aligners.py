@@ -2,31 +2,68 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from ..batch import AlignedExample
+from ..pipelines import cut_chunks, cut_pairs
 from .bytetable import ByteTable, byte_table
 from .checks import (
     IGNORE_INDEX,
     AlignmentError,
     PromptTooLongError,
+    UnrenderableError,
     _check_length,
     _check_messages,
     _check_roles,
+    _check_targets,
     _require_fast,
 )
 from .chunks import align_chunks
-from .encode import _prepare, _Side, encode_side
+from .encode import SideEncoding, _prepare, _Side, encode_side
 
 # labels and truncation shared by both aligners
 
 
-def _labels(table: ByteTable, side: _Side, messages: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """Student labels: ids on tokens overlapping assistant content and on the end-of-turn
-    token right after it, ``-100`` elsewhere."""
+def _labels(
+    tok: Any, table: ByteTable, side: _Side, enc: SideEncoding, messages: Sequence[Mapping[str, Any]], targets: str
+) -> np.ndarray:
+    """Student labels by ``targets`` (:data:`~tide_plugin.alignment.checks.TARGETS`), ``-100`` elsewhere."""
+    if targets == "last_turn":
+        return np.where(np.arange(side.ids.size) >= _prompt_tokens(tok, enc, messages), side.ids, IGNORE_INDEX)
+    return _assistant_labels(table, side, messages)
+
+
+def _prompt_tokens(tok: Any, enc: SideEncoding, messages: Sequence[Mapping[str, Any]]) -> int:
+    """How many leading student tokens are prompt under ``last_turn`` (SPEC 3.1b): the
+    tokens of the earlier turns rendered with the generation prompt, as the reference
+    counts them (the count of that rendering's own tokens)."""
+    if messages[-1]["role"] != "assistant":
+        raise AlignmentError(
+            f"targets='last_turn' needs a conversation that ends with an 'assistant' message; the last role is "
+            f"{messages[-1]['role']!r} (use targets='every_assistant_turn' to train on earlier answers)"
+        )
+    try:
+        prompt = tok.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # a template that cannot render the prompt alone (e.g. an empty one)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnrenderableError(f"the student's chat template cannot render the prompt turns: {reason}") from exc
+    n = len(enc.ids)
+    if enc.text.startswith(prompt):
+        # fast path: the prompt ends on a token boundary of the whole rendering
+        k = bisect.bisect_right(enc.offsets, len(prompt), key=itemgetter(1))
+        if k == n or (k and enc.offsets[k - 1][1] == len(prompt) and enc.offsets[k][0] >= len(prompt)):
+            return min(k, n)
+    return min(len(tok.backend_tokenizer.encode(prompt, add_special_tokens=False).ids), n)
+
+
+def _assistant_labels(table: ByteTable, side: _Side, messages: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """``every_assistant_turn``: ids on tokens overlapping assistant content and on the
+    end-of-turn token right after it."""
     spans = [sp for m, sp in zip(messages, side.spans) if m["role"] == "assistant" and sp is not None]
     target = np.zeros(side.ids.shape, dtype=bool)
     if spans:
@@ -49,7 +86,9 @@ def _prepare_inputs(
     roles: Sequence[str] | None,
     max_length: int | None,
     teacher_max_length: int | None,
+    targets: str,
 ) -> tuple[list[Mapping[str, Any]], list[bool]]:
+    _check_targets(targets)
     _require_fast(teacher_tokenizer, "teacher")
     _require_fast(student_tokenizer, "student")
     _check_length("max_length", max_length)
@@ -88,6 +127,7 @@ def chunk_alignment(
     roles: Sequence[str] | None = None,
     max_length: int | None = None,
     teacher_max_length: int | None = None,
+    targets: str = "last_turn",
 ) -> AlignedExample:
     """Cross-tokenizer chunks for one conversation (SPEC 3.3).
 
@@ -95,8 +135,11 @@ def chunk_alignment(
     :param roles: roles whose content is chunked (default: every message).
     :param max_length: student cut; chunks whose student span passes it are dropped.
     :param teacher_max_length: teacher cap (``None``: no cap; the reference uses
-        :data:`DEFAULT_TEACHER_MAX_LENGTH`); chunks past it are dropped. The teacher is
-        cut after the last kept chunk (kept whole up to the cap when no chunk is left).
+        :data:`DEFAULT_TEACHER_MAX_LENGTH`). Truncation is
+        :func:`tide_plugin.pipelines.cut_chunks`: the teacher is cut after the last chunk
+        left by the student cut, then capped; chunks past either are dropped.
+    :param targets: ``last_turn`` (the reference, SPEC 3.1b) or ``every_assistant_turn``
+        (ours); see :data:`~tide_plugin.alignment.checks.TARGETS`.
     :return: :class:`AlignedExample` with ``student_chunk_ids`` ``[L_S]``,
         ``teacher_chunk_ids`` ``[L_T]`` (``-1`` = none, ids ``0..num_chunks-1``) and
         ``stats``: ``chunks``, ``dropped_chunks`` (``..._student_cut``,
@@ -107,28 +150,24 @@ def chunk_alignment(
     :raises PromptTooLongError: no target token survives ``max_length``.
     """
     msgs, aligned = _prepare_inputs(teacher_tokenizer, student_tokenizer, messages, roles, max_length,
-                                    teacher_max_length)
+                                    teacher_max_length, targets)
     s_table, t_table = byte_table(student_tokenizer), byte_table(teacher_tokenizer)
     student = encode_side(student_tokenizer, msgs, "student")
     teacher = encode_side(teacher_tokenizer, msgs, "teacher")
     al = align_chunks(s_table, t_table, student, teacher, [m["content"] for m in msgs], aligned)
-    labels = _labels(s_table, al.student_side, msgs)
+    labels = _labels(student_tokenizer, s_table, al.student_side, student, msgs, targets)
     cut = _cut_student(labels, max_length)
     n_t = al.teacher_side.ids.size
-    cap = n_t if teacher_max_length is None else min(n_t, teacher_max_length)
-    keep_s = int(np.searchsorted(al.student_last, cut, side="left"))  # chunks ending before the cut
-    keep = min(keep_s, int(np.searchsorted(al.teacher_last, cap, side="left")))
-    t_cut = int(al.teacher_last[keep - 1]) + 1 if keep else cap
-    s_chunks = al.student_chunk_ids[:cut]
-    t_chunks = al.teacher_chunk_ids[:t_cut]
-    s_chunks = np.where(s_chunks < keep, s_chunks, -1)
-    t_chunks = np.where(t_chunks < keep, t_chunks, -1)
+    s_chunks, t_chunks, keep, by_cut, by_cap = cut_chunks(
+        al.student_chunk_ids, al.teacher_chunk_ids, al.num_chunks, cut, n_t if teacher_max_length is None else teacher_max_length
+    )
+    t_cut = t_chunks.size
     stats = dict(al.stats)
     stats.update(
         chunks=float(keep),
         dropped_chunks=float(al.num_chunks - keep),
-        dropped_chunks_student_cut=float(al.num_chunks - keep_s),
-        dropped_chunks_teacher_cap=float(keep_s - keep),
+        dropped_chunks_student_cut=float(by_cut),
+        dropped_chunks_teacher_cap=float(by_cap),
         kept_bytes=float(al.chunk_bytes[:keep].sum()),
         student_truncated_tokens=float(labels.size - cut),
         teacher_truncated_tokens=float(n_t - t_cut),
@@ -152,15 +191,17 @@ def template_pairs(
     roles: Sequence[str] | None = None,
     max_length: int | None = None,
     teacher_max_length: int | None = None,
+    targets: str = "last_turn",
 ) -> AlignedExample:
     """Template-aligned position pairs for a shared vocabulary (SPEC 3.2).
 
     Per aligned message, the content tokens of each side (tokens whose bytes lie
     fully inside the content range) are paired in order up to the shorter count;
-    pairs whose ids differ are dropped and counted (``dropped_pairs``). Student
-    truncation drops pairs past ``max_length``; pairs past ``teacher_max_length``
-    are dropped; the teacher is cut after its last kept pair (kept whole up to the
-    cap when no pair is left).
+    pairs whose ids differ are dropped and counted (``dropped_pairs``). Truncation
+    is :func:`tide_plugin.pipelines.cut_pairs`: pairs past ``max_length`` are
+    dropped, the teacher is cut after its last pair left, then capped at
+    ``teacher_max_length`` (pairs past it dropped). ``targets`` as in
+    :func:`chunk_alignment`.
 
     :return: :class:`AlignedExample` with ``pairs`` ``[(student_pos, teacher_pos), ...]``,
         ``dropped_pairs`` (id mismatches) and ``stats``: ``pairs``, ``dropped_pairs``,
@@ -171,7 +212,7 @@ def template_pairs(
     :raises PromptTooLongError: no target token survives ``max_length``.
     """
     msgs, aligned = _prepare_inputs(teacher_tokenizer, student_tokenizer, messages, roles, max_length,
-                                    teacher_max_length)
+                                    teacher_max_length, targets)
     s_table, t_table = byte_table(student_tokenizer), byte_table(teacher_tokenizer)
     student = encode_side(student_tokenizer, msgs, "student")
     teacher = encode_side(teacher_tokenizer, msgs, "teacher")
@@ -200,14 +241,12 @@ def template_pairs(
     same = S.ids[sp] == T.ids[tp]
     dropped = int((~same).sum())
     sp, tp = sp[same], tp[same]
-    labels = _labels(s_table, S, msgs)
+    labels = _labels(student_tokenizer, s_table, S, student, msgs, targets)
     cut = _cut_student(labels, max_length)
     n_t = T.ids.size
-    cap = n_t if teacher_max_length is None else min(n_t, teacher_max_length)
-    ok = (sp < cut) & (tp < cap)
-    truncated = int((~ok).sum())
-    sp, tp = sp[ok], tp[ok]
-    t_cut = int(tp.max()) + 1 if tp.size else cap
+    before = sp.size
+    sp, tp, t_cut = cut_pairs(sp, tp, n_t, cut, n_t if teacher_max_length is None else teacher_max_length)
+    truncated = before - sp.size
     stats = {
         "pairs": float(sp.size),
         "dropped_pairs": float(dropped),

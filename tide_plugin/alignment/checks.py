@@ -7,14 +7,27 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = -100
-DEFAULT_TEACHER_MAX_LENGTH = 1024
+from ..pipelines import IGNORE_INDEX, get_pipeline
+
+DEFAULT_TEACHER_MAX_LENGTH = get_pipeline("cross").default_teacher_max_length
 """The reference's teacher length cap (``max_teacher_length``); the aligners take
 ``teacher_max_length=None`` as "no cap", preprocessing passes this value."""
 
 
+TARGETS: tuple[str, ...] = ("last_turn", "every_assistant_turn")
+"""Which student tokens are targets (SPEC 3.1b). ``last_turn`` (the reference): the
+last assistant turn with its end-of-turn token and the newline the template puts
+after it, everything before is prompt. ``every_assistant_turn`` (ours): the content
+of every assistant message and the end-of-turn token right after it."""
+
+
 class AlignmentError(ValueError):
     """A conversation or tokenizer the aligners cannot use (the message names it)."""
+
+
+class UnrenderableError(AlignmentError):
+    """A chat template cannot render the conversation (a ``tool`` role, roles that do not
+    alternate, ...). Preprocessing skips and counts such rows."""
 
 
 class PromptTooLongError(AlignmentError):
@@ -89,6 +102,11 @@ def _check_roles(messages: Sequence[Mapping[str, Any]], roles: Sequence[str] | N
             f"conversation has no message with a role in roles={sorted(wanted)}; roles present: {sorted(set(present))}"
         )
     return [r in wanted for r in present]
+
+
+def _check_targets(targets: Any) -> None:
+    if targets not in TARGETS:
+        raise ValueError(f"targets {targets!r} is not one of {TARGETS}")
 
 
 def _check_length(name: str, value: int | None) -> None:

@@ -48,6 +48,25 @@ def _assign(starts: np.ndarray, ends: np.ndarray, c0: np.ndarray, c1: np.ndarray
     return np.where(ok, j, -1)
 
 
+def _lead_tokens(side: _Side, pos: list[int], floor: list[int]) -> tuple[list[int], list[int]]:
+    """Tokens that hold the template's space and the first bytes of a content (SPEC 3.3,
+    last paragraph: ``▁Hi`` after ``[INST]``, ``ĠHi`` after a newline): the token starts
+    one byte before the content start ``pos``, that byte is a space that belongs to no
+    earlier content (it lies at or after ``floor``, the end of the previous content),
+    and the token starts right there. Returns ``(token indices, content starts)``.
+    The space test runs first in Python: most content starts fail it."""
+    encoded = side.encoded
+    cand = [p for p, lo in zip(pos, floor) if p >= 1 and p - 1 >= lo and encoded[p - 1] == 0x20]
+    if not cand:
+        return [], []
+    at = np.asarray(cand, dtype=np.int64)
+    i = side.ends.searchsorted(at, "right")  # first token ending after each content start
+    ok = i < side.ids.size
+    i, at = i[ok], at[ok]
+    ok = side.starts[i] == at - 1
+    return i[ok].tolist(), at[ok].tolist()
+
+
 def align_chunks(
     student_table: ByteTable,
     teacher_table: ByteTable,
@@ -70,24 +89,31 @@ def align_chunks(
     ps: list[int] = []
     pt: list[int] = []
     nn: list[int] = []
+    heads: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])  # content starts, floors
+    floor_s = floor_t = 0
     content_bytes = unmatched = differing = 0
     for k, use in enumerate(aligned):
-        if not use:
-            continue
-        content_bytes += len(s_content[k])
         a, b = S.spans[k], T.spans[k]
-        if a is None or b is None:
-            unmatched += 1
-            continue
-        if s_content[k] == t_content[k]:
-            if s_content[k]:
-                ps.append(a[0]), pt.append(b[0]), nn.append(len(s_content[k]))
-            continue
-        differing += 1  # the normalisers disagree: chunk only the runs equal on both sides
-        matcher = difflib.SequenceMatcher(None, s_content[k], t_content[k], autojunk=False)
-        for i, j, size in matcher.get_matching_blocks():
-            if size:
-                ps.append(a[0] + i), pt.append(b[0] + j), nn.append(size)
+        if use:
+            content_bytes += len(s_content[k])
+            if a is None or b is None:
+                unmatched += 1
+            elif s_content[k] == t_content[k]:
+                if s_content[k]:
+                    ps.append(a[0]), pt.append(b[0]), nn.append(len(s_content[k]))
+                    heads[0].append(a[0]), heads[1].append(floor_s), heads[2].append(b[0]), heads[3].append(floor_t)
+            else:
+                differing += 1  # the normalisers disagree: chunk only the runs equal on both sides
+                matcher = difflib.SequenceMatcher(None, s_content[k], t_content[k], autojunk=False)
+                for i, j, size in matcher.get_matching_blocks():
+                    if size:
+                        ps.append(a[0] + i), pt.append(b[0] + j), nn.append(size)
+                        if i == 0:
+                            heads[0].append(a[0]), heads[1].append(floor_s)
+                        if j == 0:
+                            heads[2].append(b[0]), heads[3].append(floor_t)
+        floor_s = a[1] if a is not None else floor_s
+        floor_t = b[1] if b is not None else floor_t
     stats = {"content_bytes": float(content_bytes), "unmatched_messages": float(unmatched),
              "normalised_differ_messages": float(differing)}
     empty = np.zeros(0, dtype=np.int64)
@@ -112,13 +138,25 @@ def align_chunks(
     bound_t = np.zeros(T.encoded_len + 1, dtype=bool)
     bound_t[T.ends] = True
     bound_t[0] = True
+    # a token holding the template's space and the content's first bytes may open a chunk there
+    lead_s, at_s = _lead_tokens(S, heads[0], heads[1])
+    lead_t, at_t = _lead_tokens(T, heads[2], heads[3])
+    bound_s[at_s] = True
+    bound_t[at_t] = True
+    starts_s, starts_t = S.starts, T.starts
+    if lead_s:
+        starts_s = starts_s.copy()
+        starts_s[lead_s] = at_s
+    if lead_t:
+        starts_t = starts_t.copy()
+        starts_t[lead_t] = at_t
     common = np.flatnonzero(bound_s[idx_s] & bound_t[idx_t])
     span = np.searchsorted(g, common, side="right") - 1
     keep = span[:-1] == span[1:]
     a, b = common[:-1][keep], common[1:][keep]
     s0, s1, t0, t1 = idx_s[a], idx_s[b], idx_t[a], idx_t[b]
-    s_ids = _assign(S.starts, S.ends, s0, s1)
-    t_ids = _assign(T.starts, T.ends, t0, t1)
+    s_ids = _assign(starts_s, S.ends, s0, s1)
+    t_ids = _assign(starts_t, T.ends, t0, t1)
     sizes = s1 - s0
     stats["covered_bytes"] = float(sizes.sum())
     return ChunkAlignment(

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .bytetable import ByteTable
-from .checks import AlignmentError, _require_fast, _tokenizer_name
+from .checks import AlignmentError, UnrenderableError, _require_fast, _tokenizer_name
 
 # one side: rendering, tokenization, encoded bytes
 
@@ -42,7 +42,12 @@ def _render(tok: Any, messages: Sequence[Mapping[str, Any]], side: str) -> str:
         raise AlignmentError(
             f"{side} tokenizer {_tokenizer_name(tok)!r} has no chat template; set tokenizer.chat_template"
         )
-    text = tok.apply_chat_template(list(messages), tokenize=False)
+    try:
+        text = tok.apply_chat_template(list(messages), tokenize=False)
+    except Exception as exc:  # the template's own check (jinja raise_exception, ...) or a missing key
+        roles = [m.get("role") for m in messages]
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnrenderableError(f"the {side} chat template cannot render roles {roles}: {reason}") from exc
     if not isinstance(text, str):
         raise AlignmentError(f"{side} tokenizer's apply_chat_template(tokenize=False) returned {type(text).__name__}")
     return text

@@ -11,10 +11,19 @@ the pipeline produces one row per conversation (the keys of
   :func:`~tide_plugin.alignment.template_pairs`
   -> ``input_ids, labels, teacher_input_ids, align_student, align_teacher``.
 
-Nothing is dropped silently: conversations whose prompt fills ``max_length``
-and conversations the aligner rejects are counted in the :class:`PreprocessReport`
+Targets (SPEC 3.1b): by default the last assistant turn with its end-of-turn
+token and the template's newline after it, as the reference prepares them;
+``targets="every_assistant_turn"`` (``--targets``) trains on every answer (ours).
+
+Nothing is dropped silently: conversations whose prompt fills ``max_length``,
+conversations a chat template cannot render (a ``tool`` role, say) and
+conversations the aligner rejects are counted in the :class:`PreprocessReport`
 (with the first few reasons), as are chunks dropped by truncation and pairs
-dropped because their ids differ.
+dropped because their ids differ. Only ``role`` and ``content`` of each message
+are read; a message whose role or content is not a string stops the run with one
+line naming the file, the line and the field. The saved folder records the
+tokenizers it was aligned with (:mod:`tide_plugin.alignment.metadata`), and an
+existing dataset is replaced only with ``--overwrite_output_dir``.
 
 Command line::
 
@@ -37,33 +46,41 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..batch import (
-    ROW_LABELS,
-    ROW_NUM_CHUNKS,
-    ROW_PAIR_STUDENT,
-    ROW_PAIR_TEACHER,
-    ROW_STUDENT_CHUNKS,
-    ROW_STUDENT_IDS,
-    ROW_TEACHER_CHUNKS,
-    ROW_TEACHER_IDS,
-)
-from .report import _CROSS_STATS, _SHARED_STATS, PreprocessReport
+from ..pipelines import ALIGNED_PIPELINES, get_pipeline
+from .checks import TARGETS, _check_targets
+from .mapper import STATUS, Aligner, features, summarise
+from .metadata import REPORT_FILE, check_output_dir, tokenizer_record
+from .report import PreprocessReport
 
-PIPELINES = ("cross", "shared")
+__all__ = ["DEMO_DATA", "REPORT_FILE", "PreprocessReport", "check_row", "load_jsonl", "load_tokenizer", "preprocess"]
+
+PIPELINES = ALIGNED_PIPELINES
 DEFAULT_MAX_LENGTH = 512
-DEFAULT_TEACHER_MAX_LENGTH = {"cross": 1024, "shared": 768}  # SPEC 6: teacher length A / B
 DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "chat_demo.jsonl"
-REPORT_FILE = "tide_preprocess_report.json"
-_MAX_REASONS = 5
-_STAT_PREFIX = "_stat_"
-_STATUS = "_status"
-_ERROR = "_error"
 
-# stats of the aligners summed into the report (missing keys count 0)
 
 # -- inputs -----------------------------------------------------------------------
+def check_row(row: Any, where: str) -> dict[str, Any]:
+    """One chat row reduced to ``{"messages": [{"role", "content"}, ...]}``; ``where``
+    names it in the one-line error (``file:line`` or ``row i``)."""
+    if not isinstance(row, Mapping) or not isinstance(row.get("messages"), list):
+        raise ValueError(f"{where}: expected an object with a 'messages' list, got {json.dumps(row, default=str)[:120]}")
+    messages = []
+    for k, m in enumerate(row["messages"]):
+        if not isinstance(m, Mapping):
+            raise ValueError(f"{where}: messages[{k}] must be an object with 'role' and 'content', got {type(m).__name__}")
+        for name in ("role", "content"):
+            value = m.get(name)
+            if not isinstance(value, str):
+                shown = "missing" if name not in m else f"{type(value).__name__} {json.dumps(value, default=str)[:60]}"
+                raise ValueError(f"{where}: messages[{k}].{name} must be a string, got {shown}")
+        messages.append({"role": m["role"], "content": m["content"]})
+    return {"messages": messages}
+
+
 def load_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read chat rows; every line must be a JSON object with a ``messages`` list."""
+    """Read chat rows; every line must be a JSON object with a ``messages`` list of
+    ``{"role": str, "content": str}`` (other message keys are not read)."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -73,9 +90,7 @@ def load_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
-                raise ValueError(f"{path}:{lineno}: expected an object with a 'messages' list, got {line.strip()[:120]!r}")
-            rows.append({"messages": row["messages"]})
+            rows.append(check_row(row, f"{path}:{lineno}"))
     if not rows:
         raise ValueError(f"{path}: no conversations")
     return rows
@@ -98,73 +113,6 @@ def load_tokenizer(spec: str) -> Any:
     return AutoTokenizer.from_pretrained(spec, local_files_only=True)
 
 
-# -- alignment of one batch of rows (runs in datasets.map workers) -----------------
-class _Aligner:
-    """Picklable ``datasets.map`` function (batched)."""
-
-    def __init__(self, pipeline, teacher_tokenizer, student_tokenizer, roles, max_length, teacher_max_length):
-        self.pipeline = pipeline
-        self.teacher_tokenizer = teacher_tokenizer
-        self.student_tokenizer = student_tokenizer
-        self.roles = roles
-        self.max_length = max_length
-        self.teacher_max_length = teacher_max_length
-        self.stat_names = _CROSS_STATS if pipeline == "cross" else _SHARED_STATS
-
-    def __call__(self, batch: Mapping[str, list]) -> dict[str, list]:
-        from .aligners import AlignmentError, PromptTooLongError, chunk_alignment, template_pairs
-
-        align = chunk_alignment if self.pipeline == "cross" else template_pairs
-        keys = [ROW_STUDENT_IDS, ROW_LABELS, ROW_TEACHER_IDS]
-        keys += [ROW_STUDENT_CHUNKS, ROW_TEACHER_CHUNKS, ROW_NUM_CHUNKS] if self.pipeline == "cross" else [
-            ROW_PAIR_STUDENT,
-            ROW_PAIR_TEACHER,
-        ]
-        out: dict[str, list] = {k: [] for k in keys}
-        out[_STATUS], out[_ERROR] = [], []
-        for name in self.stat_names:
-            out[_STAT_PREFIX + name] = []
-        for messages in batch["messages"]:
-            status, error, row, stats = "ok", "", None, {}
-            try:
-                ex = align(
-                    self.teacher_tokenizer,
-                    self.student_tokenizer,
-                    messages,
-                    roles=self.roles,
-                    max_length=self.max_length,
-                    teacher_max_length=self.teacher_max_length,
-                )
-                row, stats = ex.to_row(), ex.stats
-            except PromptTooLongError as exc:
-                status, error = "prompt_too_long", str(exc)
-            except AlignmentError as exc:
-                status, error = "invalid", str(exc)
-            for k in keys:
-                out[k].append(row[k] if row is not None else (0 if k == ROW_NUM_CHUNKS else []))
-            out[_STATUS].append(status)
-            out[_ERROR].append(error)
-            for name in self.stat_names:
-                out[_STAT_PREFIX + name].append(float(stats.get(name, 0.0)))
-        return out
-
-
-def _features(pipeline: str) -> Any:
-    from datasets import Features, Sequence as Seq, Value
-
-    ids = Seq(Value("int32"))
-    feats = {ROW_STUDENT_IDS: ids, ROW_LABELS: ids, ROW_TEACHER_IDS: ids}
-    if pipeline == "cross":
-        feats.update({ROW_STUDENT_CHUNKS: ids, ROW_TEACHER_CHUNKS: ids, ROW_NUM_CHUNKS: Value("int32")})
-    else:
-        feats.update({ROW_PAIR_STUDENT: ids, ROW_PAIR_TEACHER: ids})
-    feats[_STATUS] = Value("string")
-    feats[_ERROR] = Value("string")
-    for name in _CROSS_STATS if pipeline == "cross" else _SHARED_STATS:
-        feats[_STAT_PREFIX + name] = Value("float64")
-    return Features(feats)
-
-
 def preprocess(
     rows: Iterable[Mapping[str, Any]] | Any,
     teacher_tokenizer: Any,
@@ -176,6 +124,7 @@ def preprocess(
     roles: Sequence[str] | None = None,
     num_proc: int | None = None,
     progress: bool = True,
+    targets: str = "last_turn",
 ) -> tuple[Any, PreprocessReport]:
     """Align chat rows into a ``datasets.Dataset`` for ``pipeline``.
 
@@ -188,6 +137,7 @@ def preprocess(
     :param roles: roles whose content is aligned (default: every message).
     :param num_proc: worker processes for ``datasets.map`` (``None``/1: in process).
     :param progress: show the ``datasets`` progress bar.
+    :param targets: ``last_turn`` (the reference) or ``every_assistant_turn`` (ours), SPEC 3.1b.
     :return: ``(dataset, report)``: the kept rows (columns of :mod:`tide_plugin.batch`)
         and a :class:`PreprocessReport`.
     """
@@ -195,8 +145,9 @@ def preprocess(
 
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline {pipeline!r} is not one of {PIPELINES} (the 'same' pipeline needs no alignment)")
+    _check_targets(targets)
     if teacher_max_length == -1:
-        teacher_max_length = DEFAULT_TEACHER_MAX_LENGTH[pipeline]
+        teacher_max_length = get_pipeline(pipeline).default_teacher_max_length
     for name, value in (("max_length", max_length), ("teacher_max_length", teacher_max_length)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
@@ -207,10 +158,10 @@ def preprocess(
     if isinstance(rows, datasets.Dataset):
         source = rows.select_columns(["messages"])
     else:
-        source = datasets.Dataset.from_list([{"messages": list(r["messages"])} for r in rows])
+        source = datasets.Dataset.from_list([check_row(r, f"row {i}") for i, r in enumerate(rows)])
     if len(source) == 0:
         raise ValueError("preprocess: no rows")
-    aligner = _Aligner(pipeline, teacher_tokenizer, student_tokenizer, roles, max_length, teacher_max_length)
+    aligner = Aligner(pipeline, teacher_tokenizer, student_tokenizer, roles, max_length, teacher_max_length, targets)
     was_enabled = datasets.utils.logging.is_progress_bar_enabled()
     (datasets.enable_progress_bars if progress else datasets.disable_progress_bars)()
     try:
@@ -220,7 +171,7 @@ def preprocess(
             batch_size=32,
             num_proc=num_proc if num_proc and num_proc > 1 else None,
             remove_columns=source.column_names,
-            features=_features(pipeline),
+            features=features(pipeline),
             desc=f"aligning ({pipeline})",
             load_from_cache_file=False,
             # datasets would otherwise hash the function, i.e. dill-dump both tokenizers (seconds)
@@ -228,29 +179,11 @@ def preprocess(
         )
     finally:
         (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()
-    report = _report(mapped, pipeline)
-    kept_idx = [i for i, s in enumerate(mapped[_STATUS]) if s == "ok"]
+    report = summarise(mapped, pipeline)
+    kept_idx = [i for i, s in enumerate(mapped[STATUS]) if s == "ok"]
     private = [c for c in mapped.column_names if c.startswith("_")]
     dataset = mapped.select(kept_idx).remove_columns(private)
     return dataset, report
-
-
-def _report(mapped: Any, pipeline: str) -> PreprocessReport:
-    status = mapped[_STATUS]
-    ok = [s == "ok" for s in status]
-    rep = PreprocessReport(pipeline=pipeline, rows_in=len(status), rows_kept=sum(ok))
-    rep.discarded_prompt_too_long = status.count("prompt_too_long")
-    rep.discarded_invalid = status.count("invalid")
-    rep.reasons = [e for s, e in zip(status, mapped[_ERROR]) if s != "ok"][:_MAX_REASONS]
-    for c in mapped.column_names:
-        if c.startswith(_STAT_PREFIX):
-            rep.totals[c[len(_STAT_PREFIX) :]] = float(sum(v for v, k in zip(mapped[c], ok) if k))
-    ids = mapped[ROW_STUDENT_IDS]
-    rep.student_tokens = sum(len(x) for x in ids)
-    rep.teacher_tokens = sum(len(x) for x in mapped[ROW_TEACHER_IDS])
-    rep.target_tokens = sum(sum(1 for v in lab if v != -100) for lab in mapped[ROW_LABELS])
-    rep.truncated_examples = sum(1 for v, k in zip(mapped[_STAT_PREFIX + "student_truncated_tokens"], ok) if k and v > 0)
-    return rep
 
 
 # -- command line ---------------------------------------------------------------------
@@ -270,13 +203,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--teacher-max-length", type=int, default=-1, help="teacher token cap (default 1024 cross / 768 shared; 0: none)"
     )
     parser.add_argument("--roles", default=None, help="comma-separated roles to align (default: every message)")
+    parser.add_argument(
+        "--targets",
+        choices=TARGETS,
+        default="last_turn",
+        help="last_turn: the last assistant turn with its end-of-turn token and newline (the reference); "
+        "every_assistant_turn: every answer (ours)",
+    )
+    parser.add_argument(
+        "--overwrite_output_dir",
+        "--overwrite-output-dir",
+        action="store_true",
+        help="replace a dataset already saved in --output (refused otherwise)",
+    )
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes for datasets.map")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     teacher_spec = args.teacher or ("offline:mistral" if args.pipeline == "cross" else "offline:qwen")
+    out = Path(args.output)
     try:
+        check_output_dir(out, args.overwrite_output_dir)  # refuse before any work
         rows = load_jsonl(args.input)
         student = load_tokenizer(args.student)
         teacher = load_tokenizer(teacher_spec)
@@ -290,11 +238,13 @@ def run(args: argparse.Namespace) -> int:
             roles=args.roles,
             num_proc=args.num_proc,
             progress=not args.no_progress,
+            targets=args.targets,
         )
+        check_output_dir(out, args.overwrite_output_dir, replace=True)  # only now is an old dataset removed
     except (ValueError, OSError, KeyError) as exc:
-        print(f"tide preprocess: {exc}", file=sys.stderr)
+        print(f"tide preprocess: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+              file=sys.stderr)
         return 2
-    out = Path(args.output)
     dataset.save_to_disk(str(out))
     meta = {
         "input": str(args.input),
@@ -303,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
         "max_length": args.max_length,
         "teacher_max_length": args.teacher_max_length,
         "roles": args.roles,
+        "targets": args.targets,
+        "tokenizers": {"student": tokenizer_record(student, args.student), "teacher": tokenizer_record(teacher, teacher_spec)},
         "report": report.to_dict(),
     }
     (out / REPORT_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

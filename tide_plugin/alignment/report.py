@@ -34,7 +34,8 @@ class PreprocessReport:
     """What preprocessing kept and what it dropped, summed over the rows.
 
     ``discarded_prompt_too_long``: the prompt fills ``max_length`` (no target
-    token left). ``discarded_invalid``: the aligner rejected the conversation
+    token left). ``discarded_unrenderable``: a chat template cannot render the
+    conversation (a ``tool`` role, say). ``discarded_invalid``: the aligner rejected the conversation
     (``reasons`` holds the first few messages). ``totals`` sums the aligner's
     per-example stats over the kept rows (``chunks``, ``dropped_chunks``,
     ``content_bytes``, ``covered_bytes``, ``pairs``, ``dropped_pairs``,
@@ -47,6 +48,7 @@ class PreprocessReport:
     rows_in: int = 0
     rows_kept: int = 0
     discarded_prompt_too_long: int = 0
+    discarded_unrenderable: int = 0
     discarded_invalid: int = 0
     student_tokens: int = 0
     teacher_tokens: int = 0
@@ -73,6 +75,7 @@ class PreprocessReport:
             f"  rows in:                         {self.rows_in}",
             f"  rows kept:                       {self.rows_kept}",
             f"  discarded, prompt fills length:  {self.discarded_prompt_too_long}",
+            f"  discarded, template cannot render: {self.discarded_unrenderable}",
             f"  discarded, alignment failed:     {self.discarded_invalid}",
             f"  student tokens / targets:        {self.student_tokens} / {self.target_tokens}",
             f"  teacher tokens:                  {self.teacher_tokens}",

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import transformers
 
+from ..pipelines import get_pipeline
 from ..training import DistillConfig, build_trainer, write_metrics
 from ..training.config import implied_pipeline
 from .presets import ALT_TEMPLATE, PRESET_MODELS, PRESETS
@@ -276,7 +277,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     from ..alignment import resolve_mask_id
 
     student_mask = resolve_mask_id(student_tok)
-    if config.teacher_mask_token_id is None and config.pipeline != "same":
+    if config.teacher_mask_token_id is None and (config.pipeline is None or get_pipeline(config.pipeline).has_teacher_ids):
         config.teacher_mask_token_id = resolve_mask_id(teacher_tok)
     from .distill_data import load_run_dataset
 

@@ -25,7 +25,8 @@ import torch
 
 from ..batch import DistillBatch
 from ..hookspecs import PluginSpec, hookimpl
-from .noise import SeededStage, chunk_hits, gather_chunks, scatter_pairs
+from ..pipelines import get_pipeline
+from .noise import SeededStage
 
 
 @dataclass
@@ -81,24 +82,12 @@ class CompDemo(SeededStage):
             )
         g = self.next_generator()
         r = float(self.config.demo_ratio)
-        masked = batch.masked
-        if batch.pipeline == "cross":
-            if batch.student_chunk_ids is None or batch.teacher_chunk_ids is None:
-                raise ValueError("cross pipeline batch lacks chunk ids")
-            C = batch.max_chunks
-            hit = chunk_hits(masked, batch.student_chunk_ids, C)
-            in_a = hit & (torch.rand(hit.shape, generator=g) < r).to(hit.device)
-            a_teacher = gather_chunks(in_a, batch.teacher_chunk_ids)
-        else:
-            in_a = masked & (torch.rand(masked.shape, generator=g) < r).to(masked.device)
-            if batch.pipeline == "shared":
-                a_teacher = scatter_pairs(in_a, batch, batch.teacher_masked.shape[1])
-            else:
-                a_teacher = in_a
+        strategy = get_pipeline(batch.pipeline)
+        a_teacher = strategy.demo_split(batch, r, g)
         a_teacher = a_teacher & batch.teacher_masked
         b_teacher = batch.teacher_masked & ~a_teacher
         noisy = batch.teacher_noisy_ids[0]
-        clean = batch.input_ids if batch.pipeline == "same" else batch.teacher_input_ids
+        clean, _ = strategy.teacher_clean(batch)
         view1 = torch.where(b_teacher, noisy, clean)
         view2 = torch.where(a_teacher, noisy, clean)
         batch.teacher_noisy_ids = torch.stack([view1, view2])

@@ -7,7 +7,7 @@ Per example ``t ~ U[eps, 1)``; ``p = 1 - alpha(t)`` from the masking schedule
 ``x_t = where(masked, m_S, x0)``; ``ce_time_weight = w(t)`` (``elbo``: ``-alpha'/(1-alpha)``,
 or ``uniform``: 1).
 
-Teacher side, by pipeline:
+Teacher side, by pipeline (:meth:`tide_plugin.pipelines.PipelineStrategy.propagate_mask`):
 
 - ``same``: the teacher uses the student's mask (its ids are the student's).
 - ``shared``: teacher positions paired with masked student positions are masked.
@@ -37,8 +37,8 @@ from torch import Tensor
 
 from ..batch import DistillBatch
 from ..hookspecs import PluginSpec, hookimpl
+from ..pipelines import IGNORE_INDEX, get_pipeline
 
-IGNORE_INDEX = -100
 CE_WEIGHTINGS: tuple[str, ...] = ("elbo", "uniform")
 
 _MASK64 = (1 << 64) - 1
@@ -153,40 +153,6 @@ class NoiseConfig:
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 
 
-def chunk_hits(masked: Tensor, chunk_ids: Tensor, num_chunks: int) -> Tensor:
-    """``[b, C]`` bool: chunks with at least one True token in ``masked`` ``[b, L]``
-    (``chunk_ids`` ``[b, L]``, ``-1`` = no chunk). One scatter, no Python loop."""
-    b = masked.shape[0]
-    flat = torch.zeros(b * num_chunks + 1, dtype=torch.bool, device=masked.device)  # last slot: sink for -1
-    row = torch.arange(b, device=masked.device).unsqueeze(1) * num_chunks
-    idx = torch.where(chunk_ids >= 0, row + chunk_ids, b * num_chunks)
-    flat.index_put_((idx[masked],), torch.ones((), dtype=torch.bool, device=masked.device))
-    return flat[:-1].view(b, num_chunks)
-
-
-def gather_chunks(per_chunk: Tensor, chunk_ids: Tensor) -> Tensor:
-    """Per-token value of a ``[b, C]`` bool table at ``chunk_ids`` ``[b, L]``; False
-    where the token belongs to no chunk."""
-    if per_chunk.shape[1] == 0:
-        return torch.zeros(chunk_ids.shape, dtype=torch.bool, device=chunk_ids.device)
-    got = per_chunk.gather(1, chunk_ids.clamp_min(0))
-    return got & (chunk_ids >= 0)
-
-
-def scatter_pairs(student_flags: Tensor, batch: DistillBatch, teacher_len: int) -> Tensor:
-    """``[b, L_T]`` bool: teacher positions whose paired student position is set in
-    ``student_flags`` ``[b, L]`` (pairs of the shared pipeline)."""
-    if batch.pair_student is None or batch.pair_teacher is None or batch.pair_mask is None:
-        raise ValueError("shared pipeline batch lacks pair_student / pair_teacher / pair_mask (run distill_pad first)")
-    b = student_flags.shape[0]
-    out = torch.zeros(b * teacher_len + 1, dtype=torch.bool, device=student_flags.device)
-    take = student_flags.gather(1, batch.pair_student) & batch.pair_mask
-    row = torch.arange(b, device=student_flags.device).unsqueeze(1) * teacher_len
-    idx = torch.where(take, row + batch.pair_teacher, b * teacher_len)
-    out[idx.reshape(-1)] = True
-    return out[:-1].view(b, teacher_len)
-
-
 class Noise(SeededStage):
     """Noising stage: ``DistillBatch -> DistillBatch`` (fills the noise fields)."""
 
@@ -219,7 +185,7 @@ class Noise(SeededStage):
     def teacher_mask_id(self, pipeline: str) -> int:
         m = self.config.teacher_mask_id
         if m is None:
-            if pipeline == "same":
+            if not get_pipeline(pipeline).has_teacher_ids:
                 return int(self.config.mask_id)
             raise ValueError(
                 f"noise: the {pipeline!r} pipeline needs teacher_mask_id (the teacher's mask token id m_T, "
@@ -254,24 +220,10 @@ class Noise(SeededStage):
         maskable = labels != IGNORE_INDEX
         masked = (u < p.unsqueeze(1)).to(dev) & maskable
 
-        if batch.pipeline == "cross":
-            if batch.student_chunk_ids is None or batch.teacher_chunk_ids is None or batch.num_chunks is None:
-                raise ValueError("cross pipeline batch lacks chunk ids (run distill_pad on cross rows first)")
-            C = batch.max_chunks
-            hit = chunk_hits(masked, batch.student_chunk_ids, C)
-            masked = masked | (gather_chunks(hit, batch.student_chunk_ids) & maskable)
-            teacher_masked = gather_chunks(hit, batch.teacher_chunk_ids)
-            prompt = chunk_hits(~maskable, batch.student_chunk_ids, C)
-            batch.chunk_active = hit & ~prompt
-            y0 = batch.teacher_input_ids
-        elif batch.pipeline == "shared":
-            y0 = batch.teacher_input_ids
-            teacher_masked = scatter_pairs(masked, batch, y0.shape[1])
-        else:
-            y0 = x0
-            teacher_masked = masked.clone()
-        if y0 is None:
-            raise ValueError(f"{batch.pipeline} pipeline batch lacks teacher_input_ids")
+        strategy = get_pipeline(batch.pipeline)
+        batch.chunk_active = None
+        masked, teacher_masked = strategy.propagate_mask(batch, masked, maskable)
+        y0, _ = strategy.teacher_clean(batch)
 
         batch.t = t.to(dev)
         batch.masked = masked
@@ -284,7 +236,7 @@ class Noise(SeededStage):
         batch.stats["masked_tokens"] = float(masked.sum())
         batch.stats["maskable_tokens"] = float(maskable.sum())
         batch.stats["teacher_masked_tokens"] = float(teacher_masked.sum())
-        if batch.chunk_active is not None and batch.pipeline == "cross":
+        if batch.chunk_active is not None:
             batch.stats["active_chunks"] = float(batch.chunk_active.sum())
         return batch
 

@@ -23,6 +23,7 @@ from ..batch import DistillBatch
 from ..bd3lm import unwrap_model
 from ..heads import fused_head_problem, logits_as_hidden_states, projected
 from ..objectives.fused import ProjectedLogits
+from ..pipelines import get_pipeline
 
 TeacherDtype = Literal["auto", "float32", "bfloat16", "float16"]
 TEACHER_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
@@ -150,16 +151,11 @@ class TeacherAdapter(abc.ABC):
     def views(self, batch: DistillBatch) -> tuple[Tensor, Tensor, Tensor]:
         """``(noisy [V, b, L_T], clean [b, L_T], valid [b, L_T])`` read from the batch.
         In the ``same`` pipeline the teacher reads the student's ids."""
-        if batch.teacher_input_ids is not None:
-            clean = batch.teacher_input_ids
-            valid = batch.teacher_attention_mask
-            if valid is None:
-                valid = torch.ones_like(clean, dtype=torch.bool)
-        else:
-            clean, valid = batch.input_ids, batch.attention_mask
+        strategy = get_pipeline(batch.pipeline)
+        clean, valid = strategy.teacher_clean(batch)
         noisy = batch.teacher_noisy_ids
         if noisy is None:
-            if batch.teacher_input_ids is None and batch.noisy_input_ids is not None:
+            if not strategy.has_teacher_ids and batch.noisy_input_ids is not None:
                 noisy = batch.noisy_input_ids[None]
             else:
                 raise ValueError("the batch has no teacher_noisy_ids: put the `noise` collator in the chain")

@@ -13,6 +13,7 @@ import transformers
 
 from ..batch import PipelineInfo
 from ..hookspecs import RunContext
+from ..pipelines import get_pipeline
 from .config import DistillConfig
 from .loss import DistillBD3LMTrainer, DistillCollator
 
@@ -168,10 +169,14 @@ def build_trainer(
     # passed through, whichever plugin provides the adapter.
     teacher_cls = get_registry().resolve("teacher", config.teacher).spec.config_cls
     teacher_fields = {f.name for f in dataclasses.fields(teacher_cls)} if dataclasses.is_dataclass(teacher_cls) else set()
+    teacher_eos = config.teacher_eos_token_id
+    if teacher_eos is None and teacher_tokenizer is not None:
+        teacher_eos = getattr(teacher_tokenizer, "eos_token_id", None)
     for key, value in (
         ("concat_order", config.concat_order),
         ("block_size", int(config.block_size)),
         ("attn_implementation", config.teacher_attn_implementation),
+        ("eos_token_id", teacher_eos),  # the block teacher's EOS padding (SPEC 1.1)
     ):
         if key in teacher_fields and value is not None:
             teacher_kwargs[key] = value
@@ -179,7 +184,7 @@ def build_trainer(
     teacher = get_teacher(config.teacher, model=teacher_model, **teacher_kwargs)
     teacher_mask = config.teacher_mask_token_id
     if teacher_mask is None:
-        teacher_mask = teacher.mask_token_id if config.pipeline != "same" else mask_id
+        teacher_mask = teacher.mask_token_id if get_pipeline(config.pipeline).has_teacher_ids else mask_id
     collator = build_collator(
         config,
         student_eos_id=int(eos_id),

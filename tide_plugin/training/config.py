@@ -14,8 +14,7 @@ from typing import Any
 import transformers
 
 from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
-
-PIPELINES = ("same", "shared", "cross")
+from ..pipelines import PIPELINES, get_pipeline
 LOSS_WEIGHT_TYPES = ("elbo", "uniform")
 LOSS_WEIGHT_ALIASES = {"scheduler": "elbo"}
 """dllm's name for the ELBO weighting. It stays the field's default and is kept as
@@ -66,9 +65,9 @@ def implied_pipeline(objective: str, **objective_kwargs: Any) -> str | None:
     from ..registry import objective_requirements
 
     needs = objective_requirements(objective, **objective_kwargs)
-    for need, pipeline in (("chunks", "cross"), ("pairs", "shared"), ("token_alignment", "same")):
-        if need in needs:
-            return pipeline
+    for need, has in (("chunks", "has_chunks"), ("pairs", "has_pairs"), ("token_alignment", "has_token_alignment")):
+        if need in needs:  # the first pipeline (same, shared, cross) that offers it
+            return next(name for name in PIPELINES if getattr(get_pipeline(name), has))
     return None
 
 
