@@ -28,7 +28,7 @@ TAU = 2.0
 @pytest.fixture(params=[16, fn.ROW_CHUNK_ELEMENTS], ids=["tiny_chunks", "default_chunks"])
 def chunks(request, monkeypatch):
     """Once with chunks of one or two rows / vocabulary columns, once with the default."""
-    monkeypatch.setattr(fn, "ROW_CHUNK_ELEMENTS", request.param)
+    monkeypatch.setattr(fn._common, "ROW_CHUNK_ELEMENTS", request.param)
     return request.param
 
 

@@ -1,0 +1,98 @@
+"""Shared pieces of the loss functions: constants, argument checks, row chunking."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+ROW_CHUNK_ELEMENTS = 1 << 22
+"""Float32 elements per row chunk on CPU (16 MiB per temporary). Rows per chunk =
+``max(1, ROW_CHUNK_ELEMENTS // vocab)``. Tests lower it to exercise several chunks."""
+
+ROW_CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
+"""The same on GPUs (64 MiB per temporary): fewer, larger kernels; still small next
+to ``[b, L, V]`` logits at 150k vocabularies (about 1.2 GiB in bf16 at b=8, L=512)."""
+
+PROB_CLAMP = 1e-7
+"""CALM probabilities are clamped to ``[PROB_CLAMP, 1 - PROB_CLAMP]`` (SPEC 5.2)."""
+
+_TOKEN_MODES = ("forward", "reverse", "tidal")
+
+
+# ---------------------------------------------------------------------------
+# validation helpers
+# ---------------------------------------------------------------------------
+def _check_temperature(temperature: float) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if not math.isfinite(temperature):
+        raise ValueError(f"temperature must be finite, got {temperature!r}")
+    return float(temperature)
+
+
+def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} {value!r} is not one of {allowed}")
+
+
+def _check_logits(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{name} must have shape [b, L, V], got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+
+
+def _check_bool(name: str, x: Tensor, shape: tuple[int, ...]) -> None:
+    if not isinstance(x, Tensor) or x.dtype != torch.bool:
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{name} must be a bool tensor, got {got}")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(x.shape)}")
+
+
+def _shared_vocab(student: Tensor, teacher: Tensor, shared_vocab_size: int | None) -> int:
+    vs, vt = student.shape[-1], teacher.shape[-1]
+    if shared_vocab_size is None:
+        return min(vs, vt)
+    if isinstance(shared_vocab_size, bool) or not isinstance(shared_vocab_size, int):
+        raise TypeError(f"shared_vocab_size must be an int or None, got {shared_vocab_size!r}")
+    if not 0 < shared_vocab_size <= min(vs, vt):
+        raise ValueError(
+            f"shared_vocab_size {shared_vocab_size} must be in [1, {min(vs, vt)}] "
+            f"(student vocab {vs}, teacher vocab {vt})"
+        )
+    return shared_vocab_size
+
+
+def _per_example(name: str, x: Tensor | float | None, b: int, device: torch.device, default: float) -> Tensor:
+    """A ``[b]`` float32 tensor from a tensor, a number or ``None``."""
+    if x is None:
+        return torch.full((b,), default, dtype=torch.float32, device=device)
+    if not isinstance(x, Tensor):
+        return torch.full((b,), float(x), dtype=torch.float32, device=device)
+    if x.dim() == 0:
+        return x.detach().float().to(device).expand(b)
+    if tuple(x.shape) != (b,):
+        raise ValueError(f"{name} must have shape [b]=[{b}], got {list(x.shape)}")
+    return x.detach().to(device=device, dtype=torch.float32)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32, or float64 for float64 inputs (gradient checks)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _rows_per_chunk(width: int, device: torch.device) -> int:
+    budget = ROW_CHUNK_ELEMENTS if device.type == "cpu" else ROW_CHUNK_ELEMENTS_ACCELERATOR
+    return max(1, int(budget) // max(1, width))
+
+
+def _zero_loss(student: Tensor) -> Tensor:
+    """0, connected to ``student`` so that ``backward()`` works and gives a zero gradient."""
+    return student.reshape(-1)[:0].sum().float()
+
+

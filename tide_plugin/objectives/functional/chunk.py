@@ -1,0 +1,179 @@
+"""Chunk-level losses (SPEC 5.2, 5.3): chunk log-probs, CALM and chunk TIDAL."""
+
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor
+
+from . import _common as C
+from ._common import PROB_CLAMP, _check_bool, _check_logits, _check_temperature, _per_example, _work_dtype
+
+# ---------------------------------------------------------------------------
+# chunk log-probs (SPEC 5.2)
+# ---------------------------------------------------------------------------
+class _ChunkLogProbs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, b_idx: Tensor, pos: Tensor, gold: Tensor, chunk: Tensor, num_chunks: int):  # type: ignore[override]
+        work = _work_dtype(logits.dtype)
+        n, vocab = b_idx.numel(), logits.shape[-1]
+        lse = torch.empty(n, dtype=work, device=logits.device)
+        gold_logit = torch.empty(n, dtype=work, device=logits.device)
+        step = C._rows_per_chunk(vocab, logits.device)
+        for start in range(0, n, step):
+            sl = slice(start, start + step)
+            z = logits[b_idx[sl], pos[sl]].to(work)  # [c, V]
+            lse[sl] = torch.logsumexp(z, dim=-1)
+            gold_logit[sl] = z.gather(1, gold[sl, None]).squeeze(1)
+            del z
+        out = torch.zeros(logits.shape[0], num_chunks, dtype=work, device=logits.device)
+        out.index_put_((b_idx, chunk), gold_logit - lse, accumulate=True)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(logits, b_idx, pos, gold, chunk, lse)
+        return out.float() if work == torch.float32 else out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        logits, b_idx, pos, gold, chunk, lse = ctx.saved_tensors
+        work = lse.dtype
+        grad = torch.zeros_like(logits, memory_format=torch.contiguous_format)
+        g_rows = grad_out[b_idx, chunk].to(work)  # [N]
+        step = C._rows_per_chunk(logits.shape[-1], logits.device)
+        for start in range(0, b_idx.numel(), step):
+            sl = slice(start, start + step)
+            bi, pi, g = b_idx[sl], pos[sl], g_rows[sl]
+            rows = logits[bi, pi].to(work).sub_(lse[sl, None]).exp_().mul_(-g[:, None])  # -g softmax
+            rows.scatter_add_(1, gold[sl, None], g[:, None])  # + g onehot(gold)
+            grad.index_put_((bi, pi), rows.to(grad.dtype), accumulate=True)
+            del rows
+        return grad, None, None, None, None, None
+
+
+def chunk_log_probs(logits: Tensor, ids: Tensor, chunk_ids: Tensor, num_chunks: int) -> Tensor:
+    """Per-chunk sums of gold-token log-probs (SPEC 5.2).
+
+    ``l(i) = z[i, ids_i] - logsumexp(z[i, :])`` over the FULL vocabulary;
+    ``out[b, c] = sum_{i: chunk_ids[b, i] == c} l(i)``. Only rows with
+    ``chunk_ids >= 0`` are read.
+
+    :param logits: ``[b, L, V]``, any float dtype.
+    :param ids: ``[b, L]`` long, the gold (clean) ids.
+    :param chunk_ids: ``[b, L]`` long, chunk of each token, ``-1`` for none.
+    :param num_chunks: ``C``, chunk ids must be ``< C``.
+    :return: ``[b, C]`` float32; 0 for chunks without tokens.
+    """
+    _check_logits("logits", logits)
+    b, length, vocab = logits.shape
+    for name, x in (("ids", ids), ("chunk_ids", chunk_ids)):
+        if not isinstance(x, Tensor) or x.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name} must be an int64 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        if tuple(x.shape) != (b, length):
+            raise ValueError(f"{name} must have shape [b, L]=[{b}, {length}], got {list(x.shape)}")
+    if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 0:
+        raise ValueError(f"num_chunks must be an int >= 0, got {num_chunks!r}")
+    device = logits.device
+    b_idx, pos = (chunk_ids >= 0).nonzero(as_tuple=True)
+    chunk = chunk_ids[b_idx, pos].long().to(device)
+    gold = ids[b_idx, pos].long().to(device)
+    b_idx, pos = b_idx.to(device), pos.to(device)
+    if chunk.numel():
+        top = int(chunk.max())
+        if top >= num_chunks:
+            raise ValueError(f"chunk id {top} is out of range for num_chunks={num_chunks}")
+        lo, hi = int(gold.min()), int(gold.max())
+        if lo < 0 or hi >= vocab:
+            raise ValueError(f"gold ids of chunk tokens must lie in [0, {vocab}), got range [{lo}, {hi}]")
+    return _ChunkLogProbs.apply(logits, b_idx, pos, gold, chunk, num_chunks)
+
+
+# ---------------------------------------------------------------------------
+# CALM, Reverse CALM, chunk TIDAL (SPEC 5.2, 5.3)
+# ---------------------------------------------------------------------------
+def _check_chunks(student_chunk_lp: Tensor, teacher_chunk_lp: Tensor, chunk_mask: Tensor) -> None:
+    for name, x in (("student_chunk_lp", student_chunk_lp), ("teacher_chunk_lp", teacher_chunk_lp)):
+        if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point():
+            raise ValueError(f"{name} must be a float tensor [b, C], got {getattr(x, 'shape', type(x).__name__)}")
+    if student_chunk_lp.shape != teacher_chunk_lp.shape:
+        raise ValueError(
+            f"student_chunk_lp {list(student_chunk_lp.shape)} and teacher_chunk_lp "
+            f"{list(teacher_chunk_lp.shape)} must have the same shape [b, C]"
+        )
+    _check_bool("chunk_mask", chunk_mask, tuple(student_chunk_lp.shape))
+
+
+def _chunk_prob(lp: Tensor, tau: float) -> Tensor:
+    return torch.exp(lp.to(_work_dtype(lp.dtype)) / tau).clamp(PROB_CLAMP, 1.0 - PROB_CLAMP)
+
+
+def _chunk_mean(loss: Tensor, chunk_mask: Tensor) -> Tensor:
+    # clamp_min(1): no active chunk gives 0 (with a zero gradient), not 0/0.
+    total = torch.where(chunk_mask, loss, torch.zeros((), dtype=loss.dtype, device=loss.device)).sum()
+    return total / chunk_mask.sum().clamp_min(1)
+
+
+def calm(
+    student_chunk_lp: Tensor,
+    teacher_chunk_lp: Tensor,
+    chunk_mask: Tensor,
+    *,
+    temperature: float = 2.0,
+    reverse: bool = False,
+) -> Tensor:
+    """CALM and Reverse CALM (SPEC 5.2).
+
+    ``s = clamp(exp(lp_S / tau))``, ``q = clamp(exp(lp_T / tau))`` (clamp to
+    ``[1e-7, 1 - 1e-7]``, teacher detached). CALM: ``-(q log s + (1-q) log(1-s))``;
+    Reverse CALM: ``-(s log q + (1-s) log(1-q))``, whose gradient w.r.t. ``lp_S`` is
+    ``(s / tau) log((1-q)/q)``.
+
+    :param student_chunk_lp: ``[b, C]`` chunk log-probs of the student.
+    :param teacher_chunk_lp: ``[b, C]`` chunk log-probs of the teacher (detached).
+    :param chunk_mask: ``[b, C]`` bool, active chunks.
+    :return: float32 scalar, the mean over active chunks; 0 when none.
+    """
+    _check_chunks(student_chunk_lp, teacher_chunk_lp, chunk_mask)
+    tau = _check_temperature(temperature)
+    s = _chunk_prob(student_chunk_lp, tau)
+    q = _chunk_prob(teacher_chunk_lp.detach(), tau)
+    if reverse:
+        loss = -(s * q.log() + (1.0 - s) * torch.log1p(-q))
+    else:
+        loss = -(q * s.log() + (1.0 - q) * torch.log1p(-s))
+    return _chunk_mean(loss, chunk_mask)
+
+
+def tidal_calm(
+    student_chunk_lp: Tensor,
+    teacher_chunk_lp: Tensor,
+    chunk_mask: Tensor,
+    lam: Tensor,
+    *,
+    weight: Tensor | None = None,
+    temperature: float = 2.0,
+    reverse: bool = False,
+) -> Tensor:
+    """Chunk TIDAL (SPEC 5.3).
+
+    ``m = stopgrad(clamp((1 - lam_b) s + lam_b q))``; loss
+    ``-(m log s + (1-m) log(1-s)) * omega_b`` summed over active chunks and divided
+    by their count. ``reverse`` (the reference's ``reverse_alm_taid``) swaps the roles:
+    ``-(s log m + (1-s) log(1-m)) * omega_b``, the gradient flowing through ``s``.
+
+    :param student_chunk_lp, teacher_chunk_lp: ``[b, C]``; :param chunk_mask: ``[b, C]`` bool.
+    :param lam: ``[b]``; :param weight: ``[b]`` timestep weights (default 1).
+    :return: float32 scalar; 0 when no chunk is active.
+    """
+    _check_chunks(student_chunk_lp, teacher_chunk_lp, chunk_mask)
+    tau = _check_temperature(temperature)
+    b = student_chunk_lp.shape[0]
+    device = student_chunk_lp.device
+    s = _chunk_prob(student_chunk_lp, tau)
+    q = _chunk_prob(teacher_chunk_lp.detach(), tau)
+    lam_b = _per_example("lam", lam, b, device, 0.0).to(s.dtype)[:, None]
+    w_b = _per_example("weight", weight, b, device, 1.0).to(s.dtype)[:, None]
+    m = ((1.0 - lam_b) * s.detach() + lam_b * q).clamp(PROB_CLAMP, 1.0 - PROB_CLAMP)
+    if reverse:
+        loss = -(s * m.log() + (1.0 - s) * torch.log1p(-m)) * w_b
+    else:
+        loss = -(m * s.log() + (1.0 - m) * torch.log1p(-s)) * w_b
+    return _chunk_mean(loss, chunk_mask)
