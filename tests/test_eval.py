@@ -140,10 +140,24 @@ def test_the_model_is_registered_under_its_name():
     assert get_model("tide_bd3lm") is TideBD3LM
 
 
-def test_checkpoint_settings_are_read(lm):
+def test_checkpoint_settings_are_read(student_dir, tmp_path):
+    """Without tide_config.json: the block size from the model config (not the default
+    32) and the mask id from the tokenizer, which wins over the config's."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    from tide_plugin.eval.lm_eval_model import TideBD3LM
     from tide_plugin.offline import QWEN_MASK_ID
 
-    assert lm.mask_id == QWEN_MASK_ID and lm.block_size == 32
+    path = tmp_path / "student"
+    shutil.copytree(student_dir, path)
+    config = AutoConfig.from_pretrained(path)
+    config.block_size, config.mask_token_id = 8, 151643
+    config.save_pretrained(path)
+    lm = TideBD3LM(pretrained=str(path), batch_size=2, dtype="float32")
+    assert lm.block_size == 8
+    assert lm.mask_id == QWEN_MASK_ID != 151643
 
 
 def test_tide_config_written_by_the_trainer_wins(student_dir, tmp_path):

@@ -134,6 +134,14 @@ def test_same_pipeline_reads_student_ids():
     )
     logits = tide_plugin.get_teacher("bidirectional", model=model, mask_token_id=MASK_T)(batch)
     assert logits.shape == (2, 8, V_T)
+    # the noised student ids, read bidirectionally: equal to the model on x_t with a full
+    # 4D mask, and not to the model on the clean ids (a teacher fed x0 would pass a shape check)
+    full = torch.ones(2, 1, 8, 8, dtype=torch.bool)
+    with torch.no_grad():
+        on_xt = model(input_ids=xt, attention_mask=full).logits
+        on_x0 = model(input_ids=x0, attention_mask=full).logits
+    torch.testing.assert_close(logits.float(), on_xt.float(), atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(logits.float(), on_x0.float(), atol=1e-3)
 
 
 def test_config_errors_name_the_value():
