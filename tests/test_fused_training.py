@@ -50,10 +50,18 @@ def test_fused_is_the_default_and_matches_full_logits(tmp_path):
     torch.testing.assert_close(g_fused, g_full, rtol=1e-4, atol=1e-6)
 
 
+class _FullLogitsConfig:
+    requirements = frozenset({"token_alignment"})
+    unit = "masked_rows"
+
+
 class _ReadsFullLogits(Objective):
     """A third-party objective that reads ``student_logits`` as a tensor."""
 
     name = "third_party"
+
+    def __init__(self) -> None:
+        self.config = _FullLogitsConfig()
 
     def forward(self, inputs):
         return {"third_party": inputs.student_logits.float().logsumexp(-1).mean() * 0.0}

@@ -148,31 +148,13 @@ def token_divergence(
             f"{type(student_logits).__name__} and {type(teacher_logits).__name__}"
         )
     s, t = student_logits, teacher_logits
-    # The reference engine validates everything from shapes alone: let it, on empty stand-ins.
-    tau = F_._check_temperature(temperature)
-    F_._check_choice("mode", mode, F_._TOKEN_MODES)
-    vocab = F_._shared_vocab(torch.empty(0, 0, s.shape[2]), torch.empty(0, 0, t.shape[2]), shared_vocab_size)
-    b = s.shape[0]
-    if t.shape[0] != b:
-        raise ValueError(f"student batch {b} and teacher batch {t.shape[0]} differ")
-    n = batch_index.numel()
-    if student_positions.numel() != n or teacher_positions.numel() != n:
-        raise ValueError(
-            f"batch_index ({n}), student_positions ({student_positions.numel()}) and "
-            f"teacher_positions ({teacher_positions.numel()}) must have the same length"
-        )
-    if mode != "tidal" and (lam is not None or weight is not None):
-        raise ValueError(f"lam and weight apply to mode 'tidal' only, got mode {mode!r}")
+    tau, vocab, n = F_.check_divergence_inputs(
+        s.shape, t.shape, batch_index, student_positions, teacher_positions,
+        mode=mode, temperature=temperature, shared_vocab_size=shared_vocab_size, lam=lam, weight=weight,
+    )
     if n == 0:
         return s.hidden.reshape(-1)[:0].sum().float() + s.weight.reshape(-1)[:0].sum().float()
-    for what, idx, size in (
-        ("batch_index", batch_index, b),
-        ("student_positions", student_positions, s.shape[1]),
-        ("teacher_positions", teacher_positions, t.shape[1]),
-    ):
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= size:
-            raise ValueError(f"{what} must lie in [0, {size}), got range [{lo}, {hi}]")
+    b = s.shape[0]
     device = s.device
     bi, si, ti = batch_index.to(device), student_positions.to(device), teacher_positions.to(device)
     work = _work_dtype(s.dtype)

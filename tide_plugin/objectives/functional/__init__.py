@@ -41,7 +41,7 @@ from ._common import (  # noqa: F401  (helpers the fused output layer shares)
     _work_dtype,
 )
 from .chunk import calm, chunk_log_probs, tidal_calm
-from .token import aligned_rows, masked_rows, tidal_kl, token_divergence, token_kl
+from .token import aligned_rows, check_divergence_inputs, masked_rows, tidal_kl, token_divergence, token_kl
 
 __all__ = [
     "aligned_rows",

@@ -145,6 +145,48 @@ class _TokenDivergence(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None, None, None, None
 
 
+def check_divergence_inputs(
+    student_shape: tuple[int, ...],
+    teacher_shape: tuple[int, ...],
+    batch_index: Tensor,
+    student_positions: Tensor,
+    teacher_positions: Tensor,
+    *,
+    mode: str,
+    temperature: float,
+    shared_vocab_size: int | None,
+    lam: Tensor | float | None,
+    weight: Tensor | float | None,
+) -> tuple[float, int, int]:
+    """Validate :func:`token_divergence`'s arguments from shapes alone (shared by the
+    fused output layer): ``(tau, shared vocabulary, number of rows)``; every bad value
+    is named with what is allowed."""
+    tau = _check_temperature(temperature)
+    _check_choice("mode", mode, _TOKEN_MODES)
+    vocab = _shared_vocab(torch.empty(0, 0, student_shape[2]), torch.empty(0, 0, teacher_shape[2]), shared_vocab_size)
+    b = student_shape[0]
+    if teacher_shape[0] != b:
+        raise ValueError(f"student batch {b} and teacher batch {teacher_shape[0]} differ")
+    n = batch_index.numel()
+    if student_positions.numel() != n or teacher_positions.numel() != n:
+        raise ValueError(
+            f"batch_index ({n}), student_positions ({student_positions.numel()}) and "
+            f"teacher_positions ({teacher_positions.numel()}) must have the same length"
+        )
+    if mode != "tidal" and (lam is not None or weight is not None):
+        raise ValueError(f"lam and weight apply to mode 'tidal' only, got mode {mode!r}")
+    if n:
+        for what, idx, size in (
+            ("batch_index", batch_index, b),
+            ("student_positions", student_positions, student_shape[1]),
+            ("teacher_positions", teacher_positions, teacher_shape[1]),
+        ):
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= size:
+                raise ValueError(f"{what} must lie in [0, {size}), got range [{lo}, {hi}]")
+    return tau, vocab, n
+
+
 def token_divergence(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -176,30 +218,13 @@ def token_divergence(
     """
     _check_logits("student_logits", student_logits)
     _check_logits("teacher_logits", teacher_logits)
-    tau = _check_temperature(temperature)
-    _check_choice("mode", mode, _TOKEN_MODES)
-    vocab = _shared_vocab(student_logits, teacher_logits, shared_vocab_size)
-    b = student_logits.shape[0]
-    if teacher_logits.shape[0] != b:
-        raise ValueError(f"student batch {b} and teacher batch {teacher_logits.shape[0]} differ")
-    n = batch_index.numel()
-    if student_positions.numel() != n or teacher_positions.numel() != n:
-        raise ValueError(
-            f"batch_index ({n}), student_positions ({student_positions.numel()}) and "
-            f"teacher_positions ({teacher_positions.numel()}) must have the same length"
-        )
-    if mode != "tidal" and (lam is not None or weight is not None):
-        raise ValueError(f"lam and weight apply to mode 'tidal' only, got mode {mode!r}")
+    tau, vocab, n = check_divergence_inputs(
+        student_logits.shape, teacher_logits.shape, batch_index, student_positions, teacher_positions,
+        mode=mode, temperature=temperature, shared_vocab_size=shared_vocab_size, lam=lam, weight=weight,
+    )
     if n == 0:
         return _zero_loss(student_logits)
-    for what, idx, size in (
-        ("batch_index", batch_index, b),
-        ("student_positions", student_positions, student_logits.shape[1]),
-        ("teacher_positions", teacher_positions, teacher_logits.shape[1]),
-    ):
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= size:
-            raise ValueError(f"{what} must lie in [0, {size}), got range [{lo}, {hi}]")
+    b = student_logits.shape[0]
     device = student_logits.device
     lam_b = _per_example("lam", lam, b, device, 0.0) if mode == "tidal" else None
     w_b = _per_example("weight", weight, b, device, 1.0) if mode == "tidal" else None
