@@ -61,7 +61,7 @@ def _one_line_error(capsys, argv, *needles):
     [
         (["distill", "--max_steps", "0"], ["max_steps 0 trains nothing"]),
         (["distill", "--learning_rate", "-1"], ["learning_rate -1.0 must be >= 0"]),
-        (["distill", "--block_size", "7"], ["max_length (64) must be a multiple of block_size (7)"]),
+        (["distill", "--block_size", "7"], ["max_length (192) must be a multiple of block_size (7)"]),  # the demo preset's
         (["distill", "--distill_mode", "calm", "--preset", "shared"],
          ["objective 'calm' needs the 'cross' pipeline", "--preset shared runs the 'shared' pipeline"]),
         (["distill", "--alm_wieght", "1"], ["unrecognized arguments: --alm_wieght", "did you mean '--alm_weight'?"]),
@@ -148,8 +148,8 @@ def test_dataset_aligned_with_other_tokenizers_is_refused(capsys, tmp_path, monk
     monkeypatch.delenv("TIDE_DEBUG", raising=False)
     data = _preprocessed(tmp_path, "cross", "offline:mistral")
     capsys.readouterr()
-    _one_line_error(capsys, ["distill", "--data", str(data), "--teacher_tokenizer", "offline:qwen",
-                             "--output_dir", str(tmp_path / "out")],
+    _one_line_error(capsys, ["distill", "--data", str(data), "--student_tokenizer", "offline:qwen",
+                             "--teacher_tokenizer", "offline:qwen", "--output_dir", str(tmp_path / "out")],
                     "aligned with the teacher tokenizer 'offline:mistral'", "this run's teacher tokenizer is 'offline:qwen'")
     assert not (tmp_path / "out").exists()
 

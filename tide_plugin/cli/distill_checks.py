@@ -4,11 +4,12 @@ dataset's pipeline and the tokenizers it was aligned with."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ..alignment import dataset_tokenizers, tokenizer_fingerprint
 
 FINISHED_RUN_FILES = ("tide_config.json", "metrics.json", "config.json")
 """A folder holding one of these holds a finished run (a saved student or its report)."""
@@ -73,30 +74,13 @@ def preprocess_module() -> Any:
     return importlib.import_module("tide_plugin.alignment.preprocess")
 
 
-def tokenizer_fingerprint(tok: Any) -> str:
-    """A short hash of the vocabulary (token -> id, added tokens included)."""
-    try:
-        from ..alignment import tokenizer_fingerprint as shared_fingerprint  # the preprocessing side's, once there
-    except ImportError:
-        shared_fingerprint = None
-    if shared_fingerprint is not None:
-        return str(shared_fingerprint(tok))
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
-
-
 def recorded_tokenizers(folder: str | Path) -> dict[str, dict[str, Any]]:
     """``{"student": {"name", "fingerprint"}, "teacher": {...}}`` as far as the dataset
     folder records them (``tide preprocess`` writes its report next to the data)."""
-    try:
-        from ..alignment import dataset_tokenizers  # the preprocessing side's record, once there
-    except ImportError:
-        dataset_tokenizers = None
-    if dataset_tokenizers is not None:
-        found = dataset_tokenizers(folder)
-        if found:
-            return {side: dict(info) for side, info in found.items()}
-    path = Path(folder) / preprocess_module().REPORT_FILE
+    found = dataset_tokenizers(folder)
+    if found:
+        return {side: dict(info) for side, info in found.items()}
+    path = Path(folder)  # a dataset made before fingerprints were recorded: its report names the specs / preprocess_module().REPORT_FILE
     if not path.is_file():
         return {}
     meta = json.loads(path.read_text(encoding="utf-8"))
@@ -141,7 +125,8 @@ def check_dataset_tokenizers(folder: str | Path, tokenizers: Mapping[str, tuple[
             continue
         if want != tokenizer_fingerprint(tok):
             raise ValueError(
-                f"dataset {str(folder)!r} was aligned with the {side} tokenizer {info.get('name')!r}, but this run's "
+                f"dataset {str(folder)!r} was aligned with the {side} tokenizer {info.get('spec') or info.get('name')!r}, "
+                f"but this run's "
                 f"{side} tokenizer is {name!r} (another vocabulary); preprocess the data again with it, or run with "
                 f"the dataset's tokenizer"
             )

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..batch import ROW_LABELS, ROW_STUDENT_IDS
 from .distill_checks import check_dataset_pipeline, check_dataset_tokenizers, preprocess_module
 
 
@@ -80,8 +81,6 @@ def load_run_dataset(
     if report.discarded_invalid:
         reasons.append(f"{report.discarded_invalid} that could not be aligned")
     if filtering:
-        from ..batch import ROW_STUDENT_IDS
-
         ds = ds.filter(lambda r: len(r[ROW_STUDENT_IDS]) <= int(config.max_length))
         if kept - len(ds):
             reasons.append(f"{kept - len(ds)} longer than max_length {config.max_length} (--truncation filter)")
@@ -92,7 +91,5 @@ def load_run_dataset(
     if len(ds) == 0:
         raise ValueError(f"no conversation survived alignment ({', '.join(reasons) or 'none aligned'})")
     if run.get("mask_prompt_loss") is False:  # the reference's option: prompt tokens become targets too
-        from ..batch import ROW_LABELS
-
         ds = ds.map(lambda r: {ROW_LABELS: list(r[ROW_STUDENT_IDS])}, desc=None)
     return ds, notes
