@@ -378,6 +378,7 @@ def test_distill_reads_a_preprocessed_dataset_dir(tmp_path):
                        max_length=64, teacher_max_length=96, progress=False)
     ds.save_to_disk(str(tmp_path / "data"))
     options, run = _parse(["--data", str(tmp_path / "data"), "--max_steps", "1", "--logging_steps", "1",
+                           "--student_tokenizer", "offline:qwen", "--teacher_tokenizer", "offline:mistral",
                            "--output_dir", str(tmp_path / "out")])
     metrics = distill(options, run)
     assert metrics["examples"] == len(ds) and metrics["history"][0]["step"] == 1

@@ -261,7 +261,11 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     resume = _check_before_heavy_work(config, run)
     for note in config.reference_notes():
         _say(f"note: {note}")
-    if run.get("study_assets"):  # the demo: shipped trained teacher, tokenizers, student init, data
+    own_models = [k for k in ("model_name_or_path", "teacher_model_name_or_path", "student_tokenizer",
+                              "teacher_tokenizer") if run.get(k)]
+    if run.get("study_assets") and own_models:  # shipped models only fit the shipped tokenizers
+        _say(f"the demo's shipped models are not used: {', '.join('--' + k for k in own_models)} given")
+    elif run.get("study_assets"):  # the demo: shipped trained teacher, tokenizers, student init, data
         from ..study.demo import demo_assets
 
         try:

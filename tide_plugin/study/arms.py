@@ -59,10 +59,17 @@ class _NoTeacher:
     def __call__(self, batch: Any) -> None:  # noqa: ARG002
         return None
 
+    def projected_logits(self, batch: Any) -> None:  # noqa: ARG002 - the fused output layer's call
+        return None
+
 
 class _NoObjective:
+    """A CE-only run's objective: no parts, so it reads no logits (fused or not)."""
+
     name = "none"
-    requires: frozenset = frozenset()
+    requirements: frozenset = frozenset()
+    units: dict = {}
+    supports_projected_logits = True
 
     def check_pipeline(self, info: Any) -> None:  # noqa: ARG002
         return None
