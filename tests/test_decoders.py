@@ -263,21 +263,6 @@ def test_a_third_party_decoder_is_selected_by_name(third_party_decoder, student)
 # ------------------------------------------------------------ tide eval and the lm-eval model
 
 
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    """A tiny random Qwen3 student with the real Qwen vocabulary, saved like `tide distill` saves."""
-    from tide_plugin.offline import tokenizer
-    from tide_plugin.tiny import tiny_qwen3
-
-    tok = tokenizer("qwen")
-    model = tiny_qwen3(len(tok), initializer_range=0.2)
-    model.config.eos_token_id = tok.eos_token_id
-    path = tmp_path_factory.mktemp("student")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def test_the_lm_eval_model_decodes_with_the_named_decoder_and_reports_it(student_dir):
     from lm_eval.api.instance import Instance
 

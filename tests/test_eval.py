@@ -105,21 +105,6 @@ def test_task_scoring_counts_every_sample():
 
 
 @pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    """A tiny random Qwen3 student with the real Qwen vocabulary, saved like `tide distill` saves."""
-    from tide_plugin.offline import tokenizer
-    from tide_plugin.tiny import tiny_qwen3
-
-    tok = tokenizer("qwen")
-    model = tiny_qwen3(len(tok), initializer_range=0.2)
-    model.config.eos_token_id = tok.eos_token_id
-    path = tmp_path_factory.mktemp("student")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def lm(student_dir):
     from tide_plugin.eval.lm_eval_model import TideBD3LM
 

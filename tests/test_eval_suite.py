@@ -82,20 +82,6 @@ def test_the_table_weights_group_members_by_size_and_averages_rows():
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    from tide_plugin.offline import tokenizer
-    from tide_plugin.tiny import tiny_qwen3
-
-    tok = tokenizer("qwen")
-    model = tiny_qwen3(len(tok), initializer_range=0.2)
-    model.config.eos_token_id = tok.eos_token_id
-    path = tmp_path_factory.mktemp("student")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     from tide_plugin.eval.taskdefs import TaskCatalog
 
@@ -126,17 +112,17 @@ def _suite_file(tmp_path: Path, only: tuple[str, ...] = ()) -> Path:
     return path
 
 
-def _eval_cmd(student, data_dir, suite, out, *extra) -> list[str]:
-    return ["eval", "--model", str(student), "--suite", str(suite), "--data-dir", str(data_dir),
+def _eval_cmd(student_dir, data_dir, suite, out, *extra) -> list[str]:
+    return ["eval", "--model", str(student_dir), "--suite", str(suite), "--data-dir", str(data_dir),
             "--dtype", "float32", "--batch-size", "4", "--output-dir", str(out), "--log-samples", *extra]
 
 
 @pytest.mark.slow
-def test_the_paper_suite_runs_all_eight_tasks_and_prints_the_table(student, data_dir, tmp_path, capsys):
+def test_the_paper_suite_runs_all_eight_tasks_and_prints_the_table(student_dir, data_dir, tmp_path, capsys):
     from tide_plugin.cli import main
 
     suite, out = _suite_file(tmp_path), tmp_path / "out"
-    assert main(_eval_cmd(student, data_dir, suite, out, "--limit", "1")) == 0
+    assert main(_eval_cmd(student_dir, data_dir, suite, out, "--limit", "1")) == 0
     printed = capsys.readouterr().out
     table = json.loads((out / "small_table.json").read_text())
     assert [r["label"] for r in table["rows"]] == ["GSM8K", "MATH", "BBH", "MMLU-Pro", "HellaSwag", "MMLU",
@@ -153,21 +139,21 @@ def test_the_paper_suite_runs_all_eight_tasks_and_prints_the_table(student, data
 
 
 @pytest.mark.slow
-def test_a_rerun_skips_finished_tasks_unless_overwrite(student, data_dir, tmp_path, capsys):
+def test_a_rerun_skips_finished_tasks_unless_overwrite(student_dir, data_dir, tmp_path, capsys):
     from tide_plugin.cli import main
 
     suite, out = _suite_file(tmp_path, only=("mmlu_generative_dream", "hellaswag_gen")), tmp_path / "out"
-    assert main(_eval_cmd(student, data_dir, suite, out, "--limit", "2", "--no-think-injection")) == 0
+    assert main(_eval_cmd(student_dir, data_dir, suite, out, "--limit", "2", "--no-think-injection")) == 0
     first = (out / "mmlu_generative_dream.json").stat().st_mtime_ns
     sample = json.loads((out / "samples_hellaswag_gen.jsonl").read_text().splitlines()[0])
     assert "<think>" not in sample["arguments"][0][0]
     (out / "hellaswag_gen.json").unlink()
     capsys.readouterr()
-    assert main(_eval_cmd(student, data_dir, suite, out, "--limit", "2")) == 0
+    assert main(_eval_cmd(student_dir, data_dir, suite, out, "--limit", "2")) == 0
     err = capsys.readouterr().err
     assert "mmlu_generative_dream: results exist" in err and "hellaswag_gen: results exist" not in err
     assert (out / "mmlu_generative_dream.json").stat().st_mtime_ns == first
-    assert main(_eval_cmd(student, data_dir, suite, out, "--limit", "2", "--overwrite")) == 0
+    assert main(_eval_cmd(student_dir, data_dir, suite, out, "--limit", "2", "--overwrite")) == 0
     assert (out / "mmlu_generative_dream.json").stat().st_mtime_ns != first
 
 
@@ -178,15 +164,15 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_one_process_scores(student, data_dir, tmp_path):
+def test_two_processes_give_the_one_process_scores(student_dir, data_dir, tmp_path):
     suite = _suite_file(tmp_path, only=("mmlu_generative_dream", "gsm8k_cot"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1",
            "HF_HUB_OFFLINE": "1"}
-    one = [sys.executable, "-m", "tide_plugin.cli", *_eval_cmd(student, data_dir, suite, tmp_path / "one")]
+    one = [sys.executable, "-m", "tide_plugin.cli", *_eval_cmd(student_dir, data_dir, suite, tmp_path / "one")]
     two = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), "-m", "tide_plugin.cli",
-           *_eval_cmd(student, data_dir, suite, tmp_path / "two")]
+           *_eval_cmd(student_dir, data_dir, suite, tmp_path / "two")]
     for cmd in (one, two):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -214,8 +200,8 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
     return line
 
 
-def test_an_unknown_task_gets_did_you_mean_and_the_choices(student):
-    line = _one_line(_cli("eval", "--model", str(student), "--tasks", "gsm8k_cott"))
+def test_an_unknown_task_gets_did_you_mean_and_the_choices(student_dir):
+    line = _one_line(_cli("eval", "--model", str(student_dir), "--tasks", "gsm8k_cott"))
     assert "unknown task 'gsm8k_cott'; did you mean 'gsm8k_cot'" in line and "mmlu_generative_dream" in line
 
 
@@ -225,13 +211,13 @@ def test_a_folder_that_is_no_checkpoint_says_so(tmp_path):
     assert "is not a checkpoint: it has no config.json" in line and "sentencepiece" not in line
 
 
-def test_a_likelihood_task_names_the_generative_variants_before_any_download(student):
-    line = _one_line(_cli("eval", "--model", str(student), "--tasks", "hellaswag"))
+def test_a_likelihood_task_names_the_generative_variants_before_any_download(student_dir):
+    line = _one_line(_cli("eval", "--model", str(student_dir), "--tasks", "hellaswag"))
     assert "'hellaswag' (hellaswag) is a multiple_choice task" in line and "hellaswag_gen" in line
 
 
-def test_a_missing_dataset_names_the_task_and_the_dataset(student, tmp_path):
-    line = _one_line(_cli("eval", "--model", str(student), "--tasks", "gsm8k_cot", "--data-dir", str(tmp_path)))
+def test_a_missing_dataset_names_the_task_and_the_dataset(student_dir, tmp_path):
+    line = _one_line(_cli("eval", "--model", str(student_dir), "--tasks", "gsm8k_cot", "--data-dir", str(tmp_path)))
     assert "task 'gsm8k_cot' (gsm8k_cot) needs the dataset openai/gsm8k/main" in line
 
 

@@ -139,11 +139,21 @@ def real_tokenizers() -> dict[str, Any]:
 
 def save_tokenizer(tok: Any, folder: str | os.PathLike[str]) -> None:
     """``save_pretrained``, readable by both transformers lines: 5.x writes its own class
-    name (``TokenizersBackend``), which 4.57's ``AutoTokenizer`` does not know."""
+    name (``TokenizersBackend``), which 4.57's ``AutoTokenizer`` does not know, and its
+    extra special tokens as a list, which 4.57 reads as a mapping; both are written in
+    the form both lines read."""
     tok.save_pretrained(str(folder))
-    config = Path(folder) / "tokenizer_config.json"
+    portable_tokenizer_config(Path(folder) / "tokenizer_config.json")
+
+
+def portable_tokenizer_config(config: Path) -> None:
+    """Rewrite a ``tokenizer_config.json`` so transformers 4.57 and 5.x both load it."""
     data = json.loads(config.read_text())
     data["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = data.get("extra_special_tokens")
+    if isinstance(extra, list):  # 5.x's list; 4.57 expects a mapping here, the list under this key
+        data.pop("extra_special_tokens")
+        data["additional_special_tokens"] = extra
     config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
