@@ -127,6 +127,11 @@ def save_model(model: torch.nn.Module, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(str(folder))
     model.to(torch.float32)
+    config = folder / "config.json"
+    data = json.loads(config.read_text())
+    if "num_local_experts" in data and "num_experts" not in data:
+        data["num_experts"] = data["num_local_experts"]  # transformers 4.57's name (else its default, 128)
+        config.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def load_model(folder: Path) -> torch.nn.Module:
