@@ -105,7 +105,8 @@ def test_end_to_end_logs_every_part_and_saves_a_reloadable_student(tmp_path):
     for k, progress in enumerate((0.0, 0.5)):  # progress = global_step / max_steps when the step ran
         loss, want = step(model, batches[2 * k : 2 * k + 2], progress)
         for key, value in want.items():
-            assert logged[k][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (k, key)
+            # rel 5e-4: after the first update the fused and the plain path round differently
+            assert logged[k][key] == pytest.approx(value, rel=5e-4, abs=1e-6), (k, key)
         assert logged[k]["progress"] == progress
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
