@@ -149,6 +149,20 @@ def test_normalisation_survives_gradient_accumulation(tmp_path, norm):
     torch.testing.assert_close(accumulated, whole, atol=1e-5, rtol=1e-5)
 
 
+def test_a_bf16_run_does_not_leak_its_precision_into_the_next(tmp_path, monkeypatch):
+    """transformers 4.57 writes --bf16 into ACCELERATE_MIXED_PRECISION and its Trainer reads
+    the precision from there: a float32 run built after a bf16 one in the same process
+    must still train in float32, and a launcher's own setting must survive."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    _trainer(_config(tmp_path / "a", bf16=True), n=8)
+    assert _trainer(_config(tmp_path / "b"), n=8).accelerator.mixed_precision == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as `accelerate launch --mixed_precision bf16` does
+    from tide_plugin.training import config as config_module
+
+    monkeypatch.setattr(config_module, "_mixed_precision_env", {"launcher": None, "written": None, "seen": False})
+    assert _trainer(_config(tmp_path / "c"), n=8).accelerator.mixed_precision == "bf16"
+
+
 def test_objective_checked_against_pipeline_when_built(tmp_path):
     with pytest.raises(PipelineMismatchError, match="reverse_calm"):
         _trainer(_config(tmp_path, objective="reverse_calm", pipeline="same"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,28 @@ TIDAL_FIELDS = {
     "taid_axis_mode": "axis",
     "taid_timestep_weight": "timestep_weight",
 }
+
+
+_MIXED_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
+_mixed_precision_env = {"launcher": None, "written": None, "seen": False}
+"""What the launcher put in ``ACCELERATE_MIXED_PRECISION`` before the first config of this
+process, and what the last config's ``TrainingArguments.__post_init__`` wrote there."""
+
+
+def _forget_leaked_mixed_precision() -> None:
+    """transformers 4.57 writes a run's ``--bf16``/``--fp16`` into ``os.environ`` and never
+    takes it back, and its Trainer reads the precision from there: a second config in the
+    same process (a notebook, a sweep) would train in bf16 though it asks for float32.
+    Before each config, a value left by an earlier config is replaced by what the launcher
+    (``accelerate launch --mixed_precision``) gave, or removed if it gave none."""
+    state, current = _mixed_precision_env, os.environ.get(_MIXED_PRECISION_ENV)
+    if not state["seen"]:
+        state["launcher"], state["seen"] = current, True
+    elif current is not None and current == state["written"] and current != state["launcher"]:
+        if state["launcher"] is None:
+            del os.environ[_MIXED_PRECISION_ENV]
+        else:
+            os.environ[_MIXED_PRECISION_ENV] = state["launcher"]
 
 
 def _parse_mapping(value: Any, name: str) -> dict[str, Any]:
@@ -378,7 +401,9 @@ class DistillConfig(DistillArguments, transformers.TrainingArguments):
                 self.warmup_steps = float(self.warmup_ratio)  # transformers 5 reads a float < 1 as a ratio
         elif self.warmup_ratio is None and _TRAINING_ARGS_HAVE_WARMUP_RATIO:
             self.warmup_ratio = 0.0  # transformers 4.57's default
+        _forget_leaked_mixed_precision()
         super().__post_init__()
+        _mixed_precision_env["written"] = os.environ.get(_MIXED_PRECISION_ENV)
         self._distill_post_init()
         self.group_by_length = _bool(self.group_by_length)
         if self.group_by_length and hasattr(self, "train_sampling_strategy"):
