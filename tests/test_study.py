@@ -10,7 +10,7 @@ import torch
 from tide_plugin.study.bpb import Encoded, _noise, encode_targets, heldout_bpb, ratio_bpb
 from tide_plugin.study.corpus import CorpusConfig, build_corpus, is_heldout
 from tide_plugin.study.models import ModelSpec
-from tide_plugin.study.report import mean_se, summarise
+from tide_plugin.study.report import delta_row, mean_se, summarise
 from tide_plugin.study.tokenizers import train_tokenizers
 
 SMALL = CorpusConfig(packages=("json", "email", "http", "urllib"), sources=("code",), heldout_permille=300)
@@ -176,6 +176,14 @@ def test_differences_to_bd3lm_are_paired_by_seed():
     assert arms["B/KL"]["diff_vs_bd3lm_mean"] == pytest.approx(m) and arms["B/KL"]["diff_vs_bd3lm_se"] == pytest.approx(se)
     assert arms["B/KL"]["bpb_se"] == pytest.approx(mean_se([2.9, 3.8, 4.9])[1])
     assert arms["B/KL"]["bpb_se"] > 10 * arms["B/KL"]["diff_vs_bd3lm_se"]  # the pairing removes the seed spread
+
+
+def test_table_shows_no_difference_for_the_baseline_and_small_errors_in_four_decimals():
+    def run(bpb):
+        return {"bpb": bpb, "eval_se": 0.0, "steps": 5, "wall_seconds": 1.0, "log": [], "curve": []}
+
+    runs = {"BD3LM": {0: run(3.0), 1: run(4.0)}, "A/CALM": {0: run(3.0003), 1: run(4.0005)}}
+    assert delta_row(summarise(runs, [0, 1])["arms"]).split(" | ")[1:] == ["—", "+0.0004 ± 0.0001 * |"]
 
 
 def test_tide_study_rejects_unknown_arms_with_a_suggestion(tmp_path, capsys):

@@ -62,8 +62,17 @@ def _fmt(m: float, se: float) -> str:
 def _diff(m: float, se: float) -> str:
     if math.isnan(m):
         return "—"
-    mark = " *" if not math.isnan(se) and abs(m) > 2 * se else ""
-    return f"{m:+.3f} ± {se:.3f}{mark}" if not math.isnan(se) else f"{m:+.3f}"
+    if math.isnan(se):
+        return f"{m:+.3f}"
+    mark = " *" if abs(m) > 2 * se else ""
+    digits = 3 if se >= 5e-4 else 4  # a paired s.e. below the third decimal would print as 0.000
+    return f"{m:+.{digits}f} ± {se:.{digits}f}{mark}"
+
+
+def delta_row(arms: dict[str, dict[str, Any]]) -> str:
+    """The table's row of paired differences to ``BD3LM`` (its own column: a dash)."""
+    cells = ("—" if n == BASELINE else _diff(a["diff_vs_bd3lm_mean"], a["diff_vs_bd3lm_se"]) for n, a in arms.items())
+    return f"| Δ vs {BASELINE} (paired by seed) | " + " | ".join(cells) + " |"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -73,7 +82,7 @@ def markdown(result: dict[str, Any]) -> str:
     sep = "|---|" + "---|" * len(names)
     rows = [
         "| held-out bits/byte (mean ± s.e. over seeds) | " + " | ".join(_fmt(arms[n]["bpb_mean"], arms[n]["bpb_se"]) for n in names) + " |",
-        f"| Δ vs {BASELINE} (paired by seed) | " + " | ".join(_diff(arms[n]["diff_vs_bd3lm_mean"], arms[n]["diff_vs_bd3lm_se"]) for n in names) + " |",
+        delta_row(arms),
         "| steps | " + " | ".join(str(arms[n]["steps"]) for n in names) + " |",
         "| train s / run | " + " | ".join(f"{arms[n]['train_seconds_mean']:.0f}" for n in names) + " |",
     ]
