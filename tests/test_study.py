@@ -164,6 +164,31 @@ def test_ratio_bpb_standard_error():
     assert se == pytest.approx(math.sqrt(((10 - 20) ** 2 + 0 + (30 - 20) ** 2) / 6) * 3 / 30 / math.log(2))
 
 
+def test_demo_change_is_paired_over_the_same_sequences():
+    from tide_plugin.study.bpb import BpbResult
+    from tide_plugin.study.demo import paired_change
+
+    nbytes = [10, 20, 30]
+    before = BpbResult(bpb=0.0, se=0.0, nats=[7.0, 15.0, 20.0], nbytes=nbytes)
+    after = BpbResult(bpb=0.0, se=0.0, nats=[6.0, 15.5, 18.0], nbytes=nbytes)
+    change, se = paired_change(before, after)
+    d, r = [-1.0, 0.5, -2.0], -2.5 / 60
+    assert change == pytest.approx(r / math.log(2))
+    resid = [x - r * b for x, b in zip(d, nbytes)]
+    assert se == pytest.approx(math.sqrt(sum(e * e for e in resid) / 6) * 3 / 60 / math.log(2))
+
+
+def test_demo_assets_name_what_is_missing(monkeypatch, tmp_path):
+    from tide_plugin.study import demo
+
+    with pytest.raises(ValueError, match="demo teacher 'C' is not one of"):
+        demo.demo_assets("C")
+    assert demo.demo_assets("B")["teacher_tokenizer"].endswith("tokenizer")  # shipped: teacher B's own template
+    monkeypatch.setattr(demo, "SHIPPED_DIR", tmp_path)  # a source checkout without the shipped weights
+    with pytest.raises(FileNotFoundError, match=r"missing \['tokenizers-.*'teacher-B-.*student-init-"):
+        demo.demo_assets("B")
+
+
 # -- report ---------------------------------------------------------------------------------------
 def test_differences_to_bd3lm_are_paired_by_seed():
     def run(bpb):

@@ -247,7 +247,7 @@ def test_yaml_config_and_flag_precedence(tmp_path):
     path.write_text("objective: calm\nlearning_rate: 0.001\nmax_steps: 7\npreset: demo\n")
     options, run = _parse(["--config", str(path), "--max_steps", "3"])
     assert options["objective"] == "calm" and options["learning_rate"] == 0.001 and options["max_steps"] == 3
-    assert DistillConfig(**options).pipeline == "cross" and run["study_assets"] is True
+    assert DistillConfig(**options).pipeline == "cross" and run["study_assets"] == "A"
     options, _ = _parse(["--num_train_epochs", "2"])
     assert options["num_train_epochs"] == 2 and "max_steps" not in options
     with pytest.raises(ValueError, match="unknown options.*'nonsense'"):
@@ -274,8 +274,11 @@ def test_demo_writes_checkpoint_metrics_and_plot(tmp_path):
     assert (out / "loss.png").stat().st_size > 1000 and (out / "metrics.json").exists()
     # the shipped trained teacher knows more than the student: held-out bits per byte
     heldout = json.loads((out / "metrics.json").read_text())["heldout"]
-    assert set(heldout) == {"teacher_bpb", "student_bpb_before", "student_bpb_after"}
+    assert set(heldout) == {"teacher_bpb", "student_bpb_before", "student_bpb_after", "student_bpb_change",
+                            "student_bpb_change_se"}
     assert heldout["teacher_bpb"] < heldout["student_bpb_before"]
+    change = heldout["student_bpb_after"] - heldout["student_bpb_before"]
+    assert heldout["student_bpb_change"] == pytest.approx(change, abs=1e-9) and heldout["student_bpb_change_se"] > 0
     assert [c[0] for c in metrics["heldout_curve"]] == [0, 1, 2]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -294,6 +297,9 @@ def test_shared_preset_runs_tidal_with_comp_demo(tmp_path):
     metrics = distill(options, run)
     assert metrics["parts"] == ["ce", "tidal"]
     assert all("lambda/tidal" in h for h in metrics["history"])
+    # the shipped trained block teacher (the student's vocabulary, another template) beats the student
+    heldout = json.loads((tmp_path / "shared" / "metrics.json").read_text())["heldout"]
+    assert heldout["teacher_bpb"] < heldout["student_bpb_before"] - 0.5
 
 
 def test_backend_follows_dllm_availability(tmp_path):

@@ -18,7 +18,7 @@ import transformers
 from ..pipelines import get_pipeline
 from ..training import DistillConfig, build_trainer, write_metrics
 from ..training.config import implied_pipeline
-from .presets import ALT_TEMPLATE, PRESET_MODELS, PRESETS
+from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_MODELS, PRESETS
 from . import did_you_mean
 
 _RUN_KEYS = (
@@ -265,14 +265,14 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
                               "teacher_tokenizer") if run.get(k)]
     if run.get("study_assets") and own_models:  # shipped models only fit the shipped tokenizers
         _say(f"the demo's shipped models are not used: {', '.join('--' + k for k in own_models)} given")
-    elif run.get("study_assets"):  # the demo: shipped trained teacher, tokenizers, student init, data
+    elif run.get("study_assets"):  # the demos: shipped trained teacher, tokenizers, student init, data
         from ..study.demo import demo_assets
 
         try:
-            assets = demo_assets()
+            assets = demo_assets(str(run["study_assets"]))
         except FileNotFoundError as exc:  # a source checkout without the shipped weights
             print(f"tide distill: {exc}; falling back to tiny randomly initialised models")
-            assets = {"student_tokenizer": "offline:qwen", "teacher_tokenizer": "offline:mistral"}
+            assets = dict(FALLBACK_TOKENIZERS[str(run["study_assets"])])
         run = {**assets, **{k: v for k, v in run.items() if v is not None}}
     student_spec = run.get("student_tokenizer") or run.get("model_name_or_path") or "offline:qwen"
     teacher_spec = run.get("teacher_tokenizer") or run.get("teacher_model_name_or_path") or "offline:mistral"
@@ -281,6 +281,11 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     from ..alignment import resolve_mask_id
 
     student_mask = resolve_mask_id(student_tok)
+    if run.get("study_assets") == "B" and config.shared_vocab_size is None:
+        # the shipped teacher reads the student's whole vocabulary; the offline stand-in, Qwen's shared ids
+        from ..offline import QWEN_SHARED_VOCAB_SIZE
+
+        config.shared_vocab_size = QWEN_SHARED_VOCAB_SIZE if student_spec == "offline:qwen" else len(student_tok)
     if config.teacher_mask_token_id is None and (config.pipeline is None or get_pipeline(config.pipeline).has_teacher_ids):
         config.teacher_mask_token_id = resolve_mask_id(teacher_tok)
     from .distill_data import load_run_dataset
@@ -319,13 +324,18 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         )
         device = trainer.args.device
         if kind is not None:
-            heldout["teacher_bpb"] = score_teacher(trainer.teacher.model)
-        heldout["student_bpb_before"] = score_student(student.to(device))
-        curve.append((0, heldout["student_bpb_before"]))
+            heldout["teacher_bpb"] = score_teacher(trainer.teacher.model).bpb
+        before = score_student(student.to(device))
+        heldout["student_bpb_before"] = before.bpb
+        curve.append((0, before.bpb))
         trainer.add_callback(heldout_callback(score_student, max(1, config.max_steps // 4), curve))
     trainer.train(resume_from_checkpoint=resume)
     if heldout:
-        heldout["student_bpb_after"] = score_student(trainer.model)
+        from ..study.demo import paired_change
+
+        after = score_student(trainer.model)
+        heldout["student_bpb_after"] = after.bpb
+        heldout["student_bpb_change"], heldout["student_bpb_change_se"] = paired_change(before, after)
         if not curve or curve[-1][0] != trainer.state.global_step:
             curve.append((trainer.state.global_step, heldout["student_bpb_after"]))
         print("tide distill: held-out bits per byte " + json.dumps({"heldout": heldout}))

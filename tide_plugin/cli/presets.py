@@ -5,20 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 _DEMO_RUN: dict[str, Any] = {
-    # What both embedded demos share: short sequences, 30 steps at a high constant
-    # learning rate, so a tiny model moves visibly within the three-minute budget.
-    "max_length": 64,
-    "teacher_max_length": 96,
+    # What both embedded demos share: the study's lengths and block, 60 steps at a
+    # constant learning rate, so the student moves visibly within the three-minute budget.
+    "max_length": 192,
+    "teacher_max_length": 256,
     "block_size": 32,
-    "max_steps": 30,
-    "learning_rate": 2e-3,
+    "max_steps": 60,
+    "learning_rate": 1e-3,
     "warmup_steps": 0,
     "lr_scheduler_type": "constant",
-    "per_device_train_batch_size": 4,
-    "logging_steps": 2,
+    "per_device_train_batch_size": 8,
+    "logging_steps": 5,
     "save_strategy": "no",
     "dataloader_pin_memory": False,
     "seed": 0,
+    "teacher_dtype": "float32",  # the teachers ship in bfloat16 to halve the bytes
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # TIDE-Cross in miniature with a teacher that knows something: the study's trained
@@ -32,30 +33,30 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher": "bidirectional",
         "output_dir": "runs/demo",
         **_DEMO_RUN,
-        "max_length": 192,
-        "teacher_max_length": 256,
-        "max_steps": 60,
-        "learning_rate": 1e-3,
-        "per_device_train_batch_size": 8,
-        "logging_steps": 5,
-        "teacher_dtype": "float32",  # shipped in bfloat16 to halve the bytes
     },
-    # TIDE-Shared in miniature: shared vocabulary, teacher with another chat template,
-    # template pairs, token TIDAL + CompDemo, block (WeDLM-style x0_xt) teacher.
+    # TIDE-Shared in miniature, the same way: the study's trained block-diffusion
+    # (WeDLM-style x0_xt) teacher, which reads the student's vocabulary under another chat
+    # template; template pairs, token TIDAL + CompDemo. The shared vocabulary is the
+    # student's whole vocabulary unless --shared_vocab_size is given.
     "shared": {
         "objective": "taid_aligned",
         "pipeline": "shared",
         "teacher": "block",
         "concat_order": "x0_xt",
         "use_comp_demo": True,
-        "shared_vocab_size": 151646,
         "output_dir": "runs/demo-shared",
         **_DEMO_RUN,
     },
 }
 PRESET_MODELS = {
-    "demo": {"study_assets": True, "teacher_arch": "qwen3_moe"},
-    "shared": {"student_tokenizer": "offline:qwen", "teacher_tokenizer": "offline:qwen-alt-template", "teacher_arch": "qwen3"},
+    # study_assets: which shipped study teacher; when the weights are not shipped (a bare
+    # source checkout), tiny random models on the offline tokenizers below stand in
+    "demo": {"study_assets": "A", "teacher_arch": "qwen3_moe"},
+    "shared": {"study_assets": "B", "teacher_arch": "qwen3"},
+}
+FALLBACK_TOKENIZERS = {
+    "A": {"student_tokenizer": "offline:qwen", "teacher_tokenizer": "offline:mistral"},
+    "B": {"student_tokenizer": "offline:qwen", "teacher_tokenizer": "offline:qwen-alt-template"},
 }
 
 ALT_TEMPLATE = (

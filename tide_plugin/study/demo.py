@@ -1,6 +1,8 @@
 """What ``tide distill`` (no arguments) distils: the study's pipeline-A teacher (a trained
 bidirectional masked-diffusion MoE) and its tokenizers, shipped with the package, into the
 study's student init, on study corpus rows; held-out bits per byte before and after.
+``--preset shared`` does the same with the study's pipeline-B teacher (block diffusion,
+``x0_xt``, the student's vocabulary under another chat template).
 
 The shipped files are made by::
 
@@ -21,16 +23,20 @@ from .models import SHIPPED_DIR
 DEMO_DATA_DIR = SHIPPED_DIR / "demo"
 
 
-def demo_assets() -> dict[str, str]:
-    """Paths of the shipped demo pieces: student / teacher tokenizers, student init,
-    teacher A, train and held-out chat JSONL. One clear error when any is missing."""
+def demo_assets(teacher: str = "A") -> dict[str, str]:
+    """Paths of the shipped demo pieces: student / teacher tokenizers, student init, the
+    study's teacher ``A`` (bidirectional MoE, cross tokenizer) or ``B`` (block diffusion,
+    the student's vocabulary under another chat template), train and held-out chat JSONL.
+    One clear error when any is missing."""
     from .config import StudyConfig
     from .models import find_artifact
     from .run import init_name, teacher_name, tokenizers_key
 
+    if teacher not in ("A", "B"):
+        raise ValueError(f"demo teacher {teacher!r} is not one of ('A', 'B')")
     cfg = StudyConfig()
     key = tokenizers_key(cfg)
-    names = {"tokenizers": f"tokenizers-{key}", "teacher": teacher_name("A", cfg, key), "student": init_name(cfg, key)}
+    names = {"tokenizers": f"tokenizers-{key}", "teacher": teacher_name(teacher, cfg, key), "student": init_name(cfg, key)}
     found = {k: find_artifact(v) for k, v in names.items()}
     missing = [names[k] for k, v in found.items() if v is None or not str(v).startswith(str(SHIPPED_DIR))]
     data = {"data": DEMO_DATA_DIR / "train.jsonl", "heldout": DEMO_DATA_DIR / "heldout.jsonl"}
@@ -40,9 +46,10 @@ def demo_assets() -> dict[str, str]:
             f"the demo's trained teacher is not shipped in {SHIPPED_DIR} (missing {missing}); make it with "
             "`tide study --teachers-only --export DIR` and copy DIR/* there, or pass --preset none with your own models"
         )
+    teacher_tok = found["tokenizers"] / "cross" if teacher == "A" else found["teacher"] / "tokenizer"
     return {
         "student_tokenizer": str(found["tokenizers"] / "student"),
-        "teacher_tokenizer": str(found["tokenizers"] / "cross"),
+        "teacher_tokenizer": str(teacher_tok),
         "model_name_or_path": str(found["student"]),
         "teacher_model_name_or_path": str(found["teacher"]),
         "data": str(data["data"]),
@@ -52,21 +59,22 @@ def demo_assets() -> dict[str, str]:
 
 def heldout_scorer(heldout_path: str, student_tok: Any, teacher_tok: Any, *, block_size: int, teacher_kind: str,
                    samples: int = 2, seed: int = 1234):
-    """``(score_student(model) -> float, score_teacher(model) -> float)`` on the held-out chat JSONL."""
+    """``(score_student(model), score_teacher(model))`` on the held-out chat JSONL, each a
+    :class:`~tide_plugin.study.bpb.BpbResult` (bits per byte, its s.e., nats per sequence)."""
     from ..alignment.preprocess import load_jsonl
-    from .bpb import heldout_bpb
+    from .bpb import BpbResult, heldout_bpb
     from .data import encode_heldout
 
     rows = load_jsonl(heldout_path)
     s_data, t_data = encode_heldout(rows, student_tok), encode_heldout(rows, teacher_tok)
 
-    def student(model) -> float:
+    def student(model) -> BpbResult:
         return heldout_bpb(model, "bd3lm", s_data, mask_id=student_tok.mask_token_id, pad_id=student_tok.pad_token_id,
-                           block_size=block_size, samples=samples, seed=seed).bpb
+                           block_size=block_size, samples=samples, seed=seed)
 
-    def teacher(model) -> float:
+    def teacher(model) -> BpbResult:
         return heldout_bpb(model, teacher_kind, t_data, mask_id=teacher_tok.mask_token_id,
-                           pad_id=teacher_tok.pad_token_id, block_size=block_size, samples=samples, seed=seed).bpb
+                           pad_id=teacher_tok.pad_token_id, block_size=block_size, samples=samples, seed=seed)
 
     return student, teacher
 
@@ -94,6 +102,14 @@ if __name__ == "__main__":
     write_demo_data(*sys.argv[1:2])
 
 
+def paired_change(before: Any, after: Any) -> tuple[float, float]:
+    """After minus before in bits per byte, with its standard error over the held-out
+    sequences (the same sequences and noise draws both times, so the difference is paired)."""
+    from .bpb import ratio_bpb
+
+    return ratio_bpb([a - b for a, b in zip(after.nats, before.nats)], before.nbytes)
+
+
 def heldout_callback(score_student, every: int, curve: list):
     """A ``TrainerCallback`` appending ``(step, student bits per byte)`` to ``curve`` every ``every`` steps."""
     import transformers
@@ -101,6 +117,6 @@ def heldout_callback(score_student, every: int, curve: list):
     class _Heldout(transformers.TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ARG002
             if every and state.global_step % every == 0 and state.is_world_process_zero:
-                curve.append((state.global_step, score_student(model)))
+                curve.append((state.global_step, score_student(model).bpb))
 
     return _Heldout()
