@@ -157,9 +157,9 @@ def test_a_bf16_run_does_not_leak_its_precision_into_the_next(tmp_path, monkeypa
     _trainer(_config(tmp_path / "a", bf16=True), n=8)
     assert _trainer(_config(tmp_path / "b"), n=8).accelerator.mixed_precision == "no"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as `accelerate launch --mixed_precision bf16` does
-    from tide_plugin.training import config as config_module
+    from tide_plugin.training import compat
 
-    monkeypatch.setattr(config_module, "_mixed_precision_env", {"launcher": None, "written": None, "seen": False})
+    monkeypatch.setattr(compat, "_mixed_precision_env", {"launcher": None, "written": None, "seen": False})
     assert _trainer(_config(tmp_path / "c"), n=8).accelerator.mixed_precision == "bf16"
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +15,12 @@ import transformers
 
 from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
 from ..pipelines import PIPELINES, get_pipeline
+from .compat import one_config_mixed_precision, settle_warmup_ratio
 LOSS_WEIGHT_TYPES = ("elbo", "uniform")
 LOSS_WEIGHT_ALIASES = {"scheduler": "elbo"}
 """dllm's name for the ELBO weighting. It stays the field's default and is kept as
 typed, because dllm's own config checks the field against its names; the code reads
 :attr:`DistillArguments.ce_weighting`, which speaks the ``noise`` stage's names."""
-_TRAINING_ARGS_HAVE_WARMUP_RATIO = "warmup_ratio" in {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
 TIDAL_FIELDS = {
     "taid_lambda_init": "lambda_init",
     "taid_lambda_max": "lambda_max",
@@ -29,28 +28,6 @@ TIDAL_FIELDS = {
     "taid_axis_mode": "axis",
     "taid_timestep_weight": "timestep_weight",
 }
-
-
-_MIXED_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
-_mixed_precision_env = {"launcher": None, "written": None, "seen": False}
-"""What the launcher put in ``ACCELERATE_MIXED_PRECISION`` before the first config of this
-process, and what the last config's ``TrainingArguments.__post_init__`` wrote there."""
-
-
-def _forget_leaked_mixed_precision() -> None:
-    """transformers 4.57 writes a run's ``--bf16``/``--fp16`` into ``os.environ`` and never
-    takes it back, and its Trainer reads the precision from there: a second config in the
-    same process (a notebook, a sweep) would train in bf16 though it asks for float32.
-    Before each config, a value left by an earlier config is replaced by what the launcher
-    (``accelerate launch --mixed_precision``) gave, or removed if it gave none."""
-    state, current = _mixed_precision_env, os.environ.get(_MIXED_PRECISION_ENV)
-    if not state["seen"]:
-        state["launcher"], state["seen"] = current, True
-    elif current is not None and current == state["written"] and current != state["launcher"]:
-        if state["launcher"] is None:
-            del os.environ[_MIXED_PRECISION_ENV]
-        else:
-            os.environ[_MIXED_PRECISION_ENV] = state["launcher"]
 
 
 def _parse_mapping(value: Any, name: str) -> dict[str, Any]:
@@ -392,18 +369,9 @@ class DistillConfig(DistillArguments, transformers.TrainingArguments):
 
     def __post_init__(self) -> None:
         check_training_values(self)
-        if self.warmup_ratio is not None and not _TRAINING_ARGS_HAVE_WARMUP_RATIO:
-            if not 0.0 <= float(self.warmup_ratio) < 1.0:
-                raise ValueError(f"warmup_ratio {self.warmup_ratio} must lie in [0, 1)")
-            if float(self.warmup_steps) and float(self.warmup_ratio):
-                raise ValueError("give warmup_steps or warmup_ratio, not both")
-            if float(self.warmup_ratio):
-                self.warmup_steps = float(self.warmup_ratio)  # transformers 5 reads a float < 1 as a ratio
-        elif self.warmup_ratio is None and _TRAINING_ARGS_HAVE_WARMUP_RATIO:
-            self.warmup_ratio = 0.0  # transformers 4.57's default
-        _forget_leaked_mixed_precision()
-        super().__post_init__()
-        _mixed_precision_env["written"] = os.environ.get(_MIXED_PRECISION_ENV)
+        settle_warmup_ratio(self)
+        with one_config_mixed_precision():
+            super().__post_init__()
         self._distill_post_init()
         self.group_by_length = _bool(self.group_by_length)
         if self.group_by_length and hasattr(self, "train_sampling_strategy"):
