@@ -98,10 +98,6 @@ def write_demo_data(folder: str | Path = DEMO_DATA_DIR, train_rows: int = 320, h
           f"to {out} in {time.time() - start:.0f} s")
 
 
-if __name__ == "__main__":
-    write_demo_data(*sys.argv[1:2])
-
-
 def paired_change(before: Any, after: Any) -> tuple[float, float]:
     """After minus before in bits per byte, with its standard error over the held-out
     sequences (the same sequences and noise draws both times, so the difference is paired)."""
@@ -120,3 +116,7 @@ def heldout_callback(score_student, every: int, curve: list):
                 curve.append((state.global_step, score_student(model).bpb))
 
     return _Heldout()
+
+
+if __name__ == "__main__":
+    write_demo_data(*sys.argv[1:2])
