@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from train_step import teacher_model  # the LLaDA2-shaped MoE teacher, built in the given dtype (same folder)
+
 VARIANTS = ("full", "fused")
 TOKEN_OBJECTIVES = ("kl", "reverse_kl", "tidal")
 CHUNK_OBJECTIVES = ("calm", "reverse_calm", "tidal_calm")
@@ -61,27 +63,6 @@ def student_model(vocab, hidden, layers, heads, kv, inter, device, dtype):
     cfg._attn_implementation = "sdpa"
     with device:
         model = Qwen3ForCausalLM(cfg).to(dtype)
-    model.config._attn_implementation = "sdpa"
-    return model
-
-
-def teacher_model(vocab, hidden, layers, heads, kv, experts, topk, moe_inter, device, dtype):
-    import torch
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-
-    cfg = Qwen3MoeConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * moe_inter, moe_intermediate_size=moe_inter,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv, head_dim=hidden // heads,
-        num_experts=experts, num_experts_per_tok=topk, decoder_sparse_step=1, max_position_embeddings=4096,
-    )
-    cfg._attn_implementation = "sdpa"
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with device:
-            model = Qwen3MoeForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(prev)
     model.config._attn_implementation = "sdpa"
     return model
 
