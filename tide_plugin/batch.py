@@ -181,6 +181,9 @@ class DistillInputs:
     teacher_logits: Tensor
     progress: float = 0.0
     shared_vocab_size: int | None = None
+    projection: Any = None
+    """The vocabulary projection ``W`` ``[V_T, V_S]`` (teacher tokens to student tokens) of
+    the run's tokenizer pair, for objectives that require ``projection``; else ``None``."""
     cache: dict[str, Any] = field(default_factory=dict)
     """Shared intermediate results (e.g. chunk log-probs) so composed objectives
     compute them once per step."""
@@ -195,6 +198,7 @@ class PipelineInfo:
     shared_vocab_size: int | None = None
     has_timestep: bool = True
     has_progress: bool = True
+    has_projection: bool = False
 
     @property
     def has_chunks(self) -> bool:

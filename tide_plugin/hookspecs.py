@@ -46,7 +46,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 PluginKind = Literal["objective", "collator", "masking_schedule", "strength_schedule", "teacher", "decoder"]
 KINDS: tuple[PluginKind, ...] = ("objective", "collator", "masking_schedule", "strength_schedule", "teacher", "decoder")
 
-Requirement = Literal["token_alignment", "pairs", "chunks", "timestep", "progress"]
+Requirement = Literal["token_alignment", "pairs", "chunks", "timestep", "progress", "projection"]
 """What an objective needs from the data pipeline and the trainer:
 
 - ``token_alignment``: student and teacher positions correspond one to one
@@ -54,8 +54,10 @@ Requirement = Literal["token_alignment", "pairs", "chunks", "timestep", "progres
 - ``pairs``: template-aligned position pairs (pipeline ``shared``);
 - ``chunks``: byte-exact chunks across tokenizers (pipeline ``cross``);
 - ``timestep``: the diffusion timestep ``batch.t`` (the ``noise`` stage);
-- ``progress``: training progress ``global_step / max_steps``."""
-REQUIREMENTS: tuple[str, ...] = ("token_alignment", "pairs", "chunks", "timestep", "progress")
+- ``progress``: training progress ``global_step / max_steps``;
+- ``projection``: a vocabulary projection ``W`` ``[V_T, V_S]`` from the teacher's
+  tokens to the student's, built once per tokenizer pair (``inputs.projection``)."""
+REQUIREMENTS: tuple[str, ...] = ("token_alignment", "pairs", "chunks", "timestep", "progress", "projection")
 
 Unit = Literal["masked_rows", "pairs", "active_chunks"]
 """What an objective part averages over (the trainer normalises each part by the

@@ -55,6 +55,8 @@ def check_requirements(name: str, requirements: frozenset[str], info: PipelineIn
         problems.append("the diffusion timestep t")
     if "progress" in requirements and not info.has_progress:
         problems.append("training progress (global_step / max_steps)")
+    if "projection" in requirements and not info.has_projection:
+        problems.append("a vocabulary projection W from the teacher's tokens to the student's (built per tokenizer pair)")
     if problems:
         raise PipelineMismatchError(f"objective {name!r} needs " + "; ".join(problems))
 
