@@ -70,13 +70,11 @@ class VocabProjection:
         w = weight.to(torch.float32)
         sums = w.sum(1, keepdim=True)
         w = torch.where(sums > 0, w / sums.clamp_min(1e-30), w)
-        csr = w.to_sparse_csr()
-        return cls(
-            indptr=csr.crow_indices().to(torch.int64),
-            indices=csr.col_indices().to(torch.int64),
-            values=csr.values().to(torch.float32),
-            student_vocab_size=int(weight.shape[1]),
-        )
+        rows, cols = w.nonzero(as_tuple=True)  # row-major order
+        indptr = torch.zeros(w.shape[0] + 1, dtype=torch.int64)
+        indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=w.shape[0]), 0)
+        return cls(indptr=indptr, indices=cols.to(torch.int64), values=w[rows, cols],
+                   student_vocab_size=int(weight.shape[1]))
 
     def dense(self) -> Tensor:
         """``[V_T, V_S]`` float32 (tests and small vocabularies only)."""
