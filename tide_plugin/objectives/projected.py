@@ -13,8 +13,8 @@ Both read the run's vocabulary projection ``W`` ``[V_T, V_S]`` from
 ``inputs.projection`` (a :class:`~tide_plugin.alignment.projection.VocabProjection`).
 
 Where the rows are. A chunk is a byte span that both tokenizations cover with whole
-tokens (``docs/method.md#chunks``), and a chunk is active when all of it is masked on
-both sides (``docs/method.md#mask-propagation``). At the chunk's first student token
+tokens (``docs/method.md#chunks``); an active chunk is masked whole on both sides and
+holds no prompt token (``docs/method.md#mask-propagation``). At the chunk's first student token
 and first teacher token, both models predict the start of the same bytes from the same
 unmasked context, so their next-token distributions are comparable once the teacher's
 is carried to the student's vocabulary. Later tokens of a chunk are not: they are
