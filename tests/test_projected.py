@@ -323,3 +323,16 @@ def test_one_to_one_pairs_resolve_collisions():
 def test_chunk_first_positions():
     ids = torch.tensor([[-1, 2, 0, 0, 2, 1], [1, 1, -1, -1, -1, -1]])
     assert chunk_first_positions(ids, 4).tolist() == [[2, 5, 1, -1], [-1, 0, -1, -1]]
+
+
+@pytest.mark.parametrize("name", ["projected_kl:reverse", "xtoken_hybrid"])
+def test_a_new_w_is_read_again(name):
+    """What an objective derives from W (pairs, support) follows the run's W."""
+    name, _, rev = name.partition(":")
+    hs, ws, ht, wt = heads(torch.float32)
+    obj = tide_plugin.get_objective(name, reverse=bool(rev))
+    for seed in (3, 4):
+        proj = sparse_w(seed=seed)
+        got = obj(inputs_for(hs, ws, ht, wt, batch_for(), proj, True))[name]
+        want = tide_plugin.get_objective(name, reverse=bool(rev))(inputs_for(hs, ws, ht, wt, batch_for(), proj, True))[name]
+        torch.testing.assert_close(got, want)

@@ -202,7 +202,7 @@ def _projection(inputs: DistillInputs, who: str) -> VocabProjection:
             f"objective {who!r}: W is [V_T, V_S] = {list(proj.shape)}, larger than the teacher and student "
             f"logits' vocabularies ({v_t}, {v_s}); W must come from this run's tokenizers"
         )
-    return proj.to(inputs.student_logits.device)
+    return proj
 
 
 def chunk_first_rows(inputs: DistillInputs, who: str) -> tuple[Tensor, Tensor, Tensor, int, int]:
@@ -261,6 +261,16 @@ class _FirstRowObjective(Objective):
     """Shared by the two objectives: the rows, the metrics."""
 
     supports_projected_logits = True
+    _derived: tuple[VocabProjection, torch.device, tuple] | None = None
+
+    def _from_w(self, inputs: DistillInputs, build) -> tuple:
+        """``build(W on the student's device)``, kept while the run's ``W`` and device stay
+        the same (``W`` is fixed per tokenizer pair; no copy or host sync per step)."""
+        proj = _projection(inputs, self.name)
+        device = inputs.student_logits.device
+        if self._derived is None or self._derived[0] is not proj or self._derived[1] != device:
+            self._derived = (proj, device, build(proj.to(device)))
+        return self._derived[2]
 
     def metrics(self, inputs: DistillInputs) -> dict[str, Tensor]:
         """``mass_kept/<name>``: the mean teacher mass ``W`` keeps at the used rows
@@ -290,10 +300,16 @@ class ProjectedKL(_FirstRowObjective):
         self.config = ProjectedKLConfig(**config)
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
-        proj = _projection(inputs, self.name)
+        width_s = inputs.student_logits.shape[2]
+
+        def support_of(w: VocabProjection) -> Tensor:
+            support = torch.zeros(width_s, dtype=torch.bool, device=w.indices.device)
+            support[w.indices] = True
+            return support
+
+        proj, support = self._from_w(inputs, lambda w: (w, support_of(w)))
         tau = float(self.config.temperature)
         v_t, v_s = proj.shape
-        width_s = inputs.student_logits.shape[2]
 
         def target_of(z_t: Tensor):
             p_t = torch.softmax(z_t / tau, dim=-1)[:, :v_t]  # ids past the tokenizer's map nowhere
@@ -304,11 +320,9 @@ class ProjectedKL(_FirstRowObjective):
             valid = mass > MIN_MAPPED_MASS
             return raw / mass.clamp_min(MIN_MAPPED_MASS)[:, None], valid, mass
 
-        support = None
-        if self.config.reverse:
-            support = torch.zeros(width_s, dtype=torch.bool, device=proj.indices.device)
-            support[proj.indices] = True
-        row_fn = functools.partial(projected_kl_rows, temperature=tau, reverse=self.config.reverse, support=support)
+        row_fn = functools.partial(
+            projected_kl_rows, temperature=tau, reverse=self.config.reverse, support=support if self.config.reverse else None
+        )
         return {self.name: self._run(inputs, target_of, row_fn, int(proj.values.numel()))}
 
 
@@ -346,23 +360,19 @@ class XTokenHybrid(_FirstRowObjective):
 
     def __init__(self, **config) -> None:
         self.config = HybridKLConfig(**config)
-        self._pairs: tuple[VocabProjection, tuple[Tensor, ...]] | None = None
 
     def _partition(self, proj: VocabProjection, width_t: int, width_s: int) -> tuple[Tensor, ...]:
-        if self._pairs is not None and self._pairs[0] is proj:
-            return self._pairs[1]
+        """``(teacher_ids, student_ids, teacher_unmatched, student_unmatched)``."""
         t_ids, s_ids = one_to_one_pairs(proj, threshold=float(self.config.match_threshold))
         t_unm = torch.ones(width_t, dtype=torch.bool, device=t_ids.device)
         s_unm = torch.ones(width_s, dtype=torch.bool, device=s_ids.device)
         t_unm[t_ids], s_unm[s_ids] = False, False
-        parts = (t_ids, s_ids, t_unm.nonzero(as_tuple=True)[0], s_unm.nonzero(as_tuple=True)[0])
-        self._pairs = (proj, parts)
-        return parts
+        return t_ids, s_ids, t_unm.nonzero(as_tuple=True)[0], s_unm.nonzero(as_tuple=True)[0]
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
-        proj = _projection(inputs, self.name)
+        widths = (inputs.teacher_logits.shape[2], inputs.student_logits.shape[2])
+        t_ids, s_ids, t_unm, s_unm = self._from_w(inputs, lambda w: self._partition(w, *widths))
         tau = float(self.config.temperature)
-        t_ids, s_ids, t_unm, s_unm = self._partition(proj, inputs.teacher_logits.shape[2], inputs.student_logits.shape[2])
 
         def target_of(z_t: Tensor):
             log_pt = torch.log_softmax(z_t / tau, dim=-1)
