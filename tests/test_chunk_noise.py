@@ -6,8 +6,6 @@ chain (``distill_pad`` -> ``noise`` -> ``comp_demo``)."""
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +16,7 @@ from tide_plugin.collators.chain import build_collator_chain
 from tide_plugin.collators.noise import Noise, NoiseConfig, stream_seed
 from tide_plugin.study.demo import demo_assets
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_collators import EOS, M_S, M_T, PAD, T_PAD, same_row, shared_rows  # noqa: E402
+from test_collators import EOS, M_S, M_T, PAD, T_PAD, same_row, shared_rows
 
 MAX_LEN, TEACHER_MAX_LEN = 192, 256
 
