@@ -206,7 +206,9 @@ def _student(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.n
     )
 
 
-def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.nn.Module | str:
+def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig, needed: bool) -> torch.nn.Module | str | None:
+    if not needed:  # CE only: no teacher is loaded or built
+        return None
     if run.get("teacher_model_name_or_path"):
         return run["teacher_model_name_or_path"]
     from ..tiny import tiny_qwen3, tiny_qwen3_moe
@@ -215,9 +217,9 @@ def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.n
     return build(len(tok), hidden_size=int(run.get("tiny_hidden_size") or 32), seed=config.seed + 1, **_special_ids(tok))
 
 
-def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> str | None:
+def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> tuple[str | None, bool]:
     """Everything that can be checked without a tokenizer or a model; returns the
-    checkpoint to resume from."""
+    checkpoint to resume from and whether the objective reads a teacher."""
     from ..batch import PipelineInfo
     from ..registry import get_objective
     from .distill_checks import check_output_dir, resolve_resume
@@ -239,7 +241,7 @@ def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> s
     objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     check_output_dir(config.output_dir, overwrite=bool(config.overwrite_output_dir), resume=resume is not None)
-    return resume
+    return resume, bool(getattr(objective, "reads_teacher", True))
 
 
 def canonical_objective(objective: str) -> str:
@@ -258,7 +260,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     """Run a distillation from resolved options; returns the metrics written."""
     start = time.time()
     config = DistillConfig(**options)
-    resume = _check_before_heavy_work(config, run)
+    resume, reads_teacher = _check_before_heavy_work(config, run)
     for note in config.reference_notes():
         _say(f"note: {note}")
     own_models = [k for k in ("model_name_or_path", "teacher_model_name_or_path", "student_tokenizer",
@@ -296,7 +298,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     for note in notes:
         _say(note)
     student = _student(run, student_tok, config)
-    teacher = _teacher(run, teacher_tok, config)
+    teacher = _teacher(run, teacher_tok, config, reads_teacher)
     trainer = build_trainer(
         config,
         student=student,
@@ -310,7 +312,8 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     objective = canonical_objective(config.objective)
     _say(
         f"{type(trainer).__name__}, objective {objective!r}, pipeline {config.pipeline!r}, "
-        f"teacher {config.teacher!r}, collators {config.collator_names()}, -> {config.output_dir}"
+        f"teacher {config.teacher if reads_teacher else 'none (CE only)'!r}, "
+        f"collators {config.collator_names()}, -> {config.output_dir}"
         + (f" (resuming {resume})" if resume else "")
     )
     heldout: dict[str, Any] = {}
@@ -323,7 +326,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
             run["heldout"], student_tok, teacher_tok, block_size=int(config.block_size), teacher_kind=kind or "mdlm"
         )
         device = trainer.args.device
-        if kind is not None:
+        if kind is not None and trainer.teacher is not None:
             heldout["teacher_bpb"] = score_teacher(trainer.teacher.model).bpb
         before = score_student(student.to(device))
         heldout["student_bpb_before"] = before.bpb
