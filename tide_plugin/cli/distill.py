@@ -17,6 +17,7 @@ import transformers
 
 from ..pipelines import get_pipeline
 from ..training import DistillConfig, build_trainer, write_metrics
+from ..training.builders import settle_student_dtype
 from ..training.config import implied_pipeline
 from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_MODELS, PRESETS
 from . import did_you_mean
@@ -192,9 +193,9 @@ def _special_ids(tok: Any) -> dict[str, int]:
 def _student(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.nn.Module:
     impl = run.get("attn_implementation") or "sdpa"
     if run.get("model_name_or_path"):
-        from ..checkpoints import load_student
+        from ..checkpoints import load_student, training_dtype
 
-        return load_student(run["model_name_or_path"], attn_implementation=impl, dtype=config.dtype)
+        return load_student(run["model_name_or_path"], attn_implementation=impl, dtype=training_dtype(config.dtype))
     from ..tiny import tiny_qwen3
 
     return tiny_qwen3(
@@ -204,6 +205,16 @@ def _student(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.n
         seed=config.seed,
         **_special_ids(tok),
     )
+
+
+def _saved_dtype(folder: str | None) -> str | None:
+    """The dtype a student folder's ``config.json`` records (``None`` when unknown)."""
+    try:
+        fields = json.loads((Path(str(folder)) / "config.json").read_text()) if folder else {}
+    except (OSError, ValueError):
+        return None
+    value = fields.get("dtype") or fields.get("torch_dtype")
+    return value if isinstance(value, str) else None
 
 
 def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig, needed: bool) -> torch.nn.Module | str | None:
@@ -298,6 +309,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     for note in notes:
         _say(note)
     student = _student(run, student_tok, config)
+    _say(settle_student_dtype(student, config, saved=_saved_dtype(run.get("model_name_or_path"))))
     teacher = _teacher(run, teacher_tok, config, reads_teacher)
     trainer = build_trainer(
         config,

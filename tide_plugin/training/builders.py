@@ -4,6 +4,7 @@ and :func:`build_trainer` (teacher adapter, objective, collators, trainer)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,8 @@ from ..hookspecs import RunContext
 from ..pipelines import get_pipeline
 from .config import DistillConfig
 from .loss import DistillBD3LMTrainer, DistillCollator
+
+logger = logging.getLogger(__name__)
 
 def dllm_available() -> bool:
     try:
@@ -122,6 +125,32 @@ def _teacher_special_ids(tok: Any) -> dict[str, int]:
     return out
 
 
+def _dtype_names(dtypes: set[torch.dtype]) -> str:
+    return "/".join(sorted(str(d).removeprefix("torch.") for d in dtypes)) or "float32"
+
+
+def settle_student_dtype(student: torch.nn.Module, config: DistillConfig, saved: str | None = None) -> str:
+    """Train in float32 unless ``config.dtype`` asks otherwise: a half-precision student
+    (saved in bfloat16, say) is cast to float32 in place when ``dtype`` is unset, so
+    AdamW's small updates are not rounded away (mixed precision, ``--bf16``, computes
+    in bfloat16 over these float32 weights). Returns one line saying what it trains in;
+    ``saved`` names the dtype its folder holds, when known."""
+    dtypes = {p.dtype for p in student.parameters() if p.is_floating_point()}
+    half = dtypes & {torch.bfloat16, torch.float16}
+    if half and config.dtype is None:
+        saved = saved or _dtype_names(half)
+        student.to(torch.float32)
+        dtypes, half = {torch.float32}, set()
+    now = _dtype_names(dtypes)
+    line = f"the student trains in {now} weights"
+    if saved and saved != now:
+        line += f" (saved as {saved}" + (f"; --dtype {saved} trains in that)" if config.dtype is None else ")")
+    if half:
+        line += f" (--dtype {config.dtype}): AdamW updates below half a {now} step of a weight are lost"
+    amp = "bfloat16" if config.bf16 else "float16" if config.fp16 else None
+    return line + (f", computing in {amp} (mixed precision)" if amp else "")
+
+
 def build_teacher(config: DistillConfig, teacher_model: torch.nn.Module | str, teacher_tokenizer: Any = None) -> Any:
     """The teacher adapter ``config.teacher`` around ``teacher_model`` (a module or a folder)."""
     from ..registry import get_registry, get_teacher
@@ -209,6 +238,7 @@ def build_trainer(
     )
     student.config.mask_token_id = int(mask_id)
     student.config.block_size = int(config.block_size)
+    logger.info(settle_student_dtype(student, config))
     cls = trainer_class(backend)
     kwargs: dict[str, Any] = {
         "model": student,
