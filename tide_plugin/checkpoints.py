@@ -45,16 +45,22 @@ LAYOUT_ATTR = "tide_checkpoint_layout"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _folder(path: str | Path) -> Path:
+def check_model_folder(path: str | Path, what: str = "student") -> Path:
+    """The folder, if it is a local model folder (holds ``config.json``); else one line
+    naming the path and what is missing, before any tokenizer or weight is read."""
     folder = Path(str(path)).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"student checkpoint {str(path)!r} is not a local directory: models are loaded from local folders "
+            f"{what} checkpoint {str(path)!r} is not a local directory: models are loaded from local folders "
             "only (download the checkpoint first and pass its folder)"
         )
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"student checkpoint {str(path)!r} has no config.json: it is not a model folder")
+        raise FileNotFoundError(f"not a model folder: {path} (no config.json; the {what} folder must hold the model)")
     return folder
+
+
+def _folder(path: str | Path) -> Path:
+    return check_model_folder(path, "student")
 
 
 def checkpoint_layout(path: str | Path) -> str:

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 import transformers
 
+from ..checkpoints import check_model_folder
 from ..pipelines import get_pipeline
 from ..training import DistillConfig, build_trainer, write_metrics
 from ..training.builders import settle_student_dtype
+from .distill_run import RunInterrupted, check_resume, check_writable, new_run, resume_command, saved_curve, train_owned
 from ..training.config import implied_pipeline
 from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_MODELS, PRESETS
 from . import did_you_mean
@@ -237,12 +239,8 @@ def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> t
     from .distill_data import check_data_path
 
     for key, what in (("model_name_or_path", "student"), ("teacher_model_name_or_path", "teacher")):
-        path = run.get(key)
-        if path and not Path(str(path)).expanduser().is_dir():
-            raise FileNotFoundError(
-                f"{what} checkpoint {str(path)!r} is not a local directory: models are loaded from local folders "
-                "only (download the checkpoint first and pass its folder)"
-            )
+        if run.get(key):
+            check_model_folder(run[key], what)
     check_data_path(run)
     if config.pipeline is None:
         raise ValueError(f"objective {config.objective!r} implies no pipeline; pass --pipeline same | shared | cross")
@@ -252,6 +250,7 @@ def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> t
     objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     check_output_dir(config.output_dir, overwrite=bool(config.overwrite_output_dir), resume=resume is not None)
+    check_writable(config.output_dir)
     return resume, bool(getattr(objective, "reads_teacher", True))
 
 
@@ -272,6 +271,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     start = time.time()
     config = DistillConfig(**options)
     resume, reads_teacher = _check_before_heavy_work(config, run)
+    record = new_run(config, check_resume(resume, config.output_dir, config.max_steps) if resume else None)
     for note in config.reference_notes():
         _say(f"note: {note}")
     own_models = [k for k in ("model_name_or_path", "teacher_model_name_or_path", "student_tokenizer",
@@ -329,7 +329,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         + (f" (resuming {resume})" if resume else "")
     )
     heldout: dict[str, Any] = {}
-    curve: list = []
+    curve: list = saved_curve(resume)  # a resumed run's curve starts with the points before its checkpoint
     if run.get("heldout"):
         from ..study.demo import heldout_callback, heldout_scorer
 
@@ -342,9 +342,10 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
             heldout["teacher_bpb"] = score_teacher(trainer.teacher.model).bpb
         before = score_student(student.to(device))
         heldout["student_bpb_before"] = before.bpb
-        curve.append((0, before.bpb))
+        if not curve:
+            curve.append((0, before.bpb))
         trainer.add_callback(heldout_callback(score_student, max(1, config.max_steps // 4), curve))
-    trainer.train(resume_from_checkpoint=resume)
+    train_owned(trainer, config, record, curve, resume, say=_say)
     if heldout:
         from ..study.demo import paired_change
 
@@ -376,6 +377,12 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import invocation
+
     options, run_opts = resolve_options(args)
-    distill(options, run_opts)
+    try:
+        distill(options, run_opts)
+    except RunInterrupted as stop:
+        _say(f"interrupted at step {stop.step}; resume with: {resume_command(invocation(), stop.checkpoint)}")
+        return stop.exit_code
     return 0

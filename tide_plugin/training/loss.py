@@ -235,6 +235,18 @@ class DistillLossMixin:
                 self._advance_collators(step * int(self.args.gradient_accumulation_steps))
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """A checkpoint saves a tied weight once (``lm_head.weight`` is the embedding's):
+        its other name is not a missing key. Retie, and report only real ones."""
+        names: dict[int, list[str]] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+        tied = {n for group in names.values() if len(group) > 1 for n in group}
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            self.model.tie_weights()
+        super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
+
     def _advance_collators(self, batches_done: int) -> None:
         """A resumed run skips the batches already seen without collating them: tell
         every stage with a random stream (``resume``) where the run stands."""
