@@ -21,7 +21,8 @@ from ..training import DistillConfig, build_trainer, write_metrics
 from ..training.builders import settle_student_dtype
 from .distill_run import RunInterrupted, check_resume, check_writable, new_run, resume_command, saved_curve, train_owned
 from ..training.config import implied_pipeline
-from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_MODELS, PRESETS
+from .distill_checks import pipeline_mismatch
+from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_FOR_PIPELINE, PRESET_MODELS, PRESETS
 from . import did_you_mean
 
 _RUN_KEYS = (
@@ -145,12 +146,9 @@ def resolve_options(args: argparse.Namespace | Mapping[str, Any]) -> tuple[dict[
         implied = implied_pipeline(str(mode))
         if implied is not None and implied != merged["pipeline"]:
             if chosen:
-                raise ValueError(
-                    f"objective {mode!r} needs the {implied!r} pipeline, but --preset {preset} runs the "
-                    f"{merged['pipeline']!r} pipeline; choose another preset (or --preset none), or an objective "
-                    f"of the {merged['pipeline']!r} pipeline"
-                )
-            merged.pop("pipeline")  # the default preset yields to the chosen objective
+                raise ValueError(pipeline_mismatch(str(mode), implied, preset, merged["pipeline"]))
+            preset = PRESET_FOR_PIPELINE[implied]  # the default preset yields to the chosen objective
+            merged = {**PRESETS[preset], **PRESET_MODELS[preset]}
     if "num_train_epochs" in explicit and "max_steps" not in explicit:
         merged.pop("max_steps", None)  # epochs asked for: the preset's step cap must not win
     if "save_steps" in explicit and "save_strategy" not in explicit:
@@ -289,8 +287,10 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         run = {**assets, **{k: v for k, v in run.items() if v is not None}}
     student_spec = run.get("student_tokenizer") or run.get("model_name_or_path") or "offline:qwen"
     teacher_spec = run.get("teacher_tokenizer") or run.get("teacher_model_name_or_path") or "offline:mistral"
+    if config.pipeline == "same":  # one tokenizer: the teacher reads the student's ids
+        teacher_spec = student_spec
     student_tok = _tokenizer(student_spec)
-    teacher_tok = _tokenizer(teacher_spec)
+    teacher_tok = student_tok if teacher_spec == student_spec else _tokenizer(teacher_spec)
     from ..alignment import resolve_mask_id
 
     student_mask = resolve_mask_id(student_tok)
