@@ -214,6 +214,7 @@ class SamePipeline(PipelineStrategy):
 
     name = "same"
     row_keys = (ROW_STUDENT_IDS, ROW_LABELS)
+    written_keys = row_keys
     has_teacher_ids = False
     has_token_alignment = True
 

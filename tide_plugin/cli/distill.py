@@ -15,10 +15,14 @@ from typing import Any
 import torch
 import transformers
 
+from ..checkpoints import check_model_folder
 from ..pipelines import get_pipeline
 from ..training import DistillConfig, build_trainer, write_metrics
+from ..training.builders import settle_student_dtype
+from .distill_run import RunInterrupted, check_resume, check_writable, new_run, resume_command, saved_curve, train_owned
 from ..training.config import implied_pipeline
-from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_MODELS, PRESETS
+from .distill_checks import pipeline_mismatch
+from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_FOR_PIPELINE, PRESET_MODELS, PRESETS
 from . import did_you_mean
 
 _RUN_KEYS = (
@@ -142,12 +146,9 @@ def resolve_options(args: argparse.Namespace | Mapping[str, Any]) -> tuple[dict[
         implied = implied_pipeline(str(mode))
         if implied is not None and implied != merged["pipeline"]:
             if chosen:
-                raise ValueError(
-                    f"objective {mode!r} needs the {implied!r} pipeline, but --preset {preset} runs the "
-                    f"{merged['pipeline']!r} pipeline; choose another preset (or --preset none), or an objective "
-                    f"of the {merged['pipeline']!r} pipeline"
-                )
-            merged.pop("pipeline")  # the default preset yields to the chosen objective
+                raise ValueError(pipeline_mismatch(str(mode), implied, preset, merged["pipeline"]))
+            preset = PRESET_FOR_PIPELINE[implied]  # the default preset yields to the chosen objective
+            merged = {**PRESETS[preset], **PRESET_MODELS[preset]}
     if "num_train_epochs" in explicit and "max_steps" not in explicit:
         merged.pop("max_steps", None)  # epochs asked for: the preset's step cap must not win
     if "save_steps" in explicit and "save_strategy" not in explicit:
@@ -192,9 +193,9 @@ def _special_ids(tok: Any) -> dict[str, int]:
 def _student(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.nn.Module:
     impl = run.get("attn_implementation") or "sdpa"
     if run.get("model_name_or_path"):
-        from ..checkpoints import load_student
+        from ..checkpoints import load_student, training_dtype
 
-        return load_student(run["model_name_or_path"], attn_implementation=impl, dtype=config.dtype)
+        return load_student(run["model_name_or_path"], attn_implementation=impl, dtype=training_dtype(config.dtype))
     from ..tiny import tiny_qwen3
 
     return tiny_qwen3(
@@ -206,7 +207,19 @@ def _student(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.n
     )
 
 
-def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.nn.Module | str:
+def _saved_dtype(folder: str | None) -> str | None:
+    """The dtype a student folder's ``config.json`` records (``None`` when unknown)."""
+    try:
+        fields = json.loads((Path(str(folder)) / "config.json").read_text()) if folder else {}
+    except (OSError, ValueError):
+        return None
+    value = fields.get("dtype") or fields.get("torch_dtype")
+    return value if isinstance(value, str) else None
+
+
+def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig, needed: bool) -> torch.nn.Module | str | None:
+    if not needed:  # CE only: no teacher is loaded or built
+        return None
     if run.get("teacher_model_name_or_path"):
         return run["teacher_model_name_or_path"]
     from ..tiny import tiny_qwen3, tiny_qwen3_moe
@@ -215,21 +228,17 @@ def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.n
     return build(len(tok), hidden_size=int(run.get("tiny_hidden_size") or 32), seed=config.seed + 1, **_special_ids(tok))
 
 
-def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> str | None:
+def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> tuple[str | None, bool]:
     """Everything that can be checked without a tokenizer or a model; returns the
-    checkpoint to resume from."""
+    checkpoint to resume from and whether the objective reads a teacher."""
     from ..batch import PipelineInfo
     from ..registry import get_objective
     from .distill_checks import check_output_dir, resolve_resume
     from .distill_data import check_data_path
 
     for key, what in (("model_name_or_path", "student"), ("teacher_model_name_or_path", "teacher")):
-        path = run.get(key)
-        if path and not Path(str(path)).expanduser().is_dir():
-            raise FileNotFoundError(
-                f"{what} checkpoint {str(path)!r} is not a local directory: models are loaded from local folders "
-                "only (download the checkpoint first and pass its folder)"
-            )
+        if run.get(key):
+            check_model_folder(run[key], what)
     check_data_path(run)
     if config.pipeline is None:
         raise ValueError(f"objective {config.objective!r} implies no pipeline; pass --pipeline same | shared | cross")
@@ -239,7 +248,8 @@ def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> s
     objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     check_output_dir(config.output_dir, overwrite=bool(config.overwrite_output_dir), resume=resume is not None)
-    return resume
+    check_writable(config.output_dir)
+    return resume, bool(getattr(objective, "reads_teacher", True))
 
 
 def canonical_objective(objective: str) -> str:
@@ -258,7 +268,8 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     """Run a distillation from resolved options; returns the metrics written."""
     start = time.time()
     config = DistillConfig(**options)
-    resume = _check_before_heavy_work(config, run)
+    resume, reads_teacher = _check_before_heavy_work(config, run)
+    record = new_run(config, check_resume(resume, config.output_dir, config.max_steps) if resume else None)
     for note in config.reference_notes():
         _say(f"note: {note}")
     own_models = [k for k in ("model_name_or_path", "teacher_model_name_or_path", "student_tokenizer",
@@ -276,8 +287,10 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         run = {**assets, **{k: v for k, v in run.items() if v is not None}}
     student_spec = run.get("student_tokenizer") or run.get("model_name_or_path") or "offline:qwen"
     teacher_spec = run.get("teacher_tokenizer") or run.get("teacher_model_name_or_path") or "offline:mistral"
+    if config.pipeline == "same":  # one tokenizer: the teacher reads the student's ids
+        teacher_spec = student_spec
     student_tok = _tokenizer(student_spec)
-    teacher_tok = _tokenizer(teacher_spec)
+    teacher_tok = student_tok if teacher_spec == student_spec else _tokenizer(teacher_spec)
     from ..alignment import resolve_mask_id
 
     student_mask = resolve_mask_id(student_tok)
@@ -296,7 +309,8 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     for note in notes:
         _say(note)
     student = _student(run, student_tok, config)
-    teacher = _teacher(run, teacher_tok, config)
+    _say(settle_student_dtype(student, config, saved=_saved_dtype(run.get("model_name_or_path"))))
+    teacher = _teacher(run, teacher_tok, config, reads_teacher)
     trainer = build_trainer(
         config,
         student=student,
@@ -310,11 +324,12 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     objective = canonical_objective(config.objective)
     _say(
         f"{type(trainer).__name__}, objective {objective!r}, pipeline {config.pipeline!r}, "
-        f"teacher {config.teacher!r}, collators {config.collator_names()}, -> {config.output_dir}"
+        f"teacher {config.teacher if reads_teacher else 'none (CE only)'!r}, "
+        f"collators {config.collator_names()}, -> {config.output_dir}"
         + (f" (resuming {resume})" if resume else "")
     )
     heldout: dict[str, Any] = {}
-    curve: list = []
+    curve: list = saved_curve(resume)  # a resumed run's curve starts with the points before its checkpoint
     if run.get("heldout"):
         from ..study.demo import heldout_callback, heldout_scorer
 
@@ -323,13 +338,14 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
             run["heldout"], student_tok, teacher_tok, block_size=int(config.block_size), teacher_kind=kind or "mdlm"
         )
         device = trainer.args.device
-        if kind is not None:
+        if kind is not None and trainer.teacher is not None:
             heldout["teacher_bpb"] = score_teacher(trainer.teacher.model).bpb
         before = score_student(student.to(device))
         heldout["student_bpb_before"] = before.bpb
-        curve.append((0, before.bpb))
+        if not curve:
+            curve.append((0, before.bpb))
         trainer.add_callback(heldout_callback(score_student, max(1, config.max_steps // 4), curve))
-    trainer.train(resume_from_checkpoint=resume)
+    train_owned(trainer, config, record, curve, resume, say=_say)
     if heldout:
         from ..study.demo import paired_change
 
@@ -361,6 +377,12 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import invocation
+
     options, run_opts = resolve_options(args)
-    distill(options, run_opts)
+    try:
+        distill(options, run_opts)
+    except RunInterrupted as stop:
+        _say(f"interrupted at step {stop.step}; resume with: {resume_command(invocation(), stop.checkpoint)}")
+        return stop.exit_code
     return 0

@@ -32,6 +32,23 @@ def check_output_dir(output_dir: str, *, overwrite: bool, resume: bool) -> None:
     )
 
 
+def pipeline_mismatch(objective: str, needs: str, preset: str, runs: str) -> str:
+    """The line for an objective of another pipeline than the chosen preset's, naming an
+    alias of the same objective that reads the preset's pipeline where one exists
+    (``kl`` on ``shared``: ``kl_aligned``)."""
+    from ..registry import get_registry
+    from ..training.config import implied_pipeline
+
+    hint = ""
+    if "+" not in objective:
+        info = get_registry().resolve("objective", objective)
+        fits = [a for a in (info.name, *info.spec.aliases) if a != objective and implied_pipeline(a) == runs]
+        if fits:
+            hint = f"; {fits[0]!r} is {objective!r} on the {runs!r} pipeline"
+    return (f"objective {objective!r} needs the {needs!r} pipeline, but --preset {preset} runs the {runs!r} pipeline"
+            f"{hint}; choose another preset (or --preset none), or an objective of the {runs!r} pipeline")
+
+
 def resolve_resume(value: Any, output_dir: str) -> str | None:
     """``--resume_from_checkpoint``: ``True`` means the last ``checkpoint-*`` of
     ``output_dir`` (as the transformers scripts read it); a path must be a folder."""

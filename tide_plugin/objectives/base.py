@@ -102,6 +102,9 @@ class Objective(abc.ABC):
     as :class:`~tide_plugin.objectives.fused.ProjectedLogits` (it reads them only through
     :mod:`~tide_plugin.objectives.fused`). The trainer's fused output layer is used only
     when every objective says so; others get full ``[b, L, V]`` logits."""
+    reads_teacher: ClassVar[bool] = True
+    """False for an objective that never reads ``inputs.teacher_logits`` (the CE-only
+    control, ``none``): the trainer then builds no teacher and runs no teacher forward."""
     config: Any
 
     @property
@@ -160,6 +163,7 @@ class ComposedObjective(Objective):
                     raise ValueError(f"composed objective: {seen[part]!r} and {c.name!r} both return the part {part!r}")
                 seen[part] = c.name
         self.supports_projected_logits = all(getattr(c, "supports_projected_logits", False) for c in self.components)
+        self.reads_teacher = any(getattr(c, "reads_teacher", True) for c in self.components)
         tidal = [c.name for c in self.components if getattr(c, "interpolates_teacher", False)]
         reverse = [c.name for c in self.components if getattr(c, "direction", "forward") == "reverse"]
         if tidal and reverse:

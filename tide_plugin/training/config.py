@@ -392,8 +392,9 @@ def check_training_values(args: Any) -> None:
             "max_steps 0 trains nothing; give a positive --max_steps, or leave it unset (-1) to train "
             "--num_train_epochs"
         )
-    if float(args.learning_rate) < 0:
-        raise ValueError(f"learning_rate {args.learning_rate} must be >= 0")
+    if not float(args.learning_rate) > 0:
+        why = " (a zero learning rate trains nothing)" if float(args.learning_rate) == 0 else ""
+        raise ValueError(f"learning_rate must be > 0, got {args.learning_rate}{why}")
     if float(args.num_train_epochs) <= 0 and int(args.max_steps) < 0:
         raise ValueError(f"num_train_epochs {args.num_train_epochs} must be > 0 when max_steps is unset")
 

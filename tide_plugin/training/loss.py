@@ -78,7 +78,10 @@ class DistillLossMixin:
         self.pipeline_info = pipeline_info
         objective.check_pipeline(pipeline_info)  # fail when built, not at step 1
         device = torch.device(args.teacher_device) if getattr(args, "teacher_device", None) else args.device
-        if hasattr(teacher, "to") and not getattr(teacher, "_placed", False):
+        if teacher is None and getattr(objective, "reads_teacher", True):
+            name = getattr(objective, "name", objective)
+            raise ValueError(f"objective {name!r} reads the teacher, but no teacher was given")
+        if teacher is not None and hasattr(teacher, "to") and not getattr(teacher, "_placed", False):
             teacher.to(device)
         # We normalise the CE term ourselves (get_batch_samples counts the window), so the
         # Trainer must not count labels or skip its division by the accumulation steps.
@@ -146,7 +149,10 @@ class DistillLossMixin:
         denominator = None
         if window is not None:
             denominator = window["maskable_tokens" if args.loss_norm_type == "token" else "sequences"]
-        teacher_logits = self.teacher.projected_logits(batch) if fused else self.teacher(batch)
+        if self.teacher is None:  # CE only (docs/method.md#student-forward): no teacher forward
+            teacher_logits = None
+        else:
+            teacher_logits = self.teacher.projected_logits(batch) if fused else self.teacher(batch)
         progress = self.state.global_step / max(self.state.max_steps, 1)
         inputs = DistillInputs(
             batch=batch,
@@ -228,6 +234,18 @@ class DistillLossMixin:
                 step = int(json.loads(state_file.read_text()).get("global_step", 0))
                 self._advance_collators(step * int(self.args.gradient_accumulation_steps))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """A checkpoint saves a tied weight once (``lm_head.weight`` is the embedding's):
+        its other name is not a missing key. Retie, and report only real ones."""
+        names: dict[int, list[str]] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+        tied = {n for group in names.values() if len(group) > 1 for n in group}
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            self.model.tie_weights()
+        super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
 
     def _advance_collators(self, batches_done: int) -> None:
         """A resumed run skips the batches already seen without collating them: tell
