@@ -16,7 +16,7 @@ import torch
 import transformers
 
 from ..pipelines import get_pipeline
-from ..training import DistillConfig, build_trainer, write_metrics
+from ..training import DistillConfig, build_trainer, run_projection, write_metrics
 from ..training.config import implied_pipeline
 from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_MODELS, PRESETS
 from . import did_you_mean
@@ -236,7 +236,9 @@ def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> s
     with warnings.catch_warnings():  # the trainer's own build reports them
         warnings.simplefilter("ignore", UserWarning)
         objective = get_objective(config.objective, **config.objective_kwargs())
-    objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size))
+    # a run whose objective requires W gets it (loaded with the data or built from the tokenizers)
+    objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size,
+                                          has_projection="projection" in objective.requirements))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     check_output_dir(config.output_dir, overwrite=bool(config.overwrite_output_dir), resume=resume is not None)
     return resume
@@ -295,6 +297,9 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     )
     for note in notes:
         _say(note)
+    data = run.get("data")
+    projection = run_projection(config, teacher_tok, student_tok, say=_say,
+                                data_dir=str(data) if data and Path(str(data)).is_dir() else None)
     student = _student(run, student_tok, config)
     teacher = _teacher(run, teacher_tok, config)
     trainer = build_trainer(
@@ -306,6 +311,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         student_mask_id=student_mask,
         teacher_tokenizer=teacher_tok,
         backend=run.get("backend") or "auto",
+        projection=projection,
     )
     objective = canonical_objective(config.objective)
     _say(
