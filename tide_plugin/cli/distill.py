@@ -17,7 +17,7 @@ import transformers
 
 from ..checkpoints import check_model_folder
 from ..pipelines import get_pipeline
-from ..training import DistillConfig, build_trainer, write_metrics
+from ..training import DistillConfig, build_trainer, run_projection, write_metrics
 from ..training.builders import settle_student_dtype
 from .distill_run import RunInterrupted, check_resume, check_writable, new_run, resume_command, saved_curve, train_owned
 from ..training.config import implied_pipeline
@@ -245,7 +245,9 @@ def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> t
     with warnings.catch_warnings():  # the trainer's own build reports them
         warnings.simplefilter("ignore", UserWarning)
         objective = get_objective(config.objective, **config.objective_kwargs())
-    objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size))
+    # a run whose objective requires W gets it (loaded with the data or built from the tokenizers)
+    objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size,
+                                          has_projection="projection" in objective.requirements))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     check_output_dir(config.output_dir, overwrite=bool(config.overwrite_output_dir), resume=resume is not None)
     check_writable(config.output_dir)
@@ -308,6 +310,9 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     )
     for note in notes:
         _say(note)
+    data = run.get("data")
+    projection = run_projection(config, teacher_tok, student_tok, say=_say,
+                                data_dir=str(data) if data and Path(str(data)).is_dir() else None)
     student = _student(run, student_tok, config)
     _say(settle_student_dtype(student, config, saved=_saved_dtype(run.get("model_name_or_path"))))
     teacher = _teacher(run, teacher_tok, config, reads_teacher)
@@ -320,6 +325,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         student_mask_id=student_mask,
         teacher_tokenizer=teacher_tok,
         backend=run.get("backend") or "auto",
+        projection=projection,
     )
     objective = canonical_objective(config.objective)
     _say(
