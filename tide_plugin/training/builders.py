@@ -134,8 +134,19 @@ def build_trainer(
     teacher_tokenizer: Any = None,
     backend: str = "auto",
     callbacks: Sequence[Any] | None = None,
+    eval_dataset: Any = None,
+    heldout: Any = None,
+    scheduler: Any = None,
 ) -> transformers.Trainer:
-    """Assemble teacher adapter, objective, collator chain and trainer from ``config``."""
+    """Assemble teacher adapter, objective, collator chain and trainer from ``config``.
+
+    ``eval_dataset`` (rows like ``train_dataset``'s) is what ``trainer.evaluate()``
+    scores: ``eval_loss``, plus dllm's ``eval_nll`` / ``eval_ppl`` on the dllm backend.
+    ``heldout`` (a chat JSONL path or conversations) adds ``eval_heldout_bpb`` and
+    ``eval_heldout_bpb_se``: the student's held-out bits per UTF-8 byte
+    (:func:`~tide_plugin.training.heldout.heldout_bpb_scorer`; needs the tokenizer).
+    ``scheduler`` (a dllm alpha scheduler or its name) drives the ``noise`` stage's
+    masking (:func:`tide_plugin.integrations.dllm_schedulers.drive_noise`)."""
     from ..registry import get_objective, get_teacher
 
     if config.pipeline is None:
@@ -205,4 +216,18 @@ def build_trainer(
     }
     if tok is not None:
         kwargs["processing_class"] = tok
-    return cls(teacher=teacher, objective=objective, pipeline_info=info, **kwargs)
+    if eval_dataset is not None:
+        kwargs["eval_dataset"] = eval_dataset
+    if scheduler is not None:
+        if cls is DistillBD3LMTrainer:  # dllm's trainer takes it itself
+            from ..integrations.dllm_schedulers import drive_noise
+
+            drive_noise(collator, scheduler, config)
+        else:
+            kwargs["scheduler"] = scheduler
+    trainer = cls(teacher=teacher, objective=objective, pipeline_info=info, **kwargs)
+    if heldout is not None:
+        from .heldout import heldout_bpb_scorer
+
+        trainer.heldout_scorer = heldout_bpb_scorer(heldout, tok, block_size=int(config.block_size))
+    return trainer
