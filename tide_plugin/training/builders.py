@@ -63,7 +63,7 @@ def run_context(
         # the reference's --teacher_pad_token_id / --teacher_eos_token_id beat the tokenizer's
         teacher_pad_id=int(teacher_pad_id if config.teacher_pad_token_id is None else config.teacher_pad_token_id),
         teacher_eos_id=teacher_eos_id if config.teacher_eos_token_id is None else int(config.teacher_eos_token_id),
-        max_length=config.max_length,
+        max_length=getattr(config, "max_length", None),  # DistillConfig's; a dllm run truncates with its DataArguments
         teacher_max_length=config.teacher_max_length,
         masking_schedule=config.masking_schedule,
         time_epsilon=float(config.time_epsilon),
