@@ -22,6 +22,7 @@ from ..training.builders import settle_student_dtype
 from .distill_run import RunInterrupted, check_resume, check_writable, new_run, resume_command, saved_curve, train_owned
 from ..training.config import implied_pipeline
 from .distill_checks import pipeline_mismatch
+from .reference_args import CliDistillConfig
 from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_FOR_PIPELINE, PRESET_MODELS, PRESETS
 from . import did_you_mean
 
@@ -50,7 +51,7 @@ MODEL_KEYS = ("model_name_or_path", "teacher_model_name_or_path")
 
 
 def _config_parser(add_help: bool = False) -> argparse.ArgumentParser:
-    return transformers.HfArgumentParser(DistillConfig, add_help=add_help)
+    return transformers.HfArgumentParser(CliDistillConfig, add_help=add_help)
 
 
 def _str2bool(value: str) -> bool:
@@ -160,7 +161,7 @@ def resolve_options(args: argparse.Namespace | Mapping[str, Any]) -> tuple[dict[
         merged["teacher"] = "block"  # the reference's WeDLM entry point: a block teacher in that order
     merged.update(explicit)
     merged["preset"] = preset
-    names = {f.name for f in dataclasses.fields(DistillConfig) if f.init}
+    names = {f.name for f in dataclasses.fields(CliDistillConfig) if f.init}
     run_keys = set(_RUN_KEYS) | {"teacher_arch", "study_assets"}
     unknown = set(merged) - names - run_keys
     if unknown:
@@ -269,7 +270,7 @@ def _say(message: str) -> None:
 def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """Run a distillation from resolved options; returns the metrics written."""
     start = time.time()
-    config = DistillConfig(**options)
+    config = CliDistillConfig(**options)
     resume, reads_teacher = _check_before_heavy_work(config, run)
     record = new_run(config, check_resume(resume, config.output_dir, config.max_steps) if resume else None)
     for note in config.reference_notes():

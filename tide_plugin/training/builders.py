@@ -71,7 +71,7 @@ def run_context(
         # the reference's --teacher_pad_token_id / --teacher_eos_token_id beat the tokenizer's
         teacher_pad_id=int(teacher_pad_id if config.teacher_pad_token_id is None else config.teacher_pad_token_id),
         teacher_eos_id=teacher_eos_id if config.teacher_eos_token_id is None else int(config.teacher_eos_token_id),
-        max_length=config.max_length,
+        max_length=getattr(config, "max_length", None),  # DistillConfig's; a dllm run truncates with its DataArguments
         teacher_max_length=config.teacher_max_length,
         masking_schedule=config.masking_schedule,
         time_epsilon=float(config.time_epsilon),
@@ -141,18 +141,19 @@ def settle_student_dtype(student: torch.nn.Module, config: DistillConfig, saved:
     AdamW's small updates are not rounded away (mixed precision, ``--bf16``, computes
     in bfloat16 over these float32 weights). Returns one line saying what it trains in;
     ``saved`` names the dtype its folder holds, when known."""
+    asked = getattr(config, "dtype", None)  # the CLI's --dtype; a plain DistillConfig has none
     dtypes = {p.dtype for p in student.parameters() if p.is_floating_point()}
     half = dtypes & {torch.bfloat16, torch.float16}
-    if half and config.dtype is None:
+    if half and asked is None:
         saved = saved or _dtype_names(half)
         student.to(torch.float32)
         dtypes, half = {torch.float32}, set()
     now = _dtype_names(dtypes)
     line = f"the student trains in {now} weights"
     if saved and saved != now:
-        line += f" (saved as {saved}" + (f"; --dtype {saved} trains in that)" if config.dtype is None else ")")
+        line += f" (saved as {saved}" + (f"; --dtype {saved} trains in that)" if asked is None else ")")
     if half:
-        line += f" (--dtype {config.dtype}): AdamW updates below half a {now} step of a weight are lost"
+        line += f" (--dtype {asked}): AdamW updates below half a {now} step of a weight are lost"
     amp = "bfloat16" if config.bf16 else "float16" if config.fp16 else None
     return line + (f", computing in {amp} (mixed precision)" if amp else "")
 
@@ -236,6 +237,9 @@ def build_trainer(
     backend: str = "auto",
     callbacks: Sequence[Any] | None = None,
     projection: VocabProjection | None = None,
+    eval_dataset: Any = None,
+    heldout: Any = None,
+    scheduler: Any = None,
 ) -> transformers.Trainer:
     """Assemble teacher adapter, objective, collator chain and trainer from ``config``.
 
@@ -247,6 +251,13 @@ def build_trainer(
         ``student_tokenizer`` (:func:`run_projection`). It is padded to both models' output
         sizes, so ``inputs.projection`` is ``[V_T, V_S]`` of the logits, and moved to the
         student's device.
+    :param eval_dataset: rows like ``train_dataset``'s, what ``trainer.evaluate()``
+        scores: ``eval_loss``, plus dllm's ``eval_nll`` / ``eval_ppl`` on the dllm backend.
+    :param heldout: a chat JSONL path or conversations: adds ``eval_heldout_bpb`` and
+        ``eval_heldout_bpb_se``, the student's held-out bits per UTF-8 byte
+        (:func:`~tide_plugin.training.heldout.heldout_bpb_scorer`; needs the tokenizer).
+    :param scheduler: a dllm alpha scheduler or its name; drives the ``noise`` stage's
+        masking (:func:`tide_plugin.integrations.dllm_schedulers.drive_noise`).
     """
     from ..registry import get_objective
 
@@ -311,4 +322,18 @@ def build_trainer(
         kwargs["processing_class"] = tok
     if projection is not None:
         kwargs["projection"] = projection
-    return cls(teacher=teacher, objective=objective, pipeline_info=info, **kwargs)
+    if eval_dataset is not None:
+        kwargs["eval_dataset"] = eval_dataset
+    if scheduler is not None:
+        if cls is DistillBD3LMTrainer:  # dllm's trainer takes it itself
+            from ..integrations.dllm_schedulers import drive_noise
+
+            drive_noise(collator, scheduler, config)
+        else:
+            kwargs["scheduler"] = scheduler
+    trainer = cls(teacher=teacher, objective=objective, pipeline_info=info, **kwargs)
+    if heldout is not None:
+        from .heldout import heldout_bpb_scorer
+
+        trainer.heldout_scorer = heldout_bpb_scorer(heldout, tok, block_size=int(config.block_size))
+    return trainer

@@ -229,6 +229,33 @@ class DistillLossMixin:
         keys = list(self._tide_sums) + [f"stats/{k}" for k in self._tide_stats]
         return dict(zip(keys, (float(v) for v in values.tolist())))  # the one sync
 
+    # -- evaluation -------------------------------------------------------------------------
+    heldout_scorer: Any = None
+    """``score(model) -> BpbResult``, run by :meth:`evaluate` (``build_trainer(heldout=...)``)."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: ARG002
+        """Evaluation step: the loss on the batch (CE and the objective, as in training,
+        each normalised over the micro-batch), no logits (they are [b, L, V])."""
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluate(self, *args, **kwargs):
+        """``Trainer.evaluate`` (``eval_loss``; dllm's trainer adds its ``eval_nll`` /
+        ``eval_ppl``), then ``<prefix>_heldout_bpb`` and its standard error when a
+        held-out scorer is set, logged and returned."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self.heldout_scorer is not None:
+            prefix = kwargs.get("metric_key_prefix", args[2] if len(args) > 2 else "eval")
+            model = unwrap_model(self.model)
+            was_training = model.training
+            result = self.heldout_scorer(model)
+            model.train(was_training)
+            extra = {f"{prefix}_heldout_bpb": float(result.bpb), f"{prefix}_heldout_bpb_se": float(result.se)}
+            metrics.update(extra)
+            self.log(extra)
+        return metrics
+
     # -- resume: continue the collators' random streams ------------------------------------
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint:
