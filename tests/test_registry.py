@@ -317,6 +317,8 @@ def test_clashing_distributions_skip_the_later_one_whole_and_the_rest_load(insta
     assert len(messages) == 2, messages
     twin = next(m for m in messages if "'twin_loss'" in m)
     assert "'clash-a'" in twin and "'clash-b'" in twin and "DuplicatePluginError" in twin
+    # the reason is quoted mid-sentence: one full stop between it and what follows
+    assert ".." not in twin and "=<distribution>. Disable it with" in twin
     steal = next(m for m in messages if "'calm'" in m)
     assert "'tide-plugin'" in steal and "'aaa-steals-calm'" in steal
     assert {(f.distribution, f.entry_point) for f in reg.failures} == {("clash-b", "second"), ("aaa-steals-calm", "steal")}

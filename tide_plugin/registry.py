@@ -213,7 +213,8 @@ class Registry:
                 claimed[kind, key] = spec.name
 
     def _report(self, dist: str, ep_name: str, target: str, exc: BaseException) -> None:
-        failure = LoadFailure(dist, ep_name, target, f"{type(exc).__name__}: {exc}")
+        # the reason is quoted inside a sentence: its own closing full stop would double ours
+        failure = LoadFailure(dist, ep_name, target, f"{type(exc).__name__}: {str(exc).rstrip('. ')}")
         self.failures.append(failure)
         warnings.warn(
             f"tide-plugin: plugin {ep_name!r} ({target}) from distribution {dist!r} failed to load and "
