@@ -16,6 +16,7 @@ from ..hookspecs import RunContext
 from ..pipelines import get_pipeline
 from .config import DistillConfig
 from .loss import DistillBD3LMTrainer, DistillCollator
+from .report import use_console_table
 
 def dllm_available() -> bool:
     try:
@@ -205,4 +206,6 @@ def build_trainer(
     }
     if tok is not None:
         kwargs["processing_class"] = tok
-    return cls(teacher=teacher, objective=objective, pipeline_info=info, **kwargs)
+    trainer = cls(teacher=teacher, objective=objective, pipeline_info=info, **kwargs)
+    use_console_table(trainer)  # the key numbers on the console; every logged key in metrics.json
+    return trainer
