@@ -273,6 +273,43 @@ def test_offline_the_suite_skips_tasks_without_data_and_writes_a_partial_table(
     assert not (out / "gsm8k_cot.json").exists() and (out / "mmlu_generative_dream.json").is_file()
 
 
+def test_lm_eval_notes_go_to_our_logger_below_warning(caplog):
+    import logging
+
+    from tide_plugin.eval.runtime import NOTES_LOGGER, lm_eval_notes
+
+    task_logger = logging.getLogger("lm_eval.api.task")
+    caplog.set_level(logging.DEBUG)
+    with lm_eval_notes():
+        task_logger.warning("tide_smoke: Custom kwargs can be passed to `--metadata` in console (as json string)")
+        task_logger.warning("Label index was not in within range of available choices")
+    ours = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert ours == [
+        (NOTES_LOGGER, logging.DEBUG, "lm-eval: tide_smoke: Custom kwargs can be passed to `--metadata` in console "
+                                      "(as json string)"),
+        (NOTES_LOGGER, logging.WARNING, "lm-eval: Label index was not in within range of available choices"),
+    ]
+    caplog.clear()
+    task_logger.warning("after the run")  # restored: lm-eval's own handling again
+    assert [r.name for r in caplog.records] == ["lm_eval.api.task"]
+
+
+def test_tide_eval_prints_no_lm_eval_notes_or_cache_warnings(student_dir, tmp_path, capsys, caplog, recwarn):
+    import logging
+
+    from tide_plugin.cli import main
+    from tide_plugin.eval.runtime import NOTES_LOGGER
+
+    caplog.set_level(logging.DEBUG, logger=NOTES_LOGGER)
+    assert main(["eval", "--model", str(student_dir), "--tasks", "tide_smoke", "--limit", "2", "--max-gen-toks", "8",
+                 "--batch-size", "2", "--dtype", "float32", "--output-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "Custom kwargs" not in captured.err and "past_key_values" not in captured.err
+    assert not [w for w in recwarn if "past_key_values" in str(w.message)]
+    assert any("Custom kwargs" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+    assert "tide_smoke (n=2 of 6)" in captured.out  # a limited run is marked in lm-eval's table too
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

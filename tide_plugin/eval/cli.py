@@ -198,9 +198,9 @@ def write_results(results: dict[str, Any], output_dir: str | Path, model: str) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from .runtime import hub_access
+    from .runtime import hub_access, lm_eval_notes
 
-    with hub_access(online=args.online):
+    with hub_access(online=args.online), lm_eval_notes():
         return _run(args)
 
 

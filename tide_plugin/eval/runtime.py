@@ -5,6 +5,7 @@ the paper's protocol, and hub access (off unless ``--online``)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -135,3 +136,43 @@ def hub_access(online: bool) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# -- lm-eval's log ------------------------------------------------------------------
+NOTES_LOGGER = "tide_plugin.eval.lm_eval"
+# lm-eval warnings about choices this package makes on purpose (the suite's protocol,
+# the task files' defaults): notes, logged at DEBUG
+LM_EVAL_NOTES = (
+    "Custom kwargs can be passed to `--metadata`",
+    "specified through cli, these settings will update set parameters",
+    "Overwriting default num_fewshot",
+    "is defined, but aggregation is not",
+    "is defined, but higher_is_better is not",
+    "No aggregation function defined for metric",
+    "appears to be an instruct or chat variant",
+    "model_args not specified",
+)
+
+
+class _LmEvalToOurs(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        note = record.levelno < logging.WARNING or any(n in message for n in LM_EVAL_NOTES)
+        logging.getLogger(NOTES_LOGGER).log(logging.DEBUG if note else record.levelno, "lm-eval: %s", message)
+
+
+@contextlib.contextmanager
+def lm_eval_notes() -> Iterator[None]:
+    """lm-eval's log goes to our logger ``tide_plugin.eval.lm_eval``: its notes
+    (:data:`LM_EVAL_NOTES`, and everything below WARNING) at DEBUG, its real
+    warnings at their level. Restored on exit."""
+    lm_logger = logging.getLogger("lm_eval")
+    handler = _LmEvalToOurs()
+    saved = lm_logger.propagate
+    lm_logger.addHandler(handler)
+    lm_logger.propagate = False
+    try:
+        yield
+    finally:
+        lm_logger.removeHandler(handler)
+        lm_logger.propagate = saved
