@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from . import jsonio
+
 TIDE_CONFIG_NAME = "tide_config.json"
 """Written next to every saved student: what sampling and evaluation need (mask id, block size)."""
 
@@ -65,7 +67,7 @@ def _folder(path: str | Path) -> Path:
 
 def checkpoint_layout(path: str | Path) -> str:
     """``"plain"`` or the A2D ``model_type`` of the folder's ``config.json``."""
-    model_type = json.loads((_folder(path) / "config.json").read_text()).get("model_type")
+    model_type = jsonio.read(_folder(path) / "config.json").get("model_type")
     return model_type if model_type in A2D_TYPES else PLAIN
 
 
@@ -110,7 +112,7 @@ def _load_a2d(folder: Path, model_type: str, kwargs: dict[str, Any]) -> torch.nn
     from transformers import AutoConfig, AutoModelForCausalLM
 
     base_type = A2D_TYPES[model_type][0]
-    fields = json.loads((folder / "config.json").read_text())
+    fields = jsonio.read(folder / "config.json")
     fields.pop("model_type", None)
     fields.pop("architectures", None)
     fields.pop("auto_map", None)
@@ -179,7 +181,7 @@ def apply_layout(folder: str | Path, layout: str) -> None:
     if layout not in A2D_TYPES:
         raise ValueError(f"checkpoint layout {layout!r} is not one of {(PLAIN, *A2D_TYPES)}")
     path = Path(folder) / "config.json"
-    config = json.loads(path.read_text())
+    config = jsonio.read(path)
     config["model_type"] = layout
     config["architectures"] = [A2D_TYPES[layout][1]]
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

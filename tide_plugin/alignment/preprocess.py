@@ -48,6 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..jsonio import describe_error
 from ..pipelines import ALIGNED_PIPELINES, get_pipeline
 from .checks import TARGETS, _check_targets
 from .mapper import STATUS, Aligner, features, summarise
@@ -91,9 +92,9 @@ def load_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                raise ValueError(f"{path}:{lineno}: not valid JSON: {describe_error(exc)}") from exc
             rows.append(check_row(row, f"{path}:{lineno}"))
     if not rows:
         raise ValueError(f"{path}: no conversations")

@@ -4,11 +4,11 @@ dataset's pipeline and the tokenizers it was aligned with."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import jsonio
 from ..alignment import dataset_tokenizers, tokenizer_fingerprint
 
 FINISHED_RUN_FILES = ("tide_config.json", "metrics.json", "config.json")
@@ -100,7 +100,7 @@ def recorded_tokenizers(folder: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(folder)  # a dataset made before fingerprints were recorded: its report names the specs / preprocess_module().REPORT_FILE
     if not path.is_file():
         return {}
-    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta = jsonio.read(path)
     out: dict[str, dict[str, Any]] = {}
     for side in ("student", "teacher"):
         info = (meta.get("tokenizers") or {}).get(side)

@@ -18,6 +18,7 @@ from ..hookspecs import RunContext
 from ..pipelines import get_pipeline
 from .config import DistillConfig
 from .loss import DistillBD3LMTrainer, DistillCollator
+from .report import use_console_table
 
 logger = logging.getLogger(__name__)
 
@@ -336,4 +337,5 @@ def build_trainer(
         from .heldout import heldout_bpb_scorer
 
         trainer.heldout_scorer = heldout_bpb_scorer(heldout, tok, block_size=int(config.block_size))
+    use_console_table(trainer)  # the key numbers on the console; every logged key in metrics.json
     return trainer

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import transformers
 
 from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
+from ..jsonio import loads as json_loads
 from ..pipelines import CHUNK_NOISE_RULES, PIPELINES, get_pipeline
 from .compat import one_config_mixed_precision, settle_warmup_ratio
 LOSS_WEIGHT_TYPES = ("elbo", "uniform")
@@ -36,10 +36,7 @@ def _parse_mapping(value: Any, name: str) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, str):
-        try:
-            out = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{name} must be a JSON object, got {value!r}: {exc}") from exc
+        out = json_loads(value, name)
         if isinstance(out, dict):
             return out
     raise ValueError(f"{name} must be a mapping or a JSON object string, got {value!r}")
