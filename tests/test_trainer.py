@@ -265,8 +265,13 @@ def test_bad_values_name_what_is_allowed(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_writes_checkpoint_metrics_and_plot(tmp_path):
-    options, run = _parse(["--max_steps", "2", "--logging_steps", "1", "--output_dir", str(tmp_path / "demo")])
+def test_demo_writes_checkpoint_metrics_and_plot_and_compares_with_a_paired_control(tmp_path, capsys):
+    # Reverse CALM at weight 0 on full logits trains exactly what CE alone trains, so its
+    # difference to the CE-only control is exactly 0 only if both students start from the
+    # same init and see the same data order and noise draws; a CALM arm trains beside them.
+    options, run = _parse(["--max_steps", "2", "--logging_steps", "1", "--output_dir", str(tmp_path / "demo"),
+                           "--demo_arms", "none,calm,reverse_calm", "--fused_output_layer", "False",
+                           "--objective_config", '{"reverse_calm": {"weight": 0.0}}'])
     run["max_samples"] = 16
     metrics = distill(options, run)
     out = tmp_path / "demo"
@@ -275,11 +280,25 @@ def test_demo_writes_checkpoint_metrics_and_plot(tmp_path):
     # the shipped trained teacher knows more than the student: held-out bits per byte
     heldout = json.loads((out / "metrics.json").read_text())["heldout"]
     assert set(heldout) == {"teacher_bpb", "student_bpb_before", "student_bpb_after", "student_bpb_change",
-                            "student_bpb_change_se"}
+                            "student_bpb_change_se", "ce_only_bpb_after", "arms"}
     assert heldout["teacher_bpb"] < heldout["student_bpb_before"]
     change = heldout["student_bpb_after"] - heldout["student_bpb_before"]
     assert heldout["student_bpb_change"] == pytest.approx(change, abs=1e-9) and heldout["student_bpb_change_se"] > 0
     assert [c[0] for c in metrics["heldout_curve"]] == [0, 1, 2]
+    arms = heldout["arms"]
+    assert list(arms) == ["reverse_calm", "calm"]
+    assert arms["reverse_calm"] == {"bpb_after": heldout["student_bpb_after"], "minus_ce": 0.0, "minus_ce_se": 0.0}
+    assert heldout["ce_only_bpb_after"] == heldout["student_bpb_after"] != heldout["student_bpb_before"]
+    calm = arms["calm"]
+    assert calm["minus_ce"] == pytest.approx(calm["bpb_after"] - heldout["ce_only_bpb_after"], abs=1e-12)
+    assert calm["minus_ce"] != 0.0 and calm["minus_ce_se"] > 0
+    assert list(metrics["heldout_curves"]) == ["reverse_calm", "CE only (control)", "calm"]
+    assert all([c[0] for c in curve] == [0, 1, 2] for curve in metrics["heldout_curves"].values())
+    # the last printed lines say, per objective, how it compares with the control
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2] == f"reverse_calm: {heldout['student_bpb_after']:.4f} bits/byte, identical to the CE-only control"
+    assert printed[-1].startswith(f"calm: {calm['bpb_after']:.4f} bits/byte, {abs(calm['minus_ce']):.4f} ± ")
+    assert printed[-3].startswith("held-out bits per byte against the CE-only control")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(out))

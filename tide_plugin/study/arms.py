@@ -81,6 +81,13 @@ class _NoObjective:
         return {}
 
 
+def make_ce_only(trainer: Any) -> None:
+    """Make a built trainer train the CE term alone: its teacher and objective are
+    swapped for ones that do nothing (no teacher forward), while its data order, collator
+    chain and noise stay those of the run it was built for."""
+    trainer.teacher, trainer.objective = _NoTeacher(), _NoObjective()
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """What every arm shares."""
@@ -177,7 +184,7 @@ def run_arm(
         for noisy in (transformers.PrinterCallback, transformers.trainer_callback.ProgressCallback):
             trainer.remove_callback(noisy)  # the study draws its own progress bar
         if spec.objective is None:
-            trainer.teacher, trainer.objective = _NoTeacher(), _NoObjective()
+            make_ce_only(trainer)
         start = time.time()
         trainer.train()
         wall = time.time() - start - eval_time[0]  # training only: the curve's evaluations excluded
