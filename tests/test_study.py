@@ -257,3 +257,34 @@ def test_tide_study_rejects_unknown_arms_with_a_suggestion(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "unknown arms 'B/KLL' (did you mean 'B/KL'?)" in err
     assert not (tmp_path / "s").exists()
+
+
+ISSUE_ARMS = ("BD3LM,A/TIDE-Cross,A/TIDE-Cross (reference noise),A/TIDE-Cross (Bernoulli KL),A/P-KL,"
+              "A/P-KL + TIDE-Cross,BD3LM (equal compute)")
+
+
+def test_arm_names_with_spaces_parentheses_and_plus_parse_from_one_string():
+    from tide_plugin.study.arms import ARMS
+    from tide_plugin.study.cli import parse_arms
+
+    arms = parse_arms(ISSUE_ARMS)
+    assert arms == ("BD3LM", "A/TIDE-Cross", "A/TIDE-Cross (reference noise)", "A/TIDE-Cross (Bernoulli KL)", "A/P-KL",
+                    "A/P-KL + TIDE-Cross", "BD3LM (equal compute)")
+    assert all(a in ARMS for a in arms)
+    assert ARMS["A/P-KL + TIDE-Cross"].objective == "projected_kl+reverse_calm"
+    assert ARMS["A/TIDE-Cross (reference noise)"].chunk_noise == "reference"
+    assert ARMS["A/TIDE-Cross (Bernoulli KL)"].options == {"reverse_calm": {"bernoulli_kl": True}}
+
+
+def test_an_arm_whose_objective_is_not_registered_fails_in_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    from tide_plugin.cli import main
+    from tide_plugin.study import arms
+
+    monkeypatch.setitem(arms.ARMS, "A/Future", arms.ArmSpec("A", "reverse_calm+no_such_objective"))
+    monkeypatch.setitem(arms.ARMS, "A/Future option", arms.ArmSpec("A", "calm", options={"calm": {"no_such": 1}}))
+    for arm, needle in (("A/Future", "arm 'A/Future' needs the objective 'no_such_objective', which is not registered"),
+                        ("A/Future option", "arm 'A/Future option' passes calm options {'no_such': 1}, which this")):
+        rc = main(["study", "--arms", f"BD3LM,{arm}", "--output", str(tmp_path / "s")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
