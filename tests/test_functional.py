@@ -407,6 +407,61 @@ def test_calm_identities():
         assert out.item() == 0.0 and torch.isfinite(x.grad).all() and x.grad.abs().max() == 0
 
 
+def plain_bernoulli_kl(lp_s, lp_t, mask, tau):
+    """``KL(Bern(s) || Bern(q))`` per active chunk, mean over active chunks."""
+    s = torch.exp(lp_s.float() / tau).clamp(1e-7, 1 - 1e-7)
+    q = torch.exp(lp_t.detach().float() / tau).clamp(1e-7, 1 - 1e-7)
+    loss = s * torch.log(s / q) + (1 - s) * torch.log((1 - s) / (1 - q))
+    return loss[mask].sum() / max(1, int(mask.sum()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tau", [1.0, 2.0, 5.0])
+def test_reverse_calm_bernoulli_kl_matches_plain(dtype, tau):
+    lp_s = _chunk_lps(3, 5, seed=41, dtype=dtype, grad=True)
+    lp_t = _chunk_lps(3, 5, seed=42, dtype=dtype)
+    mask = _mask(3, 5, seed=43, p=0.6)
+    f = lambda x: fn.calm(x, lp_t, mask, temperature=tau, reverse=True, bernoulli_kl=True)  # noqa: E731
+    got, g_got = _value_and_grad(f, lp_s)
+    want, g_want = _value_and_grad(lambda x: plain_bernoulli_kl(x, lp_t, mask, tau), lp_s)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-6)
+    # the closed form: (s / tau)(logit(s) - logit(q)) per active chunk, over their count
+    s, q = torch.exp(lp_s.detach().float() / tau), torch.exp(lp_t.float() / tau)
+    closed = (s / tau) * (torch.logit(s) - torch.logit(q)) * mask / mask.sum()
+    torch.testing.assert_close(g_got, closed, **TOL[dtype]["grad"])  # the gradient is stored in lp_S's dtype
+    # identical chunks: KL 0, gradient 0
+    same, g_same = _value_and_grad(lambda x: fn.calm(x, x.detach(), mask, temperature=tau, reverse=True,
+                                                     bernoulli_kl=True), lp_s)
+    assert abs(same.item()) < 1e-6 and g_same.abs().max() < 1e-6
+
+
+def test_bernoulli_kl_pulls_s_towards_q_where_reference_pushes_down():
+    """Teacher below 1/2 on every chunk: the reference's Reverse CALM lowers ``s``
+    everywhere (positive gradient in ``lp_S``); the Bernoulli KL raises ``s`` where
+    ``s < q`` and lowers it where ``s > q``."""
+    tau = 2.0
+    q = torch.tensor([[0.05, 0.3, 0.45, 0.2, 0.1, 0.4]])
+    s = torch.tensor([[0.01, 0.1, 0.2, 0.6, 0.3, 0.9]])
+    lp_t, mask = tau * q.log(), torch.ones(1, 6, dtype=torch.bool)
+    below = s < q
+    for dtype in DTYPES:
+        lp_s = (tau * s.log()).to(dtype).requires_grad_()
+        _, g_kl = _value_and_grad(lambda x: fn.calm(x, lp_t, mask, temperature=tau, reverse=True, bernoulli_kl=True),
+                                  lp_s)
+        _, g_ref = _value_and_grad(lambda x: fn.calm(x, lp_t, mask, temperature=tau, reverse=True), lp_s)
+        assert (g_kl[below] < 0).all() and (g_kl[~below] > 0).all()
+        assert (g_ref > 0).all()  # q < 1/2: the reference lowers s whatever s is
+
+
+def test_bernoulli_kl_needs_reverse():
+    lp = _chunk_lps(2, 3, seed=44)
+    with pytest.raises(ValueError, match="bernoulli_kl=True needs reverse=True"):
+        fn.calm(lp, lp, torch.ones(2, 3, dtype=torch.bool), bernoulli_kl=True)
+    with pytest.raises(ValueError, match="bernoulli_kl must be True or False, got 'yes'"):
+        fn.calm(lp, lp, torch.ones(2, 3, dtype=torch.bool), reverse=True, bernoulli_kl="yes")
+
+
 REVERSE_CALM_BOUND = math.log((1 - 1e-7) / 1e-7)  # 16.118..., |log((1-q)/q)| under the clamp
 
 

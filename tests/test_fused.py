@@ -246,8 +246,8 @@ def _cross_batch(b, length, l_t, vs, vt, seed):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    "name,pipeline", [("calm", "cross"), ("reverse_calm", "cross"), ("tidal_calm+calm", "cross"),
-                      ("kl", "same"), ("reverse_kl", "same"), ("tidal", "same")],
+    "name,pipeline", [("calm", "cross"), ("reverse_calm", "cross"), ("reverse_calm:bernoulli_kl", "cross"),
+                      ("tidal_calm+calm", "cross"), ("kl", "same"), ("reverse_kl", "same"), ("tidal", "same")],
 )
 def test_objectives_on_projected_logits_match_full_logits(dtype, name, pipeline, chunks):
     b, length, vs, vt = 2, 9, 33, 27
@@ -257,7 +257,8 @@ def test_objectives_on_projected_logits_match_full_logits(dtype, name, pipeline,
         batch.pipeline = "same"
     h_s, w_s, _ = _head(b, length, 6, vs, dtype=dtype, seed=17)
     h_t, w_t, _ = _head(b, l_t, 4, vt, dtype=dtype, seed=18, grad=False)
-    objective = get_objective(name)
+    name, _, option = name.partition(":")
+    objective = get_objective(name, **({option: True} if option else {}))
     assert objective.supports_projected_logits
 
     def run(student, teacher):

@@ -168,11 +168,12 @@ def test_token_objectives_without_masked_positions_give_zero():
 
 # -- chunk objectives ---------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name, reverse", [("calm", False), ("reverse_calm", True)])
-def test_calm_objectives(name, reverse, dtype):
+@pytest.mark.parametrize("name, reverse, bkl", [("calm", False, False), ("reverse_calm", True, False),
+                                                ("reverse_calm", True, True)])
+def test_calm_objectives(name, reverse, bkl, dtype):
     inputs = cross_inputs(dtype)
     batch = inputs.batch
-    loss = tide_plugin.get_objective(name)(inputs)[name]
+    loss = tide_plugin.get_objective(name, **({"bernoulli_kl": True} if bkl else {}))(inputs)[name]
     # plain: every chunk's log-prob from a full float32 log_softmax, then the mean over active chunks
     def plain_lp(logits, ids, chunk_ids):
         lp = logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
@@ -183,6 +184,8 @@ def test_calm_objectives(name, reverse, dtype):
     s = torch.exp(lp_s / 2).clamp(1e-7, 1 - 1e-7)
     q = torch.exp(lp_t / 2).clamp(1e-7, 1 - 1e-7)
     per = -(s * q.log() + (1 - s) * (1 - q).log()) if reverse else -(q * s.log() + (1 - q) * (1 - s).log())
+    if bkl:  # KL(Bern(s) || Bern(q)): the reverse form plus the student's Bernoulli entropy
+        per = per + s * s.log() + (1 - s) * (1 - s).log()
     want = per[batch.chunk_active].mean()
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
     tol = dict(rtol=1.6e-2, atol=1e-5) if dtype == torch.bfloat16 else {}
@@ -372,6 +375,8 @@ def test_missing_batch_fields_are_named():
         ("tidal", {"timestep_weight": "mid"}, ValueError, "timestep_weight 'mid' is not one of"),
         ("tidal_calm", {"lambda_max": 1.5}, ValueError, r"lambda_max must be a number in \[0, 1\], got 1.5"),
         ("tidal_calm", {"aligned": True}, ValueError, "aligned=True applies to token TIDAL"),
+        ("calm", {"bernoulli_kl": True}, ValueError, "bernoulli_kl=True is an option of reverse_calm, not calm"),
+        ("reverse_calm", {"bernoulli_kl": 1}, ValueError, "bernoulli_kl must be True or False, got 1"),
     ],
 )
 def test_config_validation(name, config, exc, message):

@@ -126,6 +126,7 @@ class RunContext:
     time_epsilon: float = 1e-3
     ce_weighting: str = "elbo"
     demo_ratio: float = 0.5
+    chunk_noise: str = "unbiased"
 
 
 # -- what each kind's factory builds ------------------------------------------------------

@@ -27,6 +27,12 @@ Pipeline = Literal["same", "shared", "cross"]
 PIPELINES: tuple[str, ...] = ("same", "shared", "cross")
 """Every pipeline name; ``same`` needs no preprocessing (:data:`ALIGNED_PIPELINES` do)."""
 ALIGNED_PIPELINES: tuple[str, ...] = ("shared", "cross")
+ChunkNoise = Literal["unbiased", "reference"]
+CHUNK_NOISE_RULES: tuple[str, ...] = ("unbiased", "reference")
+"""How the ``cross`` pipeline draws its chunk-consistent mask
+(docs/method.md#mask-propagation): ``unbiased`` (ours, the default) draws one
+Bernoulli(``p``) per chunk, ``reference`` the paper's per-token draw that masks a
+chunk as soon as one of its tokens is hit."""
 IGNORE_INDEX = -100
 """Label of a non-target token (prompt, batch padding)."""
 
@@ -171,8 +177,14 @@ class PipelineStrategy:
         return {}
 
     # noise (SPEC 3.4) and CompDemo (SPEC 4)
-    def propagate_mask(self, batch: Any, masked: Tensor, maskable: Tensor) -> tuple[Tensor, Tensor]:
-        """``(masked [b, L], teacher_masked [b, L_T])``; may set ``batch.chunk_active``."""
+    def propagate_mask(
+        self, batch: Any, masked: Tensor, maskable: Tensor, *, mask_prob: Tensor | None = None,
+        generator: torch.Generator | None = None, chunk_noise: ChunkNoise = "unbiased",
+    ) -> tuple[Tensor, Tensor]:
+        """``(masked [b, L], teacher_masked [b, L_T])`` from the per-token draw
+        ``masked``; may set ``batch.chunk_active``. ``mask_prob`` ``[b]`` (``p`` per
+        example), ``generator`` and ``chunk_noise`` are read by pipelines whose mask
+        is drawn per chunk (``cross``); the others ignore them and draw nothing."""
         raise NotImplementedError
 
     def demo_split(self, batch: Any, ratio: float, generator: torch.Generator) -> Tensor:
@@ -205,7 +217,7 @@ class SamePipeline(PipelineStrategy):
     has_teacher_ids = False
     has_token_alignment = True
 
-    def propagate_mask(self, batch: Any, masked: Tensor, maskable: Tensor) -> tuple[Tensor, Tensor]:
+    def propagate_mask(self, batch, masked, maskable, **_: Any) -> tuple[Tensor, Tensor]:
         return masked, masked.clone()
 
     def demo_split(self, batch: Any, ratio: float, generator: torch.Generator) -> Tensor:
@@ -249,7 +261,7 @@ class SharedPipeline(PipelineStrategy):
         fields["pair_teacher"], _ = stack_padded([e["pair_teacher"] for e in examples], P, 0)
         return fields
 
-    def propagate_mask(self, batch: Any, masked: Tensor, maskable: Tensor) -> tuple[Tensor, Tensor]:
+    def propagate_mask(self, batch, masked, maskable, **_: Any) -> tuple[Tensor, Tensor]:
         return masked, scatter_pairs(masked, batch, batch.teacher_input_ids.shape[1])
 
     def demo_split(self, batch: Any, ratio: float, generator: torch.Generator) -> Tensor:
@@ -259,7 +271,7 @@ class SharedPipeline(PipelineStrategy):
 
 
 class CrossPipeline(PipelineStrategy):
-    """SPEC 3.3: byte-exact chunks; chunk-consistent masking; the CompDemo split is per hit chunk."""
+    """SPEC 3.3: byte-exact chunks; chunk-consistent masking; the CompDemo split is per masked chunk."""
 
     name = "cross"
     row_keys = (ROW_STUDENT_IDS, ROW_LABELS, ROW_TEACHER_IDS, ROW_STUDENT_CHUNKS, ROW_TEACHER_CHUNKS)
@@ -299,15 +311,41 @@ class CrossPipeline(PipelineStrategy):
             raise ValueError("cross pipeline batch lacks chunk ids (run distill_pad on cross rows first)")
         return batch.student_chunk_ids, batch.teacher_chunk_ids, batch.max_chunks
 
-    def propagate_mask(self, batch: Any, masked: Tensor, maskable: Tensor) -> tuple[Tensor, Tensor]:
+    def propagate_mask(
+        self, batch: Any, masked: Tensor, maskable: Tensor, *, mask_prob: Tensor | None = None,
+        generator: torch.Generator | None = None, chunk_noise: ChunkNoise = "unbiased",
+    ) -> tuple[Tensor, Tensor]:
+        """Chunk-consistent masking (docs/method.md#mask-propagation): a masked chunk
+        has all its maskable student tokens and all its teacher tokens masked.
+
+        - ``unbiased``: one ``u ~ U[0, 1)`` per chunk from ``generator`` (drawn after
+          the per-token ones), masked iff ``u < mask_prob`` of its example; only
+          chunks with a maskable student token are drawn (a prompt-only chunk stays
+          visible to both sides, as under the per-token draw). Tokens outside every
+          chunk keep their per-token draw. Every maskable token is masked with
+          probability ``p``.
+        - ``reference``: a chunk is masked (*hit*) when one of its student tokens is
+          masked by the per-token draw; this masks more than ``p``.
+
+        ``batch.chunk_active`` ``[b, C]``: masked chunks without a prompt token."""
         s_chunks, t_chunks, C = self._chunks(batch)
-        hit = chunk_hits(masked, s_chunks, C)
-        masked = masked | (gather_chunks(hit, s_chunks) & maskable)
+        if chunk_noise == "reference":
+            hit = chunk_hits(masked, s_chunks, C)
+            masked = masked | (gather_chunks(hit, s_chunks) & maskable)
+        elif chunk_noise == "unbiased":
+            if mask_prob is None or generator is None:
+                raise ValueError("chunk_noise 'unbiased' needs mask_prob [b] and the noise stage's generator")
+            u = torch.rand((s_chunks.shape[0], C), generator=generator).to(s_chunks.device)
+            hit = (u < mask_prob.to(s_chunks.device).unsqueeze(1)) & chunk_hits(maskable, s_chunks, C)
+            masked = torch.where(s_chunks >= 0, gather_chunks(hit, s_chunks) & maskable, masked)
+        else:
+            raise ValueError(f"chunk_noise {chunk_noise!r} is not one of {CHUNK_NOISE_RULES}")
         batch.chunk_active = hit & ~chunk_hits(~maskable, s_chunks, C)
         return masked, gather_chunks(hit, t_chunks)
 
     def demo_split(self, batch: Any, ratio: float, generator: torch.Generator) -> Tensor:
         s_chunks, t_chunks, C = self._chunks(batch)
+        # under either chunk_noise rule a masked chunk has a masked student token
         hit = chunk_hits(batch.masked, s_chunks, C)
         in_a = hit & (torch.rand(hit.shape, generator=generator) < ratio).to(hit.device)
         return gather_chunks(in_a, t_chunks)

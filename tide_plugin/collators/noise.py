@@ -11,10 +11,14 @@ Teacher side, by pipeline (:meth:`tide_plugin.pipelines.PipelineStrategy.propaga
 
 - ``same``: the teacher uses the student's mask (its ids are the student's).
 - ``shared``: teacher positions paired with masked student positions are masked.
-- ``cross`` (chunk-consistent masking): a chunk is *hit* if any of its student
-  tokens is masked; then every maskable student token of a hit chunk and every
-  teacher token of a hit chunk is masked. ``chunk_active`` = hit chunks that
-  hold no prompt (label -100) token.
+- ``cross`` (chunk-consistent masking, docs/method.md#mask-propagation): every
+  maskable student token and every teacher token of a masked chunk is masked.
+  ``chunk_noise="unbiased"`` (default) masks each chunk with one Bernoulli(``p``)
+  draw, so every token's marginal mask probability stays ``p`` and ``w(t)`` stays
+  unbiased; ``"reference"`` masks a chunk as soon as the per-token draw hits one
+  of its student tokens (more than ``p``). Tokens outside every chunk keep the
+  per-token draw. ``chunk_active`` = masked chunks that hold no prompt (label
+  -100) token.
 
 Fills (shapes): ``t`` ``[b]`` float32, ``masked`` ``[b, L]`` bool,
 ``noisy_input_ids`` ``[b, L]``, ``ce_time_weight`` ``[b]`` float32, ``teacher_masked``
@@ -37,7 +41,7 @@ from torch import Tensor
 
 from ..batch import DistillBatch
 from ..hookspecs import PluginSpec, hookimpl
-from ..pipelines import IGNORE_INDEX, get_pipeline
+from ..pipelines import CHUNK_NOISE_RULES, IGNORE_INDEX, ChunkNoise, get_pipeline
 
 CE_WEIGHTINGS: tuple[str, ...] = ("elbo", "uniform")
 
@@ -125,6 +129,9 @@ class NoiseConfig:
     :param eps: lower bound of ``t ~ U[eps, 1)`` (SPEC 1.2).
     :param ce_weighting: ``elbo`` (``w(t) = -alpha'(t)/(1-alpha(t)+1e-6)``) or ``uniform``.
     :param seed: seed of the stage's random stream.
+    :param chunk_noise: how the ``cross`` pipeline masks chunks: ``unbiased`` (one
+        draw per chunk; the default) or ``reference`` (the paper's per-token draw);
+        the other pipelines ignore it.
     """
 
     mask_id: int | None = None
@@ -133,6 +140,7 @@ class NoiseConfig:
     eps: float = 1e-3
     ce_weighting: Literal["elbo", "uniform"] = "elbo"
     seed: int = 0
+    chunk_noise: ChunkNoise = "unbiased"
 
     def __post_init__(self) -> None:
         if self.mask_id is None:
@@ -151,6 +159,8 @@ class NoiseConfig:
             raise ValueError(f"ce_weighting {self.ce_weighting!r} is not one of {CE_WEIGHTINGS}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.chunk_noise not in CHUNK_NOISE_RULES:
+            raise ValueError(f"chunk_noise {self.chunk_noise!r} is not one of {CHUNK_NOISE_RULES}")
 
 
 class Noise(SeededStage):
@@ -166,6 +176,7 @@ class Noise(SeededStage):
         "eps": "time_epsilon",
         "ce_weighting": "ce_weighting",
         "seed": "seed",
+        "chunk_noise": "chunk_noise",
     }
     """Configuration filled from the run (:class:`~tide_plugin.hookspecs.RunContext`)."""
     salt = 0x6E6F697365  # "noise"
@@ -222,7 +233,9 @@ class Noise(SeededStage):
 
         strategy = get_pipeline(batch.pipeline)
         batch.chunk_active = None
-        masked, teacher_masked = strategy.propagate_mask(batch, masked, maskable)
+        masked, teacher_masked = strategy.propagate_mask(
+            batch, masked, maskable, mask_prob=p, generator=g, chunk_noise=cfg.chunk_noise
+        )
         y0, _ = strategy.teacher_clean(batch)
 
         batch.t = t.to(dev)

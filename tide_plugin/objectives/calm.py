@@ -3,7 +3,9 @@
 Registered names:
 
 - ``calm`` (alias ``alm``): ``-(q log s + (1-q) log(1-s))``;
-- ``reverse_calm`` (alias ``reverse_alm``): ``-(s log q + (1-s) log(1-q))``;
+- ``reverse_calm`` (alias ``reverse_alm``): ``-(s log q + (1-s) log(1-q))``, or with
+  ``bernoulli_kl=True`` (ours) ``KL(Bern(s) || Bern(q))``, which adds the student's
+  entropy so that the gradient pulls ``s`` towards ``q`` (docs/method.md#calm);
 
 mean over active chunks ``batch.chunk_active`` ``[b, C]``, with
 ``s = clamp(exp(lp_S / tau))``, ``q = clamp(exp(lp_T / tau))`` and ``lp`` the chunk
@@ -81,15 +83,31 @@ def active_chunk_log_probs(inputs: DistillInputs, who: str) -> tuple[Tensor, Ten
 @dataclass(frozen=True)
 class CalmConfig:
     """:param temperature: tau (2.0; the reference pipeline-A script uses 5.0).
-    :param weight: multiplies the part."""
+    :param weight: multiplies the part.
+    :param bernoulli_kl: ``reverse_calm`` only (ours): the loss is
+        ``KL(Bern(s) || Bern(q))`` instead of the reference's cross-entropy form."""
 
     temperature: float = 2.0
     weight: float = 1.0
+    bernoulli_kl: bool = False
     requirements: ClassVar[frozenset[Requirement]] = frozenset({"chunks"})
     unit: ClassVar[Unit] = "active_chunks"
+    objective: ClassVar[str] = "calm"
 
     def __post_init__(self) -> None:
         check_temperature_weight(self.temperature, self.weight)
+        if not isinstance(self.bernoulli_kl, bool):
+            raise ValueError(f"bernoulli_kl must be True or False, got {self.bernoulli_kl!r}")
+        if self.bernoulli_kl and self.objective != "reverse_calm":
+            raise ValueError(
+                f"bernoulli_kl=True is an option of reverse_calm, not {self.objective}: calm's "
+                "-(q log s + (1-q) log(1-s)) already has the gradient of KL(Bern(q) || Bern(s))"
+            )
+
+
+@dataclass(frozen=True)
+class ReverseCalmConfig(CalmConfig):
+    objective: ClassVar[str] = "reverse_calm"
 
 
 class Calm(Objective):
@@ -97,20 +115,26 @@ class Calm(Objective):
 
     name = "calm"
     supports_projected_logits = True
+    config_cls: type[CalmConfig] = CalmConfig
 
     def __init__(self, **config) -> None:
-        self.config = CalmConfig(**config)
+        self.config = self.config_cls(**config)
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         lp_s, lp_t, active = active_chunk_log_probs(inputs, self.name)
-        return {self.name: calm(lp_s, lp_t, active, temperature=self.config.temperature, reverse=self.direction == "reverse")}
+        cfg = self.config
+        loss = calm(lp_s, lp_t, active, temperature=cfg.temperature, reverse=self.direction == "reverse",
+                    bernoulli_kl=cfg.bernoulli_kl)
+        return {self.name: loss}
 
 
 class ReverseCalm(Calm):
-    """Reverse CALM: gradient ``(s / tau) log((1-q)/q)`` per chunk (dual-end noise filtering)."""
+    """Reverse CALM: gradient ``(s / tau) log((1-q)/q)`` per chunk (dual-end noise
+    filtering); with ``bernoulli_kl=True``, ``(s / tau)(logit(s) - logit(q))``."""
 
     name = "reverse_calm"
     direction = "reverse"
+    config_cls = ReverseCalmConfig
 
 
 @hookimpl
@@ -126,8 +150,9 @@ def tide_plugin_objectives() -> list[PluginSpec]:
         PluginSpec(
             name="reverse_calm",
             factory=ReverseCalm,
-            summary="chunk-level Reverse CALM -(s log q + (1-s) log(1-q)) over active chunks",
+            summary="chunk-level Reverse CALM -(s log q + (1-s) log(1-q)) over active chunks "
+            "(bernoulli_kl=True: KL(Bern(s) || Bern(q)))",
             aliases=("reverse_alm",),
-            config_cls=CalmConfig,
+            config_cls=ReverseCalmConfig,
         ),
     ]

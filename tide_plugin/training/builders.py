@@ -69,6 +69,7 @@ def run_context(
         time_epsilon=float(config.time_epsilon),
         ce_weighting=config.ce_weighting,
         demo_ratio=float(config.demo_ratio),
+        chunk_noise=config.chunk_noise,
     )
 
 

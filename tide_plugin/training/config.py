@@ -14,7 +14,7 @@ from typing import Any
 import transformers
 
 from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
-from ..pipelines import PIPELINES, get_pipeline
+from ..pipelines import CHUNK_NOISE_RULES, PIPELINES, get_pipeline
 from .compat import one_config_mixed_precision, settle_warmup_ratio
 LOSS_WEIGHT_TYPES = ("elbo", "uniform")
 LOSS_WEIGHT_ALIASES = {"scheduler": "elbo"}
@@ -134,6 +134,11 @@ class DistillArguments:
     max_length: int | None = field(default=None, metadata={"help": "student truncation length"})
     teacher_max_length: int | None = field(default=None, metadata={"help": "teacher truncation length"})
     noise_seed: int | None = field(default=None, metadata={"help": "seed of the noise / CompDemo streams (default seed)"})
+    chunk_noise: str = field(
+        default="unbiased",
+        metadata={"help": "cross pipeline chunk masking: unbiased (one Bernoulli(1-alpha(t)) draw per chunk, keeps "
+                  "CE's w(t) unbiased) | reference (the paper's: a chunk is masked when any of its tokens is)"},
+    )
     # ---- reference launch flags (aliases) ----
     distill_mode: str | None = field(default=None, metadata={"help": "reference mode string (alias of --objective)"})
     use_comp_demo: bool = field(default=False, metadata={"help": "CompDemo: two complementary teacher views"})
@@ -221,6 +226,8 @@ class DistillArguments:
                 f"max_length ({self.max_length}) must be a multiple of block_size ({self.block_size}) so that "
                 "block-EOS padding never exceeds it"
             )
+        if self.chunk_noise not in CHUNK_NOISE_RULES:
+            raise ValueError(_not_one_of("chunk_noise", self.chunk_noise, CHUNK_NOISE_RULES))
         if not 0.0 < float(self.demo_ratio) < 1.0:
             raise ValueError(f"demo_ratio {self.demo_ratio} must lie in (0, 1)")
         if self.ce_weight < 0:

@@ -118,13 +118,17 @@ def calm(
     *,
     temperature: float = 2.0,
     reverse: bool = False,
+    bernoulli_kl: bool = False,
 ) -> Tensor:
-    """CALM and Reverse CALM (SPEC 5.2).
+    """CALM and Reverse CALM (SPEC 5.2; docs/method.md#calm).
 
     ``s = clamp(exp(lp_S / tau))``, ``q = clamp(exp(lp_T / tau))`` (clamp to
     ``[1e-7, 1 - 1e-7]``, teacher detached). CALM: ``-(q log s + (1-q) log(1-s))``;
     Reverse CALM: ``-(s log q + (1-s) log(1-q))``, whose gradient w.r.t. ``lp_S`` is
-    ``(s / tau) log((1-q)/q)``.
+    ``(s / tau) log((1-q)/q)``: for ``q < 1/2`` it lowers ``s`` whatever ``s`` is.
+    ``bernoulli_kl=True`` (ours, with ``reverse``) adds the student's Bernoulli
+    entropy: ``KL(Bern(s) || Bern(q)) = s log(s/q) + (1-s) log((1-s)/(1-q))``, gradient
+    ``(s / tau)(logit(s) - logit(q))``, which pulls ``s`` towards ``q``.
 
     :param student_chunk_lp: ``[b, C]`` chunk log-probs of the student.
     :param teacher_chunk_lp: ``[b, C]`` chunk log-probs of the teacher (detached).
@@ -133,9 +137,17 @@ def calm(
     """
     _check_chunks(student_chunk_lp, teacher_chunk_lp, chunk_mask)
     tau = _check_temperature(temperature)
+    if not isinstance(bernoulli_kl, bool):
+        raise ValueError(f"bernoulli_kl must be True or False, got {bernoulli_kl!r}")
+    if bernoulli_kl and not reverse:
+        raise ValueError(
+            "bernoulli_kl=True needs reverse=True: forward CALM already has the gradient of KL(Bern(q) || Bern(s))"
+        )
     s = _chunk_prob(student_chunk_lp, tau)
     q = _chunk_prob(teacher_chunk_lp.detach(), tau)
-    if reverse:
+    if bernoulli_kl:
+        loss = s * (s.log() - q.log()) + (1.0 - s) * (torch.log1p(-s) - torch.log1p(-q))
+    elif reverse:
         loss = -(s * q.log() + (1.0 - s) * torch.log1p(-q))
     else:
         loss = -(q * s.log() + (1.0 - q) * torch.log1p(-s))
