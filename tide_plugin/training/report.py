@@ -70,9 +70,12 @@ def write_metrics(trainer: transformers.Trainer, output_dir: str | os.PathLike[s
         for label, curve in curves.items():
             ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", markersize=3, label=label)
         teacher = (extra.get("heldout") or {}).get("teacher_bpb")
-        if teacher is not None:
+        title = "held-out bits per byte"
+        if teacher is not None and len(curves) == 1:
             ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
-        ax.set_title("held-out bits per byte")
+        elif teacher is not None:  # students a few thousandths apart: the teacher's line would flatten them
+            title += f" (teacher {teacher:.3f})"
+        ax.set_title(title, fontsize=9 if len(curves) > 1 else None)
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
