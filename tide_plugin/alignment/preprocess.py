@@ -23,7 +23,9 @@ dropped because their ids differ. Only ``role`` and ``content`` of each message
 are read; a message whose role or content is not a string stops the run with one
 line naming the file, the line and the field. The saved folder records the
 tokenizers it was aligned with (:mod:`tide_plugin.alignment.metadata`), and an
-existing dataset is replaced only with ``--overwrite_output_dir``.
+existing dataset is replaced only with ``--overwrite_output_dir``. A ``cross`` folder
+also holds the tokenizer pair's vocabulary projection ``W`` (``projection.safetensors``,
+:mod:`tide_plugin.alignment.projection_build`), with its coverage in the report.
 
 Command line::
 
@@ -50,6 +52,7 @@ from ..pipelines import ALIGNED_PIPELINES, get_pipeline
 from .checks import TARGETS, _check_targets
 from .mapper import STATUS, Aligner, features, summarise
 from .metadata import REPORT_FILE, check_output_dir, tokenizer_record
+from .projection import PROJECTION_FILE
 from .report import PreprocessReport
 
 __all__ = ["DEMO_DATA", "REPORT_FILE", "PreprocessReport", "check_row", "load_jsonl", "load_tokenizer", "preprocess"]
@@ -246,6 +249,13 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     dataset.save_to_disk(str(out))
+    projection = None
+    if args.pipeline == "cross":  # W, for the full-distribution objectives (docs/method.md#projected-kl)
+        from .projection_build import build_projection, format_projection_report, projection_report
+
+        w = build_projection(teacher, student)
+        w.save(out)
+        projection = {"file": PROJECTION_FILE, **projection_report(w, teacher, student)}
     meta = {
         "input": str(args.input),
         "student": args.student,
@@ -256,8 +266,11 @@ def run(args: argparse.Namespace) -> int:
         "targets": args.targets,
         "tokenizers": {"student": tokenizer_record(student, args.student), "teacher": tokenizer_record(teacher, teacher_spec)},
         "report": report.to_dict(),
+        **({"projection": projection} if projection else {}),
     }
     (out / REPORT_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(report.format())
+    if projection:
+        print(f"  {format_projection_report(projection)}; saved as {out / PROJECTION_FILE}")
     print(f"  saved {len(dataset)} rows to {out} (report: {out / REPORT_FILE})")
     return 0

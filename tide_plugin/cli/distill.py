@@ -17,7 +17,7 @@ import torch
 import transformers
 
 from ..pipelines import get_pipeline
-from ..training import DistillConfig, build_trainer, write_metrics
+from ..training import DistillConfig, build_trainer, run_projection, write_metrics
 from ..training.config import implied_pipeline
 from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_MODELS, PRESETS
 from . import did_you_mean
@@ -246,7 +246,9 @@ def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> s
     with warnings.catch_warnings():  # the trainer's own build reports them
         warnings.simplefilter("ignore", UserWarning)
         objective = get_objective(config.objective, **config.objective_kwargs())
-    objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size))
+    # a run whose objective requires W gets it (loaded with the data or built from the tokenizers)
+    objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size,
+                                          has_projection="projection" in objective.requirements))
     if run_arms(run, config):
         from .distill_arms import check_arms
 
@@ -324,6 +326,9 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     )
     for note in notes:
         _say(note)
+    data = run.get("data")
+    data_dir = str(data) if data and Path(str(data)).is_dir() else None
+    projection = run_projection(config, teacher_tok, student_tok, say=_say, data_dir=data_dir)
     student = _student(run, student_tok, config)
     teacher = _teacher(run, teacher_tok, config)
     arms = run_arms(run, config)
@@ -333,9 +338,12 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     init = copy.deepcopy(student) if arms else None
 
     def build(cfg: DistillConfig, model: torch.nn.Module) -> Any:
+        # W for every student whose objective requires it (the run's own was built above)
+        arm_projection = projection if cfg is config else run_projection(cfg, teacher_tok, student_tok, say=None,
+                                                                         data_dir=data_dir)
         return build_trainer(cfg, student=model, teacher_model=teacher, train_dataset=dataset,
                              student_tokenizer=student_tok, student_mask_id=student_mask, teacher_tokenizer=teacher_tok,
-                             backend=run.get("backend") or "auto")
+                             backend=run.get("backend") or "auto", projection=arm_projection)
 
     trainer = build(config, student)
     objective = canonical_objective(config.objective)

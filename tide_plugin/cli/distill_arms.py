@@ -8,6 +8,7 @@ sequences. They are not saved: their held-out numbers and curves go into the run
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,7 +35,7 @@ def check_arms(config: DistillConfig, arms: Sequence[str]) -> None:
             continue
         objective = get_objective(arm, **arm_config(config, arm).objective_kwargs())
         try:
-            objective.check_pipeline(info)
+            objective.check_pipeline(dataclasses.replace(info, has_projection="projection" in objective.requirements))
         except PipelineMismatchError as exc:
             raise ValueError(f"--demo_arms {arm!r} cannot train beside this run: {exc}") from exc
 

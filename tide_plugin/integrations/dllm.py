@@ -63,9 +63,11 @@ class DllmDistillBD3LMTrainer(DistillLossMixin, BD3LMTrainer):
     callback when the trainer evaluates) are fed every step as dllm feeds them
     (:func:`~tide_plugin.training.loss.dllm_nll_update`)."""
 
-    def __init__(self, *args: Any, teacher: Any, objective: Any, pipeline_info: PipelineInfo, **kwargs: Any):
+    def __init__(self, *args: Any, teacher: Any, objective: Any, pipeline_info: PipelineInfo, projection: Any = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.setup_distillation(teacher=teacher, objective=objective, pipeline_info=pipeline_info)
+        self.setup_distillation(teacher=teacher, objective=objective, pipeline_info=pipeline_info,
+                                projection=projection)
 
     def record_nll(self, training: bool, row_nll: Any, maskable: Any) -> None:
         value, weight = dllm_nll_update(row_nll, maskable)

@@ -201,7 +201,7 @@ def run_arm(
     """Train ``student`` in place; returns ``{"wall_seconds", "steps", "curve": [(step, bpb)], "log"}``."""
     import transformers
 
-    from ..training import build_trainer
+    from ..training import build_trainer, run_projection
 
     steps = settings.steps if steps is None else steps
     tok = toks["student"]
@@ -230,6 +230,8 @@ def run_arm(
             student_mask_id=tok.mask_token_id,
             backend="transformers",
             callbacks=[_Curve()],
+            # W (None unless the objective requires it): the arm's teacher vocabulary to the student's
+            projection=run_projection(config, toks["cross" if spec.pipeline == "A" else "shared"], tok, say=None),
         )
         for noisy in (transformers.PrinterCallback, transformers.trainer_callback.ProgressCallback):
             trainer.remove_callback(noisy)  # the study draws its own progress bar

@@ -4,7 +4,7 @@ Only this package, :mod:`tide_plugin.integrations`, :mod:`tide_plugin.study` and
 :mod:`tide_plugin.cli` know a ``transformers.Trainer`` (DESIGN "rules of the house").
 """
 
-from .builders import build_collator, build_trainer, dllm_available, trainer_class
+from .builders import build_collator, build_trainer, dllm_available, run_projection, trainer_class
 from .config import DistillArguments, DistillConfig
 from .loss import DistillBD3LMTrainer, DistillCollator, DistillLossMixin, tide_config
 from .report import write_metrics
@@ -18,6 +18,7 @@ __all__ = [
     "build_collator",
     "build_trainer",
     "dllm_available",
+    "run_projection",
     "tide_config",
     "trainer_class",
     "write_metrics",

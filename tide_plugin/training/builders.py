@@ -4,9 +4,10 @@ and :func:`build_trainer` (teacher adapter, objective, collators, trainer)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import transformers
@@ -16,6 +17,10 @@ from ..hookspecs import RunContext
 from ..pipelines import get_pipeline
 from .config import DistillConfig
 from .loss import DistillBD3LMTrainer, DistillCollator
+
+if TYPE_CHECKING:
+    from ..alignment.projection import VocabProjection
+
 
 def dllm_available() -> bool:
     try:
@@ -123,6 +128,43 @@ def _teacher_special_ids(tok: Any) -> dict[str, int]:
     return out
 
 
+def run_projection(
+    config: DistillConfig,
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    say: Callable[[str], None] | None = print,
+) -> VocabProjection | None:
+    """The vocabulary projection ``W`` when ``config.objective`` requires ``projection``
+    (``docs/method.md#projected-kl``), else ``None`` and nothing is built. ``W`` is loaded
+    from ``data_dir`` (a ``tide preprocess`` folder) when it holds one for these tokenizers,
+    else built from them now; ``say`` gets one line with its coverage."""
+    from ..alignment.projection_build import projection_for_run
+    from ..registry import objective_requirements
+
+    if "projection" not in objective_requirements(config.objective, **config.objective_kwargs()):
+        return None
+    if teacher_tokenizer is None or student_tokenizer is None:
+        raise ValueError(
+            f"objective {config.objective!r} needs the vocabulary projection W from the teacher's tokens to the "
+            "student's: pass projection= (tide_plugin.alignment.projection_build.build_projection), or both "
+            "teacher_tokenizer and student_tokenizer"
+        )
+    return projection_for_run(teacher_tokenizer, student_tokenizer, data_dir=data_dir, say=say)
+
+
+def _output_rows(model: Any) -> int | None:
+    """How many token ids ``model``'s output layer scores (``None``: unknown)."""
+    model = getattr(model, "module", model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return int(weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if size is not None else None
+
+
 def build_trainer(
     config: DistillConfig,
     *,
@@ -135,8 +177,16 @@ def build_trainer(
     teacher_tokenizer: Any = None,
     backend: str = "auto",
     callbacks: Sequence[Any] | None = None,
+    projection: VocabProjection | None = None,
 ) -> transformers.Trainer:
-    """Assemble teacher adapter, objective, collator chain and trainer from ``config``."""
+    """Assemble teacher adapter, objective, collator chain and trainer from ``config``.
+
+    :param projection: the vocabulary projection ``W`` for an objective that requires
+        ``projection`` (ignored by others). ``None``: built from ``teacher_tokenizer`` and
+        ``student_tokenizer`` (:func:`run_projection`). It is padded to both models' output
+        sizes, so ``inputs.projection`` is ``[V_T, V_S]`` of the logits, and moved to the
+        student's device.
+    """
     from ..registry import get_objective, get_teacher
 
     if config.pipeline is None:
@@ -156,7 +206,12 @@ def build_trainer(
             UserWarning,
             stacklevel=2,
         )
-    info = PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size)
+    if "projection" not in objective.requirements:
+        projection = None  # nothing built, nothing moved
+    elif projection is None:
+        projection = run_projection(config, teacher_tokenizer, tok, say=lambda m: print(f"tide: {m}", flush=True))
+    info = PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size,
+                        has_projection=projection is not None)
     objective.check_pipeline(info)  # before any model work
     teacher_kwargs: dict[str, Any] = {
         "mask_token_id": config.teacher_mask_token_id,
@@ -194,6 +249,9 @@ def build_trainer(
         student_pad_id=getattr(tok, "pad_token_id", None),
         **_teacher_special_ids(teacher_tokenizer),
     )
+    if projection is not None:
+        v_t, v_s = _output_rows(getattr(teacher, "model", None)), _output_rows(student)
+        projection = projection.padded(v_t or projection.teacher_vocab_size, v_s or projection.student_vocab_size)
     student.config.mask_token_id = int(mask_id)
     student.config.block_size = int(config.block_size)
     cls = trainer_class(backend)
@@ -206,4 +264,6 @@ def build_trainer(
     }
     if tok is not None:
         kwargs["processing_class"] = tok
+    if projection is not None:
+        kwargs["projection"] = projection
     return cls(teacher=teacher, objective=objective, pipeline_info=info, **kwargs)

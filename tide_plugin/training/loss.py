@@ -71,11 +71,18 @@ class DistillLossMixin:
     teacher: Any
     objective: Any
 
-    def setup_distillation(self, *, teacher: Any, objective: Any, pipeline_info: PipelineInfo) -> None:
+    def setup_distillation(
+        self, *, teacher: Any, objective: Any, pipeline_info: PipelineInfo, projection: Any = None
+    ) -> None:
+        """:param projection: the vocabulary projection ``W`` (a
+        :class:`~tide_plugin.alignment.projection.VocabProjection`) for objectives that
+        require ``projection``; moved to the student's device and passed as
+        ``DistillInputs.projection`` every step."""
         args = self.args
         self.teacher = teacher
         self.objective = objective
         self.pipeline_info = pipeline_info
+        self.projection = projection.to(args.device) if projection is not None else None
         objective.check_pipeline(pipeline_info)  # fail when built, not at step 1
         device = torch.device(args.teacher_device) if getattr(args, "teacher_device", None) else args.device
         if hasattr(teacher, "to") and not getattr(teacher, "_placed", False):
@@ -154,6 +161,7 @@ class DistillLossMixin:
             teacher_logits=teacher_logits,
             progress=progress,
             shared_vocab_size=args.shared_vocab_size,
+            projection=getattr(self, "projection", None),
         )
         parts = self.objective(inputs)  # before CE: a token objective computes CE's rows in its pass
         row_nll = bd3lm_nll(student_logits, batch.input_ids, masked=batch.masked, maskable=maskable, weight=weight)
@@ -285,9 +293,12 @@ class DistillBD3LMTrainer(DistillLossMixin, transformers.Trainer):
     :param teacher: a teacher adapter (:func:`tide_plugin.get_teacher`).
     :param objective: an objective (:func:`tide_plugin.get_objective`).
     :param pipeline_info: what the data pipeline provides (checked by the objective now).
+    :param projection: the vocabulary projection ``W`` (objectives that require ``projection``).
     Other arguments are ``transformers.Trainer``'s.
     """
 
-    def __init__(self, *args, teacher: Any, objective: Any, pipeline_info: PipelineInfo, **kwargs):
+    def __init__(self, *args, teacher: Any, objective: Any, pipeline_info: PipelineInfo, projection: Any = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.setup_distillation(teacher=teacher, objective=objective, pipeline_info=pipeline_info)
+        self.setup_distillation(teacher=teacher, objective=objective, pipeline_info=pipeline_info,
+                                projection=projection)
