@@ -72,6 +72,10 @@ def _one_line_error(capsys, argv, *needles):
         (["distil", "--max_steps", "1"], ["unknown command 'distil'", "did you mean 'distill'?"]),
         (["distill", "--dataset_args", "missing.jsonl"], ["dataset 'missing.jsonl' is neither a chat JSONL"]),
         (["distill", "--resume_from_checkpoint", "True"], ["holds no checkpoint-* folder to resume from"]),
+        (["distill", "--demo_arms", "none,calmm"], ["unknown objective 'calmm'", "Did you mean 'calm'?"]),
+        (["distill", "--demo_arms", "kl_aligned"], ["kl_aligned", "cross"]),  # an arm runs on the run's pipeline
+        (["distill", "--preset", "none", "--demo_arms", "calm"], ["--demo_arms 'calm' compares students on held-out",
+                                                                "give --heldout chat.jsonl"]),
     ],
 )
 def test_usage_errors_are_one_line_exit_2_before_heavy_work(argv, needles, capsys, tmp_path, monkeypatch):

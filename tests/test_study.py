@@ -178,6 +178,45 @@ def test_demo_change_is_paired_over_the_same_sequences():
     assert se == pytest.approx(math.sqrt(sum(e * e for e in resid) / 6) * 3 / 60 / math.log(2))
 
 
+def test_demo_arms_bring_the_control_once_and_never_repeat_the_run_objective():
+    from tide_plugin.study.demo import comparison_arms
+
+    assert comparison_arms(None, "reverse_calm") == [] and comparison_arms(" , ", "reverse_calm") == []
+    assert comparison_arms("none,reverse_calm", "reverse_calm") == ["none"]
+    assert comparison_arms("calm, ce ,calm", "reverse_calm") == ["none", "calm"]  # the control first, each once
+    assert comparison_arms(["calm"], "none") == ["calm"]  # a CE-only run is the control itself
+
+
+def test_students_are_compared_with_the_control_paired_over_sequences():
+    from tide_plugin.study.bpb import BpbResult
+    from tide_plugin.study.demo import paired_change, versus_control
+
+    nbytes = [10, 20, 30]
+    control = BpbResult(bpb=1.0, se=0.0, nats=[7.0, 15.0, 20.0], nbytes=nbytes)
+    same = BpbResult(bpb=1.0, se=0.0, nats=list(control.nats), nbytes=nbytes)
+    other = BpbResult(bpb=0.9, se=0.0, nats=[6.0, 15.5, 18.0], nbytes=nbytes)
+    out = versus_control(control, {"a": same, "b": other})
+    assert out["a"] == {"bpb_after": 1.0, "minus_ce": 0.0, "minus_ce_se": 0.0}  # exactly, not approximately
+    d, se = paired_change(control, other)
+    assert out["b"] == {"bpb_after": 0.9, "minus_ce": d, "minus_ce_se": se} and d == pytest.approx(-2.5 / 60 / math.log(2))
+
+
+@pytest.mark.parametrize(
+    ("diff", "se", "words"),
+    [
+        (-0.0123, 0.0021, "0.0123 ± 0.0021 below the CE-only control (5.9 s.e.): beats it"),
+        (0.0050, 0.0010, "0.0050 ± 0.0010 above the CE-only control (5.0 s.e.): worse than it"),
+        (-0.0007, 0.0004, "0.0007 ± 0.0004 below the CE-only control (1.8 s.e.): no clear difference"),
+        (0.0, 0.0, "identical to the CE-only control"),
+    ],
+)
+def test_verdict_says_in_words_whether_a_student_beat_the_control(diff, se, words):
+    from tide_plugin.study.demo import verdict
+
+    line = verdict("projected_kl+reverse_calm", {"bpb_after": 3.241, "minus_ce": diff, "minus_ce_se": se})
+    assert line == f"projected_kl+reverse_calm: 3.2410 bits/byte, {words}"
+
+
 def test_demo_assets_name_what_is_missing(monkeypatch, tmp_path):
     from tide_plugin.study import demo
 
@@ -217,4 +256,35 @@ def test_tide_study_rejects_unknown_arms_with_a_suggestion(tmp_path, capsys):
     rc = main(["study", "--arms", "BD3LM,B/KLL", "--output", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert rc == 2 and "unknown arms 'B/KLL' (did you mean 'B/KL'?)" in err
+    assert not (tmp_path / "s").exists()
+
+
+ISSUE_ARMS = ("BD3LM,A/TIDE-Cross,A/TIDE-Cross (reference noise),A/TIDE-Cross (Bernoulli KL),A/P-KL,"
+              "A/P-KL + TIDE-Cross,BD3LM (equal compute)")
+
+
+def test_arm_names_with_spaces_parentheses_and_plus_parse_from_one_string():
+    from tide_plugin.study.arms import ARMS
+    from tide_plugin.study.cli import parse_arms
+
+    arms = parse_arms(ISSUE_ARMS)
+    assert arms == ("BD3LM", "A/TIDE-Cross", "A/TIDE-Cross (reference noise)", "A/TIDE-Cross (Bernoulli KL)", "A/P-KL",
+                    "A/P-KL + TIDE-Cross", "BD3LM (equal compute)")
+    assert all(a in ARMS for a in arms)
+    assert ARMS["A/P-KL + TIDE-Cross"].objective == "projected_kl+reverse_calm"
+    assert ARMS["A/TIDE-Cross (reference noise)"].chunk_noise == "reference"
+    assert ARMS["A/TIDE-Cross (Bernoulli KL)"].options == {"reverse_calm": {"bernoulli_kl": True}}
+
+
+def test_an_arm_whose_objective_is_not_registered_fails_in_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    from tide_plugin.cli import main
+    from tide_plugin.study import arms
+
+    monkeypatch.setitem(arms.ARMS, "A/Future", arms.ArmSpec("A", "reverse_calm+no_such_objective"))
+    monkeypatch.setitem(arms.ARMS, "A/Future option", arms.ArmSpec("A", "calm", options={"calm": {"no_such": 1}}))
+    for arm, needle in (("A/Future", "arm 'A/Future' needs the objective 'no_such_objective', which is not registered"),
+                        ("A/Future option", "arm 'A/Future option' passes calm options {'no_such': 1}, which this")):
+        rc = main(["study", "--arms", f"BD3LM,{arm}", "--output", str(tmp_path / "s")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "s").exists()

@@ -264,9 +264,29 @@ def test_bad_values_name_what_is_allowed(tmp_path):
         _config(tmp_path, demo_ratio=1.5)
 
 
+def test_demo_presets_compare_with_a_control_on_a_fine_tuning_schedule_in_float32():
+    from tide_plugin.cli.distill import run_arms
+
+    options, run = _parse([])
+    config = DistillConfig(**options)
+    assert config.objective == "projected_kl+reverse_calm" and run_arms(run, config) == ["none", "reverse_calm"]
+    assert (config.learning_rate, config.lr_scheduler_type, config.dtype) == (2e-4, "cosine", "float32")
+    assert config.get_warmup_steps(config.max_steps) == 6  # 10% of the 60 steps
+    options, run = _parse(["--preset", "shared"])
+    assert run_arms(run, DistillConfig(**options)) == ["none"]
+    options, run = _parse(["--demo_arms", "", "--warmup_steps", "2"])  # no comparison; warm-up in steps
+    assert run_arms(run, DistillConfig(**options)) == [] and DistillConfig(**options).get_warmup_steps(60) == 2
+
+
 @pytest.mark.slow
-def test_demo_writes_checkpoint_metrics_and_plot(tmp_path):
-    options, run = _parse(["--max_steps", "2", "--logging_steps", "1", "--output_dir", str(tmp_path / "demo")])
+def test_demo_writes_checkpoint_metrics_and_plot_and_compares_with_a_paired_control(tmp_path, capsys):
+    # The demo's three students (Reverse CALM saved, P-KL + Reverse CALM, the CE-only
+    # control). Reverse CALM at weight 0 on full logits trains exactly what CE alone trains,
+    # so the saved student's difference to the control is exactly 0 only if the comparison
+    # students start from its init and see its data order and noise draws.
+    options, run = _parse(["--max_steps", "2", "--logging_steps", "1", "--output_dir", str(tmp_path / "demo"),
+                           "--objective", "reverse_calm", "--demo_arms", "none,projected_kl+reverse_calm",
+                           "--fused_output_layer", "False", "--objective_config", '{"reverse_calm": {"weight": 0.0}}'])
     run["max_samples"] = 16
     metrics = distill(options, run)
     out = tmp_path / "demo"
@@ -275,11 +295,26 @@ def test_demo_writes_checkpoint_metrics_and_plot(tmp_path):
     # the shipped trained teacher knows more than the student: held-out bits per byte
     heldout = json.loads((out / "metrics.json").read_text())["heldout"]
     assert set(heldout) == {"teacher_bpb", "student_bpb_before", "student_bpb_after", "student_bpb_change",
-                            "student_bpb_change_se"}
+                            "student_bpb_change_se", "ce_only_bpb_after", "arms"}
     assert heldout["teacher_bpb"] < heldout["student_bpb_before"]
     change = heldout["student_bpb_after"] - heldout["student_bpb_before"]
     assert heldout["student_bpb_change"] == pytest.approx(change, abs=1e-9) and heldout["student_bpb_change_se"] > 0
     assert [c[0] for c in metrics["heldout_curve"]] == [0, 1, 2]
+    arms = heldout["arms"]
+    assert list(arms) == ["reverse_calm", "projected_kl+reverse_calm"]
+    assert arms["reverse_calm"] == {"bpb_after": heldout["student_bpb_after"], "minus_ce": 0.0, "minus_ce_se": 0.0}
+    assert heldout["ce_only_bpb_after"] == heldout["student_bpb_after"] != heldout["student_bpb_before"]
+    ours = arms["projected_kl+reverse_calm"]
+    assert ours["minus_ce"] == pytest.approx(ours["bpb_after"] - heldout["ce_only_bpb_after"], abs=1e-12)
+    assert ours["minus_ce"] != 0.0 and ours["minus_ce_se"] > 0
+    assert list(metrics["heldout_curves"]) == ["reverse_calm", "CE only (control)", "projected_kl+reverse_calm"]
+    assert all([c[0] for c in curve] == [0, 1, 2] for curve in metrics["heldout_curves"].values())
+    # the last printed lines say, per objective, how it compares with the control
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-3].startswith("held-out bits per byte against the CE-only control")
+    assert printed[-2] == f"reverse_calm: {heldout['ce_only_bpb_after']:.4f} bits/byte, identical to the CE-only control"
+    assert printed[-1].startswith(f"projected_kl+reverse_calm: {ours['bpb_after']:.4f} bits/byte, "
+                                  f"{abs(ours['minus_ce']):.4f} ± ")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(out))

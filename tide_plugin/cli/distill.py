@@ -4,6 +4,7 @@ models, tokenizers and data for a run, then train and report."""
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import time
@@ -39,6 +40,7 @@ _RUN_KEYS = (
     "backend",
     "attn_implementation",
     "heldout",
+    "demo_arms",
     # the reference entry points' data arguments
     "dataset_args",
     "load_preprocessed_data",
@@ -103,6 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--tiny_hidden_size", type=int, default=None, help="hidden size of the tiny default models")
     run.add_argument("--backend", default=None, choices=["auto", "dllm", "transformers"], help="trainer base class")
     run.add_argument("--heldout", default=None, help="chat JSONL scored in held-out bits per byte before/after")
+    run.add_argument(
+        "--demo_arms", default=None,
+        help="objectives trained beside the run's own from the same init, data order and noise, comma-separated, "
+        "each compared on --heldout with a CE-only control ('none'), which any arm brings; '' for none "
+        "(the demos: see `tide distill --help` presets)",
+    )
     run.add_argument("--attn_implementation", default=None, help="student attention: sdpa | eager | flex_attention")
     hf = _config_parser()
     for action in hf._actions:  # every dataclass flag, defaults suppressed: only explicit flags reach run()
@@ -152,6 +160,8 @@ def resolve_options(args: argparse.Namespace | Mapping[str, Any]) -> tuple[dict[
             merged = {**PRESETS[preset], **PRESET_MODELS[preset]}
     if "num_train_epochs" in explicit and "max_steps" not in explicit:
         merged.pop("max_steps", None)  # epochs asked for: the preset's step cap must not win
+    if "warmup_steps" in explicit and "warmup_ratio" not in explicit:
+        merged.pop("warmup_ratio", None)  # warm-up given in steps: the preset's ratio must not clash
     if "save_steps" in explicit and "save_strategy" not in explicit:
         merged["save_strategy"] = "steps"  # an explicit save interval beats the preset's "no"
     for model_key, tok_key in (("model_name_or_path", "student_tokenizer"), ("teacher_model_name_or_path", "teacher_tokenizer")):
@@ -249,6 +259,10 @@ def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> t
     # a run whose objective requires W gets it (loaded with the data or built from the tokenizers)
     objective.check_pipeline(PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size,
                                           has_projection="projection" in objective.requirements))
+    if run_arms(run, config):
+        from .distill_arms import check_arms
+
+        check_arms(config, run_arms(run, config))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     check_output_dir(config.output_dir, overwrite=bool(config.overwrite_output_dir), resume=resume is not None)
     check_writable(config.output_dir)
@@ -261,6 +275,13 @@ def canonical_objective(objective: str) -> str:
 
     reg = get_registry()
     return "+".join(reg.resolve("objective", p).name for p in objective.split("+"))
+
+
+def run_arms(run: Mapping[str, Any], config: DistillConfig) -> list[str]:
+    """The comparison students of ``--demo_arms`` (control first), none when it is empty."""
+    from ..study.demo import comparison_arms
+
+    return comparison_arms(run.get("demo_arms"), canonical_objective(config.objective))
 
 
 def _say(message: str) -> None:
@@ -288,6 +309,14 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
             print(f"tide distill: {exc}; falling back to tiny randomly initialised models")
             assets = dict(FALLBACK_TOKENIZERS[str(run["study_assets"])])
         run = {**assets, **{k: v for k, v in run.items() if v is not None}}
+    if run_arms(run, config) and not run.get("heldout"):
+        if not run.get("study_assets"):
+            raise ValueError(
+                f"--demo_arms {run['demo_arms']!r} compares students on held-out data; give --heldout chat.jsonl "
+                "(or --demo_arms '' for no comparison)"
+            )
+        _say("note: no held-out rows to compare students on; the CE-only control and --demo_arms are not trained")
+        run = {**run, "demo_arms": None}
     student_spec = run.get("student_tokenizer") or run.get("model_name_or_path") or "offline:qwen"
     teacher_spec = run.get("teacher_tokenizer") or run.get("teacher_model_name_or_path") or "offline:mistral"
     if config.pipeline == "same":  # one tokenizer: the teacher reads the student's ids
@@ -312,22 +341,26 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     for note in notes:
         _say(note)
     data = run.get("data")
-    projection = run_projection(config, teacher_tok, student_tok, say=_say,
-                                data_dir=str(data) if data and Path(str(data)).is_dir() else None)
+    data_dir = str(data) if data and Path(str(data)).is_dir() else None
+    projection = run_projection(config, teacher_tok, student_tok, say=_say, data_dir=data_dir)
     student = _student(run, student_tok, config)
     _say(settle_student_dtype(student, config, saved=_saved_dtype(run.get("model_name_or_path"))))
-    teacher = _teacher(run, teacher_tok, config, reads_teacher)
-    trainer = build_trainer(
-        config,
-        student=student,
-        teacher_model=teacher,
-        train_dataset=dataset,
-        student_tokenizer=student_tok,
-        student_mask_id=student_mask,
-        teacher_tokenizer=teacher_tok,
-        backend=run.get("backend") or "auto",
-        projection=projection,
-    )
+    arms = run_arms(run, config)
+    if arms and resume:
+        _say(f"note: the comparison students {arms} are not trained when resuming (they would not be paired)")
+        arms = []
+    teacher = _teacher(run, teacher_tok, config, reads_teacher or bool(arms))
+    init = copy.deepcopy(student) if arms else None
+
+    def build(cfg: DistillConfig, model: torch.nn.Module) -> Any:
+        # W for every student whose objective requires it (the run's own was built above)
+        arm_projection = projection if cfg is config else run_projection(cfg, teacher_tok, student_tok, say=None,
+                                                                         data_dir=data_dir)
+        return build_trainer(cfg, student=model, teacher_model=teacher, train_dataset=dataset,
+                             student_tokenizer=student_tok, student_mask_id=student_mask, teacher_tokenizer=teacher_tok,
+                             backend=run.get("backend") or "auto", projection=arm_projection)
+
+    trainer = build(config, student)
     objective = canonical_objective(config.objective)
     _say(
         f"{type(trainer).__name__}, objective {objective!r}, pipeline {config.pipeline!r}, "
@@ -336,31 +369,61 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         + (f" (resuming {resume})" if resume else "")
     )
     heldout: dict[str, Any] = {}
-    curve: list = saved_curve(resume)  # a resumed run's curve starts with the points before its checkpoint
+    curves: dict[str, list] = {}
+    score_student = None
     if run.get("heldout"):
-        from ..study.demo import heldout_callback, heldout_scorer
+        from ..study.demo import heldout_scorer
 
         kind = {"bidirectional": "mdlm", "block": "block"}.get(config.teacher)
         score_student, score_teacher = heldout_scorer(
             run["heldout"], student_tok, teacher_tok, block_size=int(config.block_size), teacher_kind=kind or "mdlm"
         )
-        device = trainer.args.device
         if kind is not None and trainer.teacher is not None:
             heldout["teacher_bpb"] = score_teacher(trainer.teacher.model).bpb
-        before = score_student(student.to(device))
+        before = score_student(student.to(trainer.args.device))
         heldout["student_bpb_before"] = before.bpb
-        if not curve:
-            curve.append((0, before.bpb))
-        trainer.add_callback(heldout_callback(score_student, max(1, config.max_steps // 4), curve))
-    train_owned(trainer, config, record, curve, resume, say=_say)
+
+    def train(run_trainer: Any, label: str) -> tuple[Any, list]:
+        """Train; with held-out data, the final score and the curve (every quarter of the
+        steps). The run's own student trains in its owned folder (run record, interrupts,
+        a resumed run's curve continues the saved one); comparison students train apart."""
+        own = run_trainer is trainer
+        curve: list = saved_curve(resume) if own else []
+        if score_student is not None:
+            from ..study.demo import heldout_callback
+
+            if not curve:
+                curve.append((0, before.bpb))
+            run_trainer.add_callback(heldout_callback(score_student, max(1, config.max_steps // 4), curve))
+        if own:
+            train_owned(trainer, config, record, curve, resume, say=_say)
+        else:
+            run_trainer.train()
+        if score_student is None:
+            return None, curve
+        after = score_student(run_trainer.model)
+        if not curve or curve[-1][0] != run_trainer.state.global_step:
+            curve.append((run_trainer.state.global_step, after.bpb))
+        return after, curve
+
+    after, curves[objective] = train(trainer, objective)
     if heldout:
         from ..study.demo import paired_change
 
-        after = score_student(trainer.model)
         heldout["student_bpb_after"] = after.bpb
         heldout["student_bpb_change"], heldout["student_bpb_change_se"] = paired_change(before, after)
-        if not curve or curve[-1][0] != trainer.state.global_step:
-            curve.append((trainer.state.global_step, heldout["student_bpb_after"]))
+    compared: dict[str, Any] = {}
+    if arms:
+        from ..study.demo import CONTROL, versus_control
+        from .distill_arms import curves_by_label, train_arms
+
+        others = train_arms(arms, config, init=init, build=build, train=train, say=_say)
+        curves = curves_by_label(objective, curves[objective], others)
+        results = {objective: after, **{a: r for a, (r, _) in others.items()}}
+        control = results.pop(CONTROL)
+        heldout["ce_only_bpb_after"] = control.bpb
+        heldout["arms"] = compared = versus_control(control, results)
+    if heldout:
         print("tide distill: held-out bits per byte " + json.dumps({"heldout": heldout}))
     trainer.save_model(config.output_dir)
     metrics = {}
@@ -376,10 +439,18 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
                 "examples": len(dataset),
                 "resumed_from": resume,
                 "wall_seconds": round(time.time() - start, 2),
-                **({"heldout": heldout, "heldout_curve": curve} if heldout else {}),
+                **({"heldout": heldout, "heldout_curve": curves[objective]} if heldout else {}),
+                **({"heldout_curves": curves} if compared else {}),
             },
         )
         _say(f"wrote the student, metrics.json and loss.png to {config.output_dir} in {time.time() - start:.1f} s")
+        if compared:
+            from ..study.demo import verdict
+
+            print(f"held-out bits per byte against the CE-only control ({heldout['ce_only_bpb_after']:.4f}; "
+                  f"before training {heldout['student_bpb_before']:.4f}), paired over the same sequences and noise:")
+            for name, entry in compared.items():
+                print(verdict(name, entry), flush=True)
     return metrics
 
 

@@ -8,9 +8,10 @@ training costs), while the collators draw the same noise as the distilled arms. 
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,20 @@ EQUAL_COMPUTE = "BD3LM (equal compute)"
 @dataclass(frozen=True)
 class ArmSpec:
     """One column of the table: pipeline ``A`` (cross tokenizer, bidirectional MoE teacher)
-    or ``B`` (shared vocabulary, block teacher with ``x0_xt``); ``objective`` ``None`` = CE only."""
+    or ``B`` (shared vocabulary, block teacher with ``x0_xt``); ``objective`` ``None`` = CE only.
+
+    :param options: per-component objective options (``DistillConfig.objective_config``);
+        none given means the objectives' registered defaults.
+    :param chunk_noise: pipeline A's chunk noise (``DistillConfig.chunk_noise``);
+        ``None`` = the package default, the unbiased per-chunk draw
+        (``docs/method.md#chunks``).
+    """
 
     pipeline: str
     objective: str | None
     comp_demo: bool = False
+    options: Mapping[str, Mapping[str, Any]] | None = None
+    chunk_noise: str | None = None
 
 
 ARMS: dict[str, ArmSpec] = {
@@ -40,12 +50,47 @@ ARMS: dict[str, ArmSpec] = {
     "A/TIDE-Cross": ArmSpec("A", "reverse_calm"),
     EQUAL_COMPUTE: ArmSpec("B", None),
     "A/CE only": ArmSpec("A", None),
+    "A/TIDE-Cross (reference noise)": ArmSpec("A", "reverse_calm", chunk_noise="reference"),
+    "A/TIDE-Cross (Bernoulli KL)": ArmSpec("A", "reverse_calm", options={"reverse_calm": {"bernoulli_kl": True}}),
+    "A/P-KL": ArmSpec("A", "projected_kl"),
+    "A/P-KL + TIDE-Cross": ArmSpec("A", "projected_kl+reverse_calm"),
+    "A/X-Token hybrid": ArmSpec("A", "xtoken_hybrid"),
 }
 """Arm name -> spec. Objective names are the registry's (the ``*_aligned`` spellings read
-template pairs, SPEC 3.2). ``A/CE only`` is a diagnostic, not in the default table: CE
-alone on pipeline A's batches, whose noise closes every hit chunk (more masked tokens
-than ``t`` asks for, under the same ``1/t`` weight)."""
-DEFAULT_ARMS = tuple(a for a in ARMS if a != "A/CE only")
+template pairs, SPEC 3.2). Not in the default table: ``A/CE only``, a diagnostic (CE alone
+on pipeline A's batches, whose noise closes every hit chunk), ``A/TIDE-Cross (reference
+noise)``, the paper's setting (the reference's chunk noise, which masks more than ``t``
+asks for), and the full-distribution cross-tokenizer arms (``docs/method.md#projected-kl``,
+``docs/method.md#hybrid-kl``) with the Bernoulli-KL form of Reverse CALM
+(``docs/method.md#calm``): name them with ``--arms``."""
+DEFAULT_ARMS = tuple(ARMS)[: tuple(ARMS).index("A/CE only")]
+
+
+def check_arm(name: str) -> None:
+    """One line when an arm cannot run in this installation: its objective (or an option
+    it passes) is not registered, or the trainer has no ``chunk_noise`` to set."""
+    from ..registry import get_objective
+    from ..training import DistillConfig
+
+    spec = ARMS[name]
+    if spec.chunk_noise is not None and "chunk_noise" not in {f.name for f in dataclasses.fields(DistillConfig)}:
+        raise ValueError(f"arm {name!r} needs DistillConfig.chunk_noise ({spec.chunk_noise!r}), which this version lacks")
+    if spec.objective is None:
+        return
+    from ..registry import UnknownPluginError
+
+    options = dict(spec.options or {})
+    for part in spec.objective.split("+"):
+        try:
+            get_objective(part, **options.get(part, {}))
+        except UnknownPluginError as exc:
+            raise ValueError(
+                f"arm {name!r} needs the objective {part!r}, which is not registered here (`tide plugins` lists "
+                "the registered ones)"
+            ) from exc
+        except TypeError as exc:  # an option the objective's config does not take
+            raise ValueError(f"arm {name!r} passes {part} options {options.get(part)}, which this version does not "
+                             f"take ({exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -68,9 +113,13 @@ def distill_config(spec: ArmSpec, settings: RunSettings, *, seed: int, steps: in
 
     pipe = {"A": {"pipeline": "cross", "teacher": "bidirectional"},
             "B": {"pipeline": "shared", "teacher": "block", "concat_order": "x0_xt", "shared_vocab_size": shared_vocab}}
+    noise = {}
+    if spec.pipeline == "A" and "chunk_noise" in {f.name for f in dataclasses.fields(DistillConfig)}:
+        noise["chunk_noise"] = spec.chunk_noise or "unbiased"  # every A arm says which noise it trains on
     return DistillConfig(
         output_dir=output_dir,
         objective=spec.objective or "none",
+        objective_config=dict(spec.options) if spec.options else None,
         use_comp_demo=spec.comp_demo,
         max_length=settings.max_length,
         teacher_max_length=settings.teacher_max_length,
@@ -90,6 +139,7 @@ def distill_config(spec: ArmSpec, settings: RunSettings, *, seed: int, steps: in
         dataloader_pin_memory=False,
         use_cpu=settings.device == "cpu",
         disable_tqdm=True,
+        **noise,
         **pipe[spec.pipeline],
     )
 

@@ -44,8 +44,14 @@ def config_from_args(args: argparse.Namespace):
     if args.steps is not None:
         changes["steps"] = args.steps
     if args.arms:
-        changes["arms"] = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+        changes["arms"] = parse_arms(args.arms)
     return cfg.replace(**changes) if changes else cfg
+
+
+def parse_arms(text: str) -> tuple[str, ...]:
+    """``--arms``: arm names separated by commas (names may hold spaces, ``/``, ``+`` and
+    parentheses; none holds a comma)."""
+    return tuple(a.strip() for a in text.split(",") if a.strip())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .arms import ARMS, DEFAULT_ARMS
+from .arms import ARMS, DEFAULT_ARMS, check_arm
 from .corpus import CorpusConfig
 from .models import ModelSpec
 from .teachers import TrainSchedule
@@ -69,6 +69,8 @@ class StudyConfig:
                 return f"{a!r} (did you mean {close[0]!r}?)" if close else repr(a)
 
             raise ValueError(f"unknown arms {', '.join(map(said, unknown))}; allowed: {list(ARMS)}")
+        for arm in self.arms:
+            check_arm(arm)  # its objective and options exist here, before any work
         if "BD3LM" not in self.arms:
             raise ValueError("the arms must include 'BD3LM' (every difference is taken against it)")
         if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):

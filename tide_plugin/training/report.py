@@ -151,16 +151,22 @@ def write_metrics(trainer: transformers.Trainer, output_dir: str | os.PathLike[s
         print("tide distill: matplotlib is not installed; skipped loss.png (pip install matplotlib)")
         return metrics
     # one panel per part: CE and the objective parts live on very different scales
-    curve = extra.get("heldout_curve") or []  # [(step, student bits per byte)], when held-out data was given
-    panels = max(len(parts) + bool(curve), 1)
+    # {label: [(step, student bits per byte)]}, when held-out data was given: the run's own
+    # student, and with comparison students (tide distill --demo_arms) each of them too
+    curves = extra.get("heldout_curves") or ({"student": extra["heldout_curve"]} if extra.get("heldout_curve") else {})
+    panels = max(len(parts) + bool(curves), 1)
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.4), squeeze=False)
-    if curve:
+    if curves:
         ax = axes[0][len(parts)]
-        ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", markersize=3, label="student")
+        for label, curve in curves.items():
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", markersize=3, label=label)
         teacher = (extra.get("heldout") or {}).get("teacher_bpb")
-        if teacher is not None:
+        title = "held-out bits per byte"
+        if teacher is not None and len(curves) == 1:
             ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
-        ax.set_title("held-out bits per byte")
+        elif teacher is not None:  # students a few thousandths apart: the teacher's line would flatten them
+            title += f" (teacher {teacher:.3f})"
+        ax.set_title(title, fontsize=9 if len(curves) > 1 else None)
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
