@@ -13,6 +13,7 @@ from _distill_helpers import EOS, MASK, V, split_batch, synthetic_rows
 from tide_plugin.objectives.base import PipelineMismatchError
 from tide_plugin.checkpoints import TIDE_CONFIG_NAME
 from tide_plugin.cli.distill import add_arguments, distill, resolve_options
+from tide_plugin.cli.reference_args import CliDistillConfig
 from tide_plugin.training import DistillConfig, build_trainer
 from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
 
@@ -197,7 +198,7 @@ def test_reference_style_command_line_is_accepted(tmp_path):
             "--output_dir", str(tmp_path / "ref"),
         ]
     )
-    cfg = DistillConfig(**options)
+    cfg = CliDistillConfig(**options)
     assert cfg.objective == "reverse_kl_aligned+taid_aligned" and cfg.pipeline == "shared"
     assert cfg.collator_names() == ["distill_pad", "noise", "comp_demo"] and cfg.demo_ratio == 0.4
     assert cfg.teacher_mask_token_id == 151665 and cfg.shared_vocab_size == 151646 and cfg.concat_order == "x0_xt"
@@ -213,7 +214,7 @@ def test_reference_style_command_line_is_accepted(tmp_path):
     assert [c.config.aligned for c in obj.components] == [True, True]
     # chunk modes pick the cross pipeline and the chunk temperature
     options, _ = _parse(["--distill_mode", "alm_taid", "--alm_temperature", "5.0", "--preset", "none"])
-    cfg = DistillConfig(**options)
+    cfg = CliDistillConfig(**options)
     assert cfg.pipeline == "cross" and cfg.objective_kwargs() == {"temperature": 5.0}
 
 
@@ -247,7 +248,7 @@ def test_yaml_config_and_flag_precedence(tmp_path):
     path.write_text("objective: calm\nlearning_rate: 0.001\nmax_steps: 7\npreset: demo\n")
     options, run = _parse(["--config", str(path), "--max_steps", "3"])
     assert options["objective"] == "calm" and options["learning_rate"] == 0.001 and options["max_steps"] == 3
-    assert DistillConfig(**options).pipeline == "cross" and run["study_assets"] == "A"
+    assert CliDistillConfig(**options).pipeline == "cross" and run["study_assets"] == "A"
     options, _ = _parse(["--num_train_epochs", "2"])
     assert options["num_train_epochs"] == 2 and "max_steps" not in options
     with pytest.raises(ValueError, match="unknown options.*'nonsense'"):
@@ -268,14 +269,14 @@ def test_demo_presets_compare_with_a_control_on_a_fine_tuning_schedule_in_float3
     from tide_plugin.cli.distill import run_arms
 
     options, run = _parse([])
-    config = DistillConfig(**options)
+    config = CliDistillConfig(**options)
     assert config.objective == "projected_kl+reverse_calm" and run_arms(run, config) == ["none", "reverse_calm"]
     assert (config.learning_rate, config.lr_scheduler_type, config.dtype) == (2e-4, "cosine", "float32")
     assert config.get_warmup_steps(config.max_steps) == 6  # 10% of the 60 steps
     options, run = _parse(["--preset", "shared"])
-    assert run_arms(run, DistillConfig(**options)) == ["none"]
+    assert run_arms(run, CliDistillConfig(**options)) == ["none"]
     options, run = _parse(["--demo_arms", "", "--warmup_steps", "2"])  # no comparison; warm-up in steps
-    assert run_arms(run, DistillConfig(**options)) == [] and DistillConfig(**options).get_warmup_steps(60) == 2
+    assert run_arms(run, CliDistillConfig(**options)) == [] and CliDistillConfig(**options).get_warmup_steps(60) == 2
 
 
 @pytest.mark.slow
@@ -379,7 +380,7 @@ def test_shipped_recipe_configs_resolve(name, pipeline, teacher, tmp_path):
     path = files("tide_plugin") / "configs" / f"{name}.yaml"
     options, run = _parse(["--config", str(path), "--output_dir", str(tmp_path / name)])
     assert options.pop("bf16") is True  # the recipes train in bf16 on GPUs; this machine may have none
-    cfg = DistillConfig(**options)
+    cfg = CliDistillConfig(**options)
     assert cfg.pipeline == pipeline and cfg.teacher == teacher and cfg.block_size == 32
     assert run["model_name_or_path"].startswith("/path/")
     import tide_plugin
