@@ -395,7 +395,7 @@ def test_missing_batch_fields_are_named():
         ("tidal", {"timestep_weight": "mid"}, ValueError, "timestep_weight 'mid' is not one of"),
         ("tidal_calm", {"lambda_max": 1.5}, ValueError, r"lambda_max must be a number in \[0, 1\], got 1.5"),
         ("tidal_calm", {"aligned": True}, ValueError, "aligned=True applies to token TIDAL"),
-        ("calm", {"bernoulli_kl": True}, ValueError, "bernoulli_kl=True is an option of reverse_calm, not calm"),
+        ("calm", {"bernoulli_kl": True}, TypeError, "unknown option 'bernoulli_kl' for objective 'calm'"),
         ("reverse_calm", {"bernoulli_kl": 1}, ValueError, "bernoulli_kl must be True or False, got 1"),
     ],
 )

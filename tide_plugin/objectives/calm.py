@@ -83,31 +83,29 @@ def active_chunk_log_probs(inputs: DistillInputs, who: str) -> tuple[Tensor, Ten
 @dataclass(frozen=True)
 class CalmConfig:
     """:param temperature: tau (2.0; the reference pipeline-A script uses 5.0).
-    :param weight: multiplies the part.
-    :param bernoulli_kl: ``reverse_calm`` only (ours): the loss is
-        ``KL(Bern(s) || Bern(q))`` instead of the reference's cross-entropy form."""
+    :param weight: multiplies the part."""
 
     temperature: float = 2.0
     weight: float = 1.0
-    bernoulli_kl: bool = False
     requirements: ClassVar[frozenset[Requirement]] = frozenset({"chunks"})
     unit: ClassVar[Unit] = "active_chunks"
-    objective: ClassVar[str] = "calm"
 
     def __post_init__(self) -> None:
         check_temperature_weight(self.temperature, self.weight)
-        if not isinstance(self.bernoulli_kl, bool):
-            raise ValueError(f"bernoulli_kl must be True or False, got {self.bernoulli_kl!r}")
-        if self.bernoulli_kl and self.objective != "reverse_calm":
-            raise ValueError(
-                f"bernoulli_kl=True is an option of reverse_calm, not {self.objective}: calm's "
-                "-(q log s + (1-q) log(1-s)) already has the gradient of KL(Bern(q) || Bern(s))"
-            )
 
 
 @dataclass(frozen=True)
 class ReverseCalmConfig(CalmConfig):
-    objective: ClassVar[str] = "reverse_calm"
+    """:param bernoulli_kl: (ours) the loss is ``KL(Bern(s) || Bern(q))`` instead of the
+        reference's cross-entropy form (``docs/method.md#calm``). CALM has no such option:
+        its ``-(q log s + (1-q) log(1-s))`` already has the gradient of ``KL(Bern(q) || Bern(s))``."""
+
+    bernoulli_kl: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.bernoulli_kl, bool):
+            raise ValueError(f"bernoulli_kl must be True or False, got {self.bernoulli_kl!r}")
 
 
 class Calm(Objective):
@@ -124,7 +122,7 @@ class Calm(Objective):
         lp_s, lp_t, active = active_chunk_log_probs(inputs, self.name)
         cfg = self.config
         loss = calm(lp_s, lp_t, active, temperature=cfg.temperature, reverse=self.direction == "reverse",
-                    bernoulli_kl=cfg.bernoulli_kl)
+                    bernoulli_kl=getattr(cfg, "bernoulli_kl", False))
         return {self.name: loss}
 
 
