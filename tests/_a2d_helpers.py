@@ -1,8 +1,10 @@
-"""dllm's A2D registration reproduced for the tests (dllm does not install here): a
-config class per ``a2d-*`` model type registered with ``AutoConfig``, a causal-LM
-subclass registered for ``AutoModel`` and ``AutoModelForMaskedLM``, as dllm's
-modelling files do on import; and A2D folders written the way dllm's conversion
-writes them."""
+"""dllm's A2D classes for the tests: where dllm imports, its own (importing dllm
+registers them); elsewhere a config class per ``a2d-*`` model type registered with
+``AutoConfig`` and a causal-LM subclass registered for ``AutoModel`` and
+``AutoModelForMaskedLM``, as dllm's modelling files do on import, unregistered
+afterwards (whatever was registered before is put back). ``a2d_unregistered`` hides a
+registration for a test of loading without dllm. A2D folders are written the way
+dllm's conversion writes them."""
 
 from __future__ import annotations
 
@@ -35,22 +37,58 @@ def _a2d_classes(model_type: str) -> tuple[type, type]:
     return config_cls, model_cls
 
 
-@contextlib.contextmanager
-def a2d_registration(model_type: str = "a2d-qwen3"):
-    """Register ``model_type`` exactly as dllm's modelling files do, then unregister."""
+def _mappings():
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING, MODEL_MAPPING
 
-    config_cls, model_cls = _a2d_classes(model_type)
-    transformers.AutoConfig.register(model_type, config_cls)
-    transformers.AutoModel.register(config_cls, model_cls)
-    transformers.AutoModelForMaskedLM.register(config_cls, model_cls)
-    try:
+    return CONFIG_MAPPING, MODEL_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+
+
+def dllm_a2d_classes(model_type: str) -> tuple[type, type] | None:
+    """dllm's ``(config class, LM-head class)`` of ``model_type``, or ``None`` without dllm."""
+    from tide_plugin.training import dllm_available
+
+    if not dllm_available():
+        return None
+    import dllm.pipelines.a2d as a2d
+
+    stem = {"a2d-qwen3": "A2DQwen3", "a2d-qwen2": "A2DQwen2", "a2d-llama": "A2DLlama"}[model_type]
+    return getattr(a2d, f"{stem}Config"), getattr(a2d, f"{stem}LMHeadModel")
+
+
+@contextlib.contextmanager
+def a2d_registration(model_type: str = "a2d-qwen3"):
+    """``(config class, LM-head class)`` of ``model_type``, registered as dllm registers
+    them for the block: dllm's own where dllm imports, else stand-ins; what was registered
+    before is restored after it."""
+    config_cls, model_cls = dllm_a2d_classes(model_type) or _a2d_classes(model_type)
+    with a2d_unregistered(model_type):
+        transformers.AutoConfig.register(model_type, config_cls)
+        transformers.AutoModel.register(config_cls, model_cls)
+        transformers.AutoModelForMaskedLM.register(config_cls, model_cls)
         yield config_cls, model_cls
+
+
+@contextlib.contextmanager
+def a2d_unregistered(model_type: str = "a2d-qwen3"):
+    """No ``model_type`` registration inside the block; what was registered before
+    (dllm's classes, for one) is restored after it."""
+    configs, models, masked = _mappings()
+    saved_config = configs._extra_content.pop(model_type, None)
+    saved = [None, None]
+    if saved_config is not None:
+        saved = [m._extra_content.pop(saved_config, None) for m in (models, masked)]
+    try:
+        yield
     finally:
-        CONFIG_MAPPING._extra_content.pop(model_type, None)
-        MODEL_MAPPING._extra_content.pop(config_cls, None)
-        MODEL_FOR_MASKED_LM_MAPPING._extra_content.pop(config_cls, None)
+        configs._extra_content.pop(model_type, None)
+        if saved_config is not None:
+            configs._extra_content[model_type] = saved_config
+        for m, before in zip((models, masked), saved):
+            for key in [k for k in m._extra_content if getattr(k, "model_type", None) == model_type]:
+                m._extra_content.pop(key)
+            if before is not None:
+                m._extra_content[saved_config] = before
 
 
 def tiny_plain(model_type: str = "a2d-qwen3", seed: int = 0, vocab_size: int = V, **extra_config) -> torch.nn.Module:

@@ -45,6 +45,10 @@ def tidal_comp_demo_config(output_dir, **overrides):
         seed=0,
     )
     settings.update(overrides)
+    if "dtype" in settings:  # the student's load dtype is a CLI (reference) flag, not DistillConfig's
+        from tide_plugin.cli.reference_args import CliDistillConfig
+
+        return CliDistillConfig(**settings)
     return DistillConfig(**settings)
 
 

@@ -1,8 +1,8 @@
 """Student checkpoints in both layouts (SPEC 2.2): plain transformers folders and dllm's
 A2D folders load, keep their layout when saved, and give the same logits.
 
-dllm itself does not install here, so ``a2d_registration`` (tests/_a2d_helpers.py)
-reproduces what importing dllm's A2D models does and undoes it afterwards.
+``a2d_registration`` (tests/_a2d_helpers.py) gives dllm's own A2D classes where dllm
+imports, and stand-ins registered the same way (undone afterwards) where it does not.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 import transformers
-from _a2d_helpers import BASES, V, a2d_registration
+from _a2d_helpers import BASES, V, a2d_registration, a2d_unregistered
 from _a2d_helpers import tiny_plain as _tiny_plain
 from _a2d_helpers import write_a2d_folder as _write_a2d_folder
 
@@ -38,7 +38,8 @@ def test_a2d_folder_loads_without_dllm_as_the_equivalent_transformers_class(mode
     plain = _write_a2d_folder(tmp_path / "a2d", model_type)
     config = json.loads((tmp_path / "a2d" / "config.json").read_text())
     assert config["model_type"] == model_type and config["architectures"] == [BASES[model_type][2]]
-    student = load_student(tmp_path / "a2d", attn_implementation="sdpa")
+    with a2d_unregistered(model_type):  # as without dllm, even where dllm registered it
+        student = load_student(tmp_path / "a2d", attn_implementation="sdpa")
     assert type(student).__name__ == BASES[model_type][1]
     assert getattr(student, LAYOUT_ATTR) == model_type == checkpoint_layout(tmp_path / "a2d")
     torch.testing.assert_close(_logits(student), _logits(plain), rtol=0, atol=0)
@@ -100,5 +101,24 @@ def test_trainer_saves_an_a2d_student_as_a2d(tmp_path):
 
 
 def test_a_folder_without_config_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="has no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"not a model folder: .* \(no config.json"):
         load_student(tmp_path)
+
+
+def test_the_a2d_helpers_leave_the_registrations_as_they_found_them(tmp_path):
+    """No leakage: dllm's own registrations (where dllm is installed) survive the
+    helpers, and stand-ins (where it is not) do not outlive their block."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING, MODEL_MAPPING
+
+    def snapshot():
+        return [dict(m._extra_content) for m in (CONFIG_MAPPING, MODEL_MAPPING, MODEL_FOR_MASKED_LM_MAPPING)]
+
+    before = snapshot()
+    for model_type in sorted(BASES):
+        _write_a2d_folder(tmp_path / model_type, model_type)
+        with a2d_registration(model_type), a2d_unregistered(model_type):
+            assert model_type not in CONFIG_MAPPING._extra_content
+        with a2d_unregistered(model_type), a2d_registration(model_type):
+            assert model_type in CONFIG_MAPPING._extra_content
+    assert snapshot() == before

@@ -60,7 +60,9 @@ def _one_line_error(capsys, argv, *needles):
     ("argv", "needles"),
     [
         (["distill", "--max_steps", "0"], ["max_steps 0 trains nothing"]),
-        (["distill", "--learning_rate", "-1"], ["learning_rate -1.0 must be >= 0"]),
+        (["distill", "--learning_rate", "-1"], ["learning_rate must be > 0, got -1.0"]),
+        (["distill", "--learning_rate", "-1e-3"], ["learning_rate must be > 0, got -0.001"]),
+        (["distill", "--learning_rate", "0"], ["learning_rate must be > 0, got 0.0 (a zero learning rate trains nothing)"]),
         (["distill", "--block_size", "7"], ["max_length (192) must be a multiple of block_size (7)"]),  # the demo preset's
         (["distill", "--distill_mode", "calm", "--preset", "shared"],
          ["objective 'calm' needs the 'cross' pipeline", "--preset shared runs the 'shared' pipeline"]),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _eval_fixtures import GSM8K, MMLU, write_paper_fixtures
+from _eval_fixtures import GSM8K, HELLASWAG, MMLU, write_paper_fixtures
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -157,6 +157,159 @@ def test_a_rerun_skips_finished_tasks_unless_overwrite(student_dir, data_dir, tm
     assert (out / "mmlu_generative_dream.json").stat().st_mtime_ns != first
 
 
+# ------------------------------------------------- offline: skip, partial, limited
+
+
+def test_hub_access_is_off_for_the_run_unless_online_and_restored(monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
+    from tide_plugin.eval.runtime import hub_access
+
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    with hub_access(online=False):  # the libraries were imported before: their copies are set too
+        assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"
+        assert huggingface_hub.constants.HF_HUB_OFFLINE is True and datasets.config.HF_HUB_OFFLINE is True
+    assert "HF_HUB_OFFLINE" not in os.environ and huggingface_hub.constants.HF_HUB_OFFLINE is False
+    with hub_access(online=True):
+        assert "HF_HUB_OFFLINE" not in os.environ and datasets.config.HF_HUB_OFFLINE is False
+
+
+def test_offline_a_missing_dataset_is_known_at_once(tmp_path, monkeypatch):
+    """Without --online no hub client retries: the missing dataset is reported in
+    well under a second (online without a network it took ~23 s of retries)."""
+    import time
+
+    from tide_plugin.eval.runtime import hub_access
+    from tide_plugin.eval.taskdefs import MissingDataError, TaskCatalog
+
+    catalog = TaskCatalog()
+    with hub_access(online=False):
+        start = time.monotonic()
+        with pytest.raises(MissingDataError) as err:
+            catalog.build("gsm8k_cot", tmp_path)
+        assert time.monotonic() - start < 5.0
+    assert (err.value.task, err.value.dataset) == ("gsm8k_cot", "openai/gsm8k/main")
+
+
+def test_a_partial_and_limited_table_says_so():
+    from tide_plugin.eval.report import build_table, to_markdown
+    from tide_plugin.eval.suite import suite_from_dict
+
+    task = {"max_new_tokens": 4, "steps": 4, "num_fewshot": 0, "metric": "m,f"}
+    suite = suite_from_dict({"name": "t", "tasks": [{"name": "a", "label": "A", **task}, {"name": "b", "label": "B", **task},
+                                                    {"name": "c", "label": "C", **task}],
+                             "published": {"paper": {"a": 10.0, "b": 30.0, "c": 20.0}}})
+    table = build_table(suite, {"a": {"score": 50.0, "n": 2, "n_total": 164}, "c": {"score": 40.0, "n": 3, "n_total": 3}},
+                        skipped={"b": "openai/gsm8k/main"})
+    assert table["partial"] and table["skipped"] == {"b": "openai/gsm8k/main"}
+    assert [r["limited"] for r in table["rows"]] == [True, False, False] and table["average"]["ours"] is None
+    md = to_markdown(table)
+    assert md.startswith("**Partial table**: 1 of 3 tasks skipped for lack of local data: B (openai/gsm8k/main).")
+    assert "| A (n=2 of 164) | 10.00 | 50.00 |" in md and "| B | 30.00 | - |" in md and "| C | 20.00 | 40.00 |" in md
+    assert "n=a of b: scored on a of the task's b documents (--limit)" in md
+    whole = to_markdown(build_table(suite, {k: {"score": 1.0, "n": 3, "n_total": 3} for k in "abc"}))
+    assert "Partial" not in whole and "n=" not in whole and "| Avg | 20.00 | 1.00 |" in whole
+
+
+def test_tasks_scored_on_part_of_their_documents_are_marked_in_lm_evals_table():
+    from lm_eval.utils import make_table
+
+    from tide_plugin.eval.cli import mark_limited
+
+    results = {"results": {"humaneval_offline": {"alias": "humaneval_offline", "pass@1,create_test": 0.5},
+                           "tide_smoke": {"alias": "tide_smoke", "exact_match,none": 1.0}},
+               "n-samples": {"humaneval_offline": {"original": 164, "effective": 2},
+                             "tide_smoke": {"original": 4, "effective": 4}},
+               "versions": {}, "n-shot": {}, "configs": {}}
+    assert mark_limited(results) == ["humaneval_offline"]
+    printed = make_table(results)
+    assert "humaneval_offline (n=2 of 164)" in printed and "tide_smoke (n=" not in printed
+
+
+@pytest.fixture(scope="module")
+def partial_data_dir(tmp_path_factory):
+    """MMLU (5 rows) and HellaSwag only: the paper suite's other datasets are missing."""
+    root = tmp_path_factory.mktemp("partial-data")
+    rows = {("cais/mmlu", "all", "test"): [dict(MMLU, question=f"{MMLU['question']} ({i})", answer=i % 4) for i in range(5)],
+            ("Rowan/hellaswag", "default", "validation"): [HELLASWAG]}
+    for (dataset, name, split), items in rows.items():
+        folder = root / dataset / name
+        folder.mkdir(parents=True)
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    return root
+
+
+def test_offline_the_suite_skips_tasks_without_data_and_writes_a_partial_table(
+        student_dir, partial_data_dir, tmp_path, capsys, monkeypatch):
+    from tide_plugin.cli import main
+
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    suite = _suite_file(tmp_path, only=("gsm8k_cot", "mmlu_generative_dream", "hellaswag_gen"))
+    out = tmp_path / "out"
+    # asked to stop at missing data: one line naming the task and dataset, before the model loads
+    assert main(_eval_cmd(student_dir, partial_data_dir, suite, out, "--limit", "2", "--no-skip-missing-data")) == 2
+    err = capsys.readouterr().err
+    assert "task 'gsm8k_cot' (gsm8k_cot) needs the dataset openai/gsm8k/main" in err and not out.exists()
+    # the default offline: skipped with one line, the tasks that have data run, the table says both
+    assert main(_eval_cmd(student_dir, partial_data_dir, suite, out, "--limit", "2")) == 0
+    captured = capsys.readouterr()
+    skip_lines = [x for x in captured.err.splitlines() if "skipped, no local data" in x]
+    assert skip_lines == ["tide eval: gsm8k_cot: skipped, no local data for openai/gsm8k/main (offline); put its splits "
+                          "in DATA_DIR/openai/gsm8k/main/<split>.jsonl and pass --data-dir, or run with --online"]
+    table = json.loads((out / "small_table.json").read_text())
+    assert table["partial"] and table["skipped"] == {"gsm8k_cot": "openai/gsm8k/main"}
+    rows = {r["task"]: r for r in table["rows"]}
+    assert rows["gsm8k_cot"]["ours"] is None and table["average"]["ours"] is None
+    assert (rows["mmlu_generative_dream"]["n"], rows["mmlu_generative_dream"]["n_total"]) == (2, 5)
+    assert rows["mmlu_generative_dream"]["limited"] and not rows["hellaswag_gen"]["limited"]  # 1 row: all of it
+    md = (out / "small_table.md").read_text()
+    assert md in captured.out and md.startswith("**Partial table**: 1 of 3 tasks skipped")
+    assert "| MMLU (n=2 of 5) |" in md and "| HellaSwag |" in md
+    assert not (out / "gsm8k_cot.json").exists() and (out / "mmlu_generative_dream.json").is_file()
+
+
+def test_lm_eval_notes_go_to_our_logger_below_warning(caplog):
+    import logging
+
+    from tide_plugin.eval.runtime import NOTES_LOGGER, lm_eval_notes
+
+    task_logger = logging.getLogger("lm_eval.api.task")
+    caplog.set_level(logging.DEBUG)
+    with lm_eval_notes():
+        task_logger.warning("tide_smoke: Custom kwargs can be passed to `--metadata` in console (as json string)")
+        task_logger.warning("Label index was not in within range of available choices")
+    ours = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert ours == [
+        (NOTES_LOGGER, logging.DEBUG, "lm-eval: tide_smoke: Custom kwargs can be passed to `--metadata` in console "
+                                      "(as json string)"),
+        (NOTES_LOGGER, logging.WARNING, "lm-eval: Label index was not in within range of available choices"),
+    ]
+    caplog.clear()
+    task_logger.warning("after the run")  # restored: lm-eval's own handling again
+    assert [r.name for r in caplog.records] == ["lm_eval.api.task"]
+
+
+def test_tide_eval_prints_no_lm_eval_notes_or_cache_warnings(student_dir, tmp_path, capsys, caplog, recwarn):
+    import logging
+
+    from tide_plugin.cli import main
+    from tide_plugin.eval.runtime import NOTES_LOGGER
+
+    caplog.set_level(logging.DEBUG, logger=NOTES_LOGGER)
+    assert main(["eval", "--model", str(student_dir), "--tasks", "tide_smoke", "--limit", "2", "--max-gen-toks", "8",
+                 "--batch-size", "2", "--dtype", "float32", "--output-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "Custom kwargs" not in captured.err and "past_key_values" not in captured.err
+    assert not [w for w in recwarn if "past_key_values" in str(w.message)]
+    assert any("Custom kwargs" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+    assert "tide_smoke (n=2 of 6)" in captured.out  # a limited run is marked in lm-eval's table too
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -217,8 +370,12 @@ def test_a_likelihood_task_names_the_generative_variants_before_any_download(stu
 
 
 def test_a_missing_dataset_names_the_task_and_the_dataset(student_dir, tmp_path):
-    line = _one_line(_cli("eval", "--model", str(student_dir), "--tasks", "gsm8k_cot", "--data-dir", str(tmp_path)))
+    line = _one_line(_cli("eval", "--model", str(student_dir), "--tasks", "gsm8k_cot", "--data-dir", str(tmp_path),
+                          "--no-skip-missing-data"))
     assert "task 'gsm8k_cot' (gsm8k_cot) needs the dataset openai/gsm8k/main" in line
+    # skipped by default offline: with nothing left to run, one line naming what was skipped
+    line = _one_line(_cli("eval", "--model", str(student_dir), "--tasks", "gsm8k_cot", "--data-dir", str(tmp_path)))
+    assert "no task has local data (skipped: gsm8k_cot (openai/gsm8k/main))" in line
 
 
 def test_think_blocks_are_stripped_from_answers():

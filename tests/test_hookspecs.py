@@ -4,6 +4,7 @@ and exercised end to end through the registry."""
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 
@@ -243,6 +244,21 @@ def test_package_root_exports_resolve_and_stay_light():
     code = "import sys, tide_plugin; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False", "import tide_plugin must not import torch (the tide command starts light)"
+
+
+def test_dir_lists_the_lazy_exports_without_importing_them():
+    """``dir(tide_plugin)`` (what completion and help read) names every export,
+    including the ones imported on first use, and listing them imports nothing."""
+    code = (
+        "import json, sys, tide_plugin; names = dir(tide_plugin); "
+        "print(json.dumps([names, 'torch' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    names, torch_loaded = json.loads(out)
+    expected = {"DistillBatch", "DistillInputs", "Objective", "MaskingSchedule", "TeacherAdapter", "functional",
+                "active_chunk_log_probs", "token_rows", "get_objective", "hookimpl", "__version__"}
+    assert expected <= set(names) and set(tide_plugin.__all__) <= set(names)
+    assert names == sorted(names) and not torch_loaded
 
 
 def test_example_plugin_imports_only_the_package_root():

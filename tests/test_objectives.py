@@ -345,6 +345,24 @@ def test_check_pipeline():
     tide_plugin.get_objective("calm+reverse_calm+tidal_calm").check_pipeline(cross)
 
 
+
+@pytest.mark.parametrize("name", ["tidal", "taid", "kl", "reverse_kl"])
+def test_position_objectives_on_shared_are_refused_when_built_naming_registered_names(name):
+    """The shared pipeline's teacher reads another template: a position-by-position
+    objective is refused by check_pipeline (the build-time check), never at step 1, and
+    every name it suggests resolves in the registry (``tidal`` -> ``taid_aligned``)."""
+    import re
+
+    reg = tide_plugin.get_registry()
+    with pytest.raises(PipelineMismatchError, match="position-by-position alignment") as err:
+        tide_plugin.get_objective(name).check_pipeline(PipelineInfo("shared"))
+    suggested = re.findall(r"use '([^']+)'", str(err.value))
+    assert suggested and all(reg.resolve("objective", s) for s in suggested)
+    tide_plugin.get_objective(suggested[0]).check_pipeline(PipelineInfo("shared"))
+    with pytest.raises(ValueError, match=r"student length 8 != teacher length 10; use '(taid|kl|reverse_kl)_aligned'") as err:
+        tide_plugin.get_objective(name)(shared_inputs())
+    assert "tidal_aligned" not in str(err.value)
+
 def test_missing_batch_fields_are_named():
     inputs = same_inputs()
     with pytest.raises(ValueError, match=r"objective 'calm' needs batch fields \['student_chunk_ids'"):
@@ -369,7 +387,9 @@ def test_missing_batch_fields_are_named():
         ("reverse_kl", {"weight": -1.0}, ValueError, r"weight must be a finite number >= 0, got -1.0"),
         ("kl", {"aligned": "yes"}, ValueError, "aligned must be True or False, got 'yes'"),
         ("calm", {"temperature": "2"}, ValueError, "temperature must be a finite number > 0, got '2'"),
-        ("calm", {"tau": 2.0}, TypeError, "unexpected keyword argument 'tau'"),
+        ("calm", {"tau": 2.0}, TypeError, "unknown option 'tau' for objective 'calm'; valid: temperature, weight"),
+        ("calm", {"wieght": 2.0}, TypeError,
+         r"^unknown option 'wieght' for objective 'calm'; did you mean 'weight'\? valid: temperature, weight$"),
         ("tidal", {"decay": "exp"}, ValueError, r"decay 'exp' is not one of \('cosine', 'linear'\)"),
         ("tidal", {"axis": "all"}, ValueError, "axis 'all' is not one of"),
         ("tidal", {"timestep_weight": "mid"}, ValueError, "timestep_weight 'mid' is not one of"),

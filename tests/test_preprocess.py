@@ -145,8 +145,8 @@ def test_prompt_too_long_and_invalid_rows_are_counted(qwen, mistral, demo_rows):
 
 def test_preprocess_errors(tmp_path, qwen, mistral):
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
-    with pytest.raises(ValueError, match="pipeline 'same' is not one of"):
-        preprocess(rows, qwen, qwen, pipeline="same")
+    with pytest.raises(ValueError, match="pipeline 'sane' is not one of"):
+        preprocess(rows, qwen, qwen, pipeline="sane")
     with pytest.raises(ValueError, match="max_length must be a positive int or None, got 0"):
         preprocess(rows, qwen, qwen, max_length=0)
     with pytest.raises(ValueError, match="neither 'offline:<name>' .* nor a local directory"):

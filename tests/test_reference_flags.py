@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 from tide_plugin.cli.distill import add_arguments, resolve_options
-from tide_plugin.training import DistillConfig
+from tide_plugin.cli.reference_args import CliDistillConfig as DistillConfig  # what tide distill builds
 
 # Names as the reference spells them (its trainer config and the model / teacher / data /
 # training argument dataclasses of examples/a2d/bd3lm/distill.py and distill_wedlm.py,

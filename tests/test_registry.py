@@ -206,6 +206,49 @@ def test_alias_colliding_with_a_name_is_a_duplicate():
     assert "beta" not in reg.available("objective")
 
 
+@pytest.mark.parametrize(
+    "kind, name, config, message",
+    [
+        ("objective", "calm", {"wieght": 1.0},
+         "unknown option 'wieght' for objective 'calm'; did you mean 'weight'? valid: temperature, weight"),
+        ("objective", "alm", {"temprature": 1.0},  # through an alias: the canonical name is named
+         "unknown option 'temprature' for objective 'calm'; did you mean 'temperature'? valid: temperature, weight"),
+        ("objective", "kl", {"wieght": 1.0, "tau": 2.0},
+         "unknown options 'wieght' (did you mean 'weight'?), 'tau' for objective 'kl'; valid: aligned, temperature, weight"),
+        # token TIDAL passes its schedule's options through: both sets are valid
+        ("objective", "tidal", {"wieght": 1.0}, "unknown option 'wieght' for objective 'tidal'; did you mean 'weight'? "
+         "valid: aligned, axis, decay, lambda_init, lambda_max, schedule, schedule_config, temperature, timestep_weight, weight"),
+        ("objective", "tidal_calm", {"lamda_max": 0.5},
+         "unknown option 'lamda_max' for objective 'tidal_calm'; did you mean 'lambda_max'? valid: "),
+        ("objective", "tidal", {"schedule_config": {"decya": "linear"}},
+         "unknown option 'decya' for strength_schedule 'tidal'; did you mean 'decay'? valid: "),
+        ("masking_schedule", "linear", {"eps": 0.1}, "unknown option 'eps' for masking_schedule 'linear'; valid: (none)"),
+        ("strength_schedule", "tidal", {"lamda_max": 0.5},
+         "unknown option 'lamda_max' for strength_schedule 'tidal'; did you mean 'lambda_max'? valid: "),
+        ("collator", "noise", {"sead": 1}, "unknown option 'sead' for collator 'noise'; did you mean 'seed'? valid: "),
+        ("decoder", "fixed_k", {"kk": 2}, "unknown option 'kk' for decoder 'fixed_k'; did you mean 'k'? valid: k"),
+        # the factory's own parameters (the teacher's model) are options too
+        ("teacher", "bidirectional", {"modle": None}, "unknown option 'modle' for teacher 'bidirectional'; did you mean 'model'? valid: "),
+    ],
+)
+def test_unknown_option_names_the_closest_and_the_valid_ones(kind, name, config, message):
+    from tide_plugin.registry import UnknownOptionError
+
+    with pytest.raises(UnknownOptionError) as err:
+        get_registry().build(kind, name, **config)
+    assert str(err.value).startswith(message), str(err.value)
+    assert isinstance(err.value, TypeError) and isinstance(err.value, ValueError)
+
+
+def test_unknown_option_is_caught_on_every_path_that_builds_a_config():
+    with pytest.raises(TypeError, match="^unknown option 'wieght' for objective 'calm'; did you mean 'weight'"):
+        tide_plugin.objective_requirements("calm", wieght=1.0)
+    with pytest.raises(TypeError, match="^unknown option 'wieght' for objective 'reverse_calm'; did you mean 'weight'"):
+        tide_plugin.get_objective("calm+reverse_calm", reverse_calm={"wieght": 1.0})
+    # a valid option still builds, through the alias preset too
+    assert tide_plugin.get_objective("kl_aligned", weight=0.5).config.aligned is True
+
+
 def test_same_name_in_different_kinds_is_allowed():
     from tide_plugin.schedulers.tidal import TidalSchedule, TidalScheduleConfig
 
@@ -317,6 +360,8 @@ def test_clashing_distributions_skip_the_later_one_whole_and_the_rest_load(insta
     assert len(messages) == 2, messages
     twin = next(m for m in messages if "'twin_loss'" in m)
     assert "'clash-a'" in twin and "'clash-b'" in twin and "DuplicatePluginError" in twin
+    # the reason is quoted mid-sentence: one full stop between it and what follows
+    assert ".." not in twin and "=<distribution>. Disable it with" in twin
     steal = next(m for m in messages if "'calm'" in m)
     assert "'tide-plugin'" in steal and "'aaa-steals-calm'" in steal
     assert {(f.distribution, f.entry_point) for f in reg.failures} == {("clash-b", "second"), ("aaa-steals-calm", "steal")}

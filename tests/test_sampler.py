@@ -120,6 +120,31 @@ def test_cache_equals_no_cache_under_eager_attention():
     assert run(model, PROMPTS, steps=12) == run(tiny_student("sdpa"), PROMPTS, steps=12)
 
 
+def test_the_cache_goes_through_the_keyword_the_model_declares(student):
+    """No deprecation warning from the model: the cache is passed as ``cache`` where
+    the forward declares it (transformers 5.2x), else as ``past_key_values``; and it
+    is used (the cached run calls the model with the current block only)."""
+    import inspect
+    import warnings
+
+    from tide_plugin.eval.block_cache import cache_keyword
+
+    declared = "cache" if "cache" in inspect.signature(type(student).forward).parameters else "past_key_values"
+    assert cache_keyword(student) == declared
+
+    class OldStyle(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, **kwargs):  # transformers 4.x's keyword
+            return input_ids
+
+    assert cache_keyword(OldStyle()) == "past_key_values"
+    calls: list[int] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a FutureWarning about the keyword fails the run
+        cached = run(student, PROMPTS, use_cache=True, steps=12, on_forward=calls.append)
+    assert cached == run(student, PROMPTS, use_cache=False, steps=12)
+    assert min(calls) == 8  # the current block only: the context came from the cache
+
+
 def test_a_wrong_context_changes_the_output(student):
     """The equality tests above can fail: the output depends on the clean context."""
     a = run(student, [PROMPTS[0]])

@@ -41,6 +41,7 @@ from .registry import (
     PluginError,
     PluginInfo,
     PluginLoadWarning,
+    UnknownOptionError,
     UnknownPluginError,
     available,
     get_collator,
@@ -98,6 +99,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'tide_plugin' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """The module's names and the lazy exports, which exist before first use."""
+    return sorted(set(globals()) | set(__all__))
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -130,6 +136,7 @@ __all__ = [
     "TeacherConfig",
     "TeacherProtocol",
     "Unit",
+    "UnknownOptionError",
     "UnknownPluginError",
     "active_chunk_log_probs",
     "available",

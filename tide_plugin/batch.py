@@ -178,7 +178,8 @@ class DistillInputs:
 
     batch: DistillBatch
     student_logits: Tensor
-    teacher_logits: Tensor
+    teacher_logits: Tensor | None
+    """``None`` only in a run whose objective does not read the teacher (``reads_teacher``)."""
     progress: float = 0.0
     shared_vocab_size: int | None = None
     projection: Any = None

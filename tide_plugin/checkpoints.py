@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from . import jsonio
+
 TIDE_CONFIG_NAME = "tide_config.json"
 """Written next to every saved student: what sampling and evaluation need (mask id, block size)."""
 
@@ -45,21 +47,27 @@ LAYOUT_ATTR = "tide_checkpoint_layout"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _folder(path: str | Path) -> Path:
+def check_model_folder(path: str | Path, what: str = "student") -> Path:
+    """The folder, if it is a local model folder (holds ``config.json``); else one line
+    naming the path and what is missing, before any tokenizer or weight is read."""
     folder = Path(str(path)).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"student checkpoint {str(path)!r} is not a local directory: models are loaded from local folders "
+            f"{what} checkpoint {str(path)!r} is not a local directory: models are loaded from local folders "
             "only (download the checkpoint first and pass its folder)"
         )
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"student checkpoint {str(path)!r} has no config.json: it is not a model folder")
+        raise FileNotFoundError(f"not a model folder: {path} (no config.json; the {what} folder must hold the model)")
     return folder
+
+
+def _folder(path: str | Path) -> Path:
+    return check_model_folder(path, "student")
 
 
 def checkpoint_layout(path: str | Path) -> str:
     """``"plain"`` or the A2D ``model_type`` of the folder's ``config.json``."""
-    model_type = json.loads((_folder(path) / "config.json").read_text()).get("model_type")
+    model_type = jsonio.read(_folder(path) / "config.json").get("model_type")
     return model_type if model_type in A2D_TYPES else PLAIN
 
 
@@ -104,12 +112,20 @@ def _load_a2d(folder: Path, model_type: str, kwargs: dict[str, Any]) -> torch.nn
     from transformers import AutoConfig, AutoModelForCausalLM
 
     base_type = A2D_TYPES[model_type][0]
-    fields = json.loads((folder / "config.json").read_text())
+    fields = jsonio.read(folder / "config.json")
     fields.pop("model_type", None)
     fields.pop("architectures", None)
     fields.pop("auto_map", None)
     config = AutoConfig.for_model(base_type, **fields)
     return _from_pretrained(AutoModelForCausalLM, folder, {**kwargs, "config": config})
+
+
+def training_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
+    """The dtype a student is trained in for the ``--dtype`` option: float32 unless the
+    user chose one (``auto``: the saved dtype). A student saved in bfloat16 and trained
+    in bfloat16 loses every AdamW update below half a bfloat16 step of its weight (about
+    30% of them at lr 1e-4); mixed precision (``--bf16``) keeps float32 weights too."""
+    return "float32" if dtype is None else dtype
 
 
 def load_student(
@@ -123,7 +139,8 @@ def load_student(
     :param path: a ``save_pretrained`` folder.
     :param attn_implementation: ``sdpa`` | ``eager`` | ``flex_attention`` (the student
         forward always passes its explicit mask).
-    :param dtype: ``None``/``"auto"`` keeps the saved dtype, else ``float32`` | ``bfloat16`` | ``float16``.
+    :param dtype: ``None``/``"auto"`` keeps the saved dtype, else ``float32`` | ``bfloat16`` | ``float16``
+        (a student to train: :func:`training_dtype`).
     :return: the model with an LM head (as ``from_pretrained`` returns it), its layout in
         ``model.tide_checkpoint_layout``.
     """
@@ -164,7 +181,7 @@ def apply_layout(folder: str | Path, layout: str) -> None:
     if layout not in A2D_TYPES:
         raise ValueError(f"checkpoint layout {layout!r} is not one of {(PLAIN, *A2D_TYPES)}")
     path = Path(folder) / "config.json"
-    config = json.loads(path.read_text())
+    config = jsonio.read(path)
     config["model_type"] = layout
     config["architectures"] = [A2D_TYPES[layout][1]]
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

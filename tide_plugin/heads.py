@@ -130,6 +130,8 @@ def fused_path_problem(student: torch.nn.Module, teacher: object, objective: obj
     problem = fused_head_problem(student)
     if problem is not None:
         return f"student: {problem}"
+    if teacher is None:  # a CE-only run: no teacher to project
+        return None
     if not callable(getattr(teacher, "projected_logits", None)):
         return f"teacher adapter {type(teacher).__name__} has no projected_logits(batch)"
     teacher_model = getattr(teacher, "model", None)

@@ -157,7 +157,8 @@ class PipelineStrategy:
     has_chunks: ClassVar[bool] = False
     has_pairs: ClassVar[bool] = False
     has_token_alignment: ClassVar[bool] = False
-    """Teacher and student logits compare position by position (or pair by pair)."""
+    """Teacher and student logits compare position by position (the shared pipeline's
+    teacher reads another template: its objectives compare template pairs, ``has_pairs``)."""
     default_teacher_max_length: ClassVar[int | None] = None
     """SPEC 6: the reference's teacher length for this pipeline (preprocessing's default cap)."""
 
@@ -214,6 +215,7 @@ class SamePipeline(PipelineStrategy):
 
     name = "same"
     row_keys = (ROW_STUDENT_IDS, ROW_LABELS)
+    written_keys = row_keys
     has_teacher_ids = False
     has_token_alignment = True
 
@@ -235,7 +237,6 @@ class SharedPipeline(PipelineStrategy):
     row_keys = (ROW_STUDENT_IDS, ROW_LABELS, ROW_TEACHER_IDS, ROW_PAIR_STUDENT, ROW_PAIR_TEACHER)
     written_keys = row_keys
     has_pairs = True
-    has_token_alignment = True
     default_teacher_max_length = 768
 
     def cut_example(self, i, row, ids, cut, cap, stats):

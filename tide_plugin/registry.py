@@ -21,6 +21,7 @@ built. The registry knows no concrete plugin.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import threading
@@ -65,6 +66,12 @@ class DuplicatePluginError(PluginError):
 
 class PluginContractError(PluginError, TypeError):
     """A plugin's spec or what its factory built does not fit its kind's protocol."""
+
+
+class UnknownOptionError(PluginError, TypeError, ValueError):
+    """A configuration keyword that the plugin's config class does not declare
+    (a ``TypeError`` as Python's own unexpected keyword is, and a ``ValueError``
+    as any other bad configuration value is)."""
 
 
 class PluginLoadWarning(UserWarning):
@@ -213,7 +220,8 @@ class Registry:
                 claimed[kind, key] = spec.name
 
     def _report(self, dist: str, ep_name: str, target: str, exc: BaseException) -> None:
-        failure = LoadFailure(dist, ep_name, target, f"{type(exc).__name__}: {exc}")
+        # the reason is quoted inside a sentence: its own closing full stop would double ours
+        failure = LoadFailure(dist, ep_name, target, f"{type(exc).__name__}: {str(exc).rstrip('. ')}")
         self.failures.append(failure)
         warnings.warn(
             f"tide-plugin: plugin {ep_name!r} ({target}) from distribution {dist!r} failed to load and "
@@ -256,6 +264,7 @@ class Registry:
         Raises :class:`PluginContractError` if what the factory built does not fit
         the kind's protocol (:data:`tide_plugin.hookspecs.PROTOCOL_BY_KIND`)."""
         info = self.resolve(kind, name)
+        _check_options(kind, info, config)
         built = info.spec.factory(**self.config_for(kind, name, **config))
         protocol = PROTOCOL_BY_KIND.get(kind)  # every kind has one; a kind being added may not yet
         missing = missing_members(built, protocol) if protocol is not None else []
@@ -270,11 +279,64 @@ class Registry:
         """The config object of objective ``name`` (alias presets applied), which
         declares ``requirements`` and ``unit``; the objective itself is not built."""
         info = self.resolve("objective", name)
+        _check_options("objective", info, config)
         return info.spec.config_cls(**self.config_for("objective", name, **config))
 
     def available(self, kind: PluginKind) -> dict[str, PluginInfo]:
         self._check_kind(kind)
         return dict(sorted(self._plugins[kind].items()))
+
+
+def accepted_options(spec: PluginSpec, config: Mapping[str, Any] | None = None) -> list[str] | None:
+    """The configuration keywords a plugin accepts: the fields of its config
+    dataclass and the factory's own named parameters (a teacher's ``model``, for
+    one). A config class whose ``__init__`` passes unknown keywords on to something
+    else (token TIDAL's to its strength schedule) names what it accepts, given the
+    configuration, with a classmethod ``option_names(config)``. ``None`` when the
+    options cannot be known (no config dataclass, a factory that takes ``**kwargs``)."""
+    import inspect
+
+    def parameters(fn: Any) -> list[inspect.Parameter]:
+        try:
+            return list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):  # a builtin or C callable without a signature
+            return []
+
+    params = parameters(spec.factory)
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    cls = spec.config_cls
+    if cls is not None and callable(getattr(cls, "option_names", None)):
+        return sorted(set(cls.option_names(dict(config or {}))) | named)
+    if cls is not None and dataclasses.is_dataclass(cls):
+        if any(p.kind == p.VAR_KEYWORD for p in parameters(cls)):
+            return None  # passes keywords on; it declares no option_names
+        return sorted({f.name for f in dataclasses.fields(cls) if f.init} | named)
+    if params and not any(p.kind == p.VAR_KEYWORD for p in params):
+        return sorted(named)
+    return None
+
+
+def _check_options(kind: str, info: PluginInfo, config: Mapping[str, Any]) -> None:
+    """Raise :class:`UnknownOptionError` for a keyword ``info``'s plugin does not
+    accept: ``unknown option 'wieght' for objective 'calm'; did you mean 'weight'?
+    valid: temperature, weight``."""
+    valid = accepted_options(info.spec, config)
+    if valid is None:
+        return
+    unknown = [k for k in config if k not in valid]
+    if not unknown:
+        return
+    def closest(key: Any) -> str | None:
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        return close[0] if close else None
+
+    listing = f"valid: {', '.join(valid) or '(none)'}"
+    if len(unknown) == 1:
+        close = closest(unknown[0])
+        hint = f"; did you mean {close!r}? " if close else "; "
+        raise UnknownOptionError(f"unknown option {unknown[0]!r} for {kind} {info.name!r}{hint}{listing}")
+    named = ", ".join(f"{k!r}" + (f" (did you mean {c!r}?)" if (c := closest(k)) else "") for k in unknown)
+    raise UnknownOptionError(f"unknown options {named} for {kind} {info.name!r}; {listing}")
 
 
 def _check_objective_config(spec: PluginSpec) -> None:

@@ -264,3 +264,33 @@ def template_pairs(
         dropped_pairs=dropped,
         stats=stats,
     )
+
+
+def same_tokens(
+    teacher_tokenizer: Any,  # noqa: ARG001
+    student_tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    roles: Sequence[str] | None = None,
+    max_length: int | None = None,
+    teacher_max_length: int | None = None,  # noqa: ARG001 - the teacher reads the student's ids
+    targets: str = "last_turn",
+) -> AlignedExample:
+    """The ``same`` pipeline (``docs/method.md#shared-vocabulary``): one tokenizer and one
+    chat template, so there is nothing to align; the student's ids and labels, cut at
+    ``max_length``, are what the teacher reads too (``teacher_ids`` equal them;
+    ``teacher_tokenizer`` is not read: :func:`~tide_plugin.alignment.preprocess.preprocess`
+    checks it is the student's).
+
+    :raises AlignmentError: bad tokenizer or conversation.
+    :raises PromptTooLongError: no target token survives ``max_length``.
+    """
+    msgs, _ = _prepare_inputs(student_tokenizer, student_tokenizer, messages, roles, max_length, None, targets)
+    table = byte_table(student_tokenizer)
+    enc = encode_side(student_tokenizer, msgs, "student")
+    side = _prepare(table, enc, [table.encode_text(m["content"]) for m in msgs])
+    labels = _labels(student_tokenizer, table, side, enc, msgs, targets)
+    cut = _cut_student(labels, max_length)
+    ids = side.ids[:cut].tolist()
+    return AlignedExample(student_ids=ids, labels=labels[:cut].tolist(), teacher_ids=list(ids),
+                          stats={"student_truncated_tokens": float(labels.size - cut)})

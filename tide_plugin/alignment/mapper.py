@@ -8,12 +8,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..pipelines import IGNORE_INDEX, ROW_LABELS, ROW_STUDENT_IDS, ROW_TEACHER_IDS, get_pipeline
-from .aligners import chunk_alignment, template_pairs
+from .aligners import chunk_alignment, same_tokens, template_pairs
 from .checks import AlignmentError, PromptTooLongError, UnrenderableError
-from .report import _CROSS_STATS, _SHARED_STATS, PreprocessReport
+from .report import _CROSS_STATS, _SAME_STATS, _SHARED_STATS, PreprocessReport
 
-ALIGNERS = {"cross": (chunk_alignment, _CROSS_STATS), "shared": (template_pairs, _SHARED_STATS)}
-"""Per aligned pipeline: the aligner and the stats it reports."""
+ALIGNERS = {
+    "cross": (chunk_alignment, _CROSS_STATS),
+    "shared": (template_pairs, _SHARED_STATS),
+    "same": (same_tokens, _SAME_STATS),
+}
+"""Per pipeline: the aligner (``same``: the student's ids and labels) and the stats it reports."""
 STATUS, ERROR, STAT_PREFIX = "_status", "_error", "_stat_"
 _MAX_REASONS = 5
 
@@ -82,7 +86,8 @@ def summarise(mapped: Any, pipeline: str) -> PreprocessReport:
         if c.startswith(STAT_PREFIX):
             rep.totals[c[len(STAT_PREFIX) :]] = float(sum(v for v, k in zip(mapped[c], ok) if k))
     rep.student_tokens = sum(len(x) for x in mapped[ROW_STUDENT_IDS])
-    rep.teacher_tokens = sum(len(x) for x in mapped[ROW_TEACHER_IDS])
+    rep.teacher_tokens = sum(len(x) for x in mapped[ROW_TEACHER_IDS if ROW_TEACHER_IDS in mapped.column_names
+                                                   else ROW_STUDENT_IDS])
     rep.target_tokens = sum(sum(1 for v in lab if v != IGNORE_INDEX) for lab in mapped[ROW_LABELS])
     rep.truncated_examples = sum(1 for v, k in zip(mapped[STAT_PREFIX + "student_truncated_tokens"], ok) if k and v > 0)
     return rep

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..jsonio import describe_error
+
 REPORT_FILE = "tide_preprocess_report.json"
 _DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json", REPORT_FILE)
 
@@ -55,7 +57,9 @@ def dataset_tokenizers(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]
         return {}
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta_path}: cannot read the preprocessing record: not valid JSON: {describe_error(exc)}") from exc
+    except OSError as exc:
         raise ValueError(f"{meta_path}: cannot read the preprocessing record ({exc})") from exc
     found = meta.get("tokenizers") if isinstance(meta, dict) else None
     return {k: dict(v) for k, v in found.items() if isinstance(v, dict)} if isinstance(found, dict) else {}

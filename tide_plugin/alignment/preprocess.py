@@ -48,6 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..jsonio import describe_error
 from ..pipelines import ALIGNED_PIPELINES, get_pipeline
 from .checks import TARGETS, _check_targets
 from .mapper import STATUS, Aligner, features, summarise
@@ -57,7 +58,8 @@ from .report import PreprocessReport
 
 __all__ = ["DEMO_DATA", "REPORT_FILE", "PreprocessReport", "check_row", "load_jsonl", "load_tokenizer", "preprocess"]
 
-PIPELINES = ALIGNED_PIPELINES
+PIPELINES = (*ALIGNED_PIPELINES, "same")
+"""What ``tide preprocess`` writes: aligned rows (``cross``, ``shared``) or the student's own (``same``)."""
 DEFAULT_MAX_LENGTH = 512
 DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "chat_demo.jsonl"
 
@@ -90,9 +92,9 @@ def load_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                raise ValueError(f"{path}:{lineno}: not valid JSON: {describe_error(exc)}") from exc
             rows.append(check_row(row, f"{path}:{lineno}"))
     if not rows:
         raise ValueError(f"{path}: no conversations")
@@ -133,7 +135,9 @@ def preprocess(
 
     :param rows: dicts with a ``messages`` list, or a ``datasets.Dataset`` with a
         ``messages`` column.
-    :param pipeline: ``cross`` (chunks) or ``shared`` (template pairs).
+    :param pipeline: ``cross`` (chunks), ``shared`` (template pairs) or ``same`` (one
+        tokenizer and template: the student's ids and labels; ``teacher_tokenizer`` must
+        be the student's).
     :param max_length: student length cap (``None``: none).
     :param teacher_max_length: teacher cap; ``-1`` (default) takes SPEC 6's value for
         the pipeline (1024 cross, 768 shared), ``None`` means no cap.
@@ -147,8 +151,14 @@ def preprocess(
     import datasets
 
     if pipeline not in PIPELINES:
-        raise ValueError(f"pipeline {pipeline!r} is not one of {PIPELINES} (the 'same' pipeline needs no alignment)")
+        raise ValueError(f"pipeline {pipeline!r} is not one of {PIPELINES}")
     _check_targets(targets)
+    if pipeline == "same" and teacher_tokenizer is not student_tokenizer:
+        from .metadata import tokenizer_fingerprint
+
+        if tokenizer_fingerprint(teacher_tokenizer) != tokenizer_fingerprint(student_tokenizer):
+            raise ValueError("the same pipeline has one tokenizer, but the teacher's differs from the student's; "
+                             "use the shared pipeline (one vocabulary, two templates) or the cross pipeline")
     if teacher_max_length == -1:
         teacher_max_length = get_pipeline(pipeline).default_teacher_max_length
     for name, value in (("max_length", max_length), ("teacher_max_length", teacher_max_length)):
@@ -193,13 +203,16 @@ def preprocess(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default=str(DEMO_DATA), help="chat JSONL (default: the shipped demo conversations)")
     parser.add_argument("--output", required=True, help="directory for the saved dataset (datasets.save_to_disk)")
-    parser.add_argument("--pipeline", choices=PIPELINES, default="cross", help="cross: chunks; shared: template pairs")
+    parser.add_argument(
+        "--pipeline", choices=PIPELINES, default="cross",
+        help="cross: chunks; shared: template pairs; same: one tokenizer and template (the teacher reads the student's)",
+    )
     parser.add_argument("--student", default="offline:qwen", help="student tokenizer: offline:<name> or a local directory")
     parser.add_argument(
         "--teacher",
         default=None,
         help="teacher tokenizer: offline:<name> or a local directory (default: offline:mistral for cross, "
-        "offline:qwen for shared)",
+        "offline:qwen for shared, the student's for same)",
     )
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="student token cap (0: none)")
     parser.add_argument(
@@ -224,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    teacher_spec = args.teacher or ("offline:mistral" if args.pipeline == "cross" else "offline:qwen")
+    teacher_spec = args.teacher or {"cross": "offline:mistral", "shared": "offline:qwen"}.get(args.pipeline, args.student)
     out = Path(args.output)
     try:
         check_output_dir(out, args.overwrite_output_dir)  # refuse before any work

@@ -18,6 +18,7 @@ _CROSS_STATS = (
     "student_truncated_tokens",
     "teacher_truncated_tokens",
 )
+_SAME_STATS = ("student_truncated_tokens",)
 _SHARED_STATS = (
     "pairs",
     "dropped_pairs",
@@ -81,9 +82,10 @@ class PreprocessReport:
             f"  teacher tokens:                  {self.teacher_tokens}",
             f"  examples cut at max_length:      {self.truncated_examples} "
             f"({int(t.get('student_truncated_tokens', 0))} student tokens cut)",
-            f"  teacher tokens cut after the last {'chunk' if self.pipeline == 'cross' else 'pair'} / at the cap: "
-            f"{int(t.get('teacher_truncated_tokens', 0))}",
         ]
+        if self.pipeline != "same":  # there the teacher reads the student's ids
+            lines.append(f"  teacher tokens cut after the last {'chunk' if self.pipeline == 'cross' else 'pair'} / at "
+                         f"the cap: {int(t.get('teacher_truncated_tokens', 0))}")
         if self.pipeline == "cross":
             lines += [
                 f"  chunks kept:                     {int(t.get('chunks', 0))}",
@@ -94,7 +96,7 @@ class PreprocessReport:
                 f"teacher cap {int(t.get('dropped_chunks_teacher_cap', 0))})",
                 f"  unmatched messages:              {int(t.get('unmatched_messages', 0))}",
             ]
-        else:
+        elif self.pipeline == "shared":
             lines += [
                 f"  pairs kept:                      {int(t.get('pairs', 0))}",
                 f"  dropped pairs (ids differ):      {int(t.get('dropped_pairs', 0))}",

@@ -15,6 +15,7 @@ import argparse
 import difflib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -26,6 +27,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "study": ("tide_plugin.study.cli", "the paper's comparison in miniature: teachers, arms, held-out bits per byte"),
 }
 USAGE_ERROR = 2
+_INVOCATION: list[str] = []
+
+
+def invocation() -> list[str]:
+    """The running subcommand's arguments as given (after ``tide <command>``)."""
+    return list(_INVOCATION)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -81,8 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--flag -1e-3`` -> ``--flag=-1e-3``: argparse takes ``-1e-3`` for an option (its
+    negative-number rule knows no exponents) and says "expected one argument"; joined,
+    the value reaches the option's own check."""
+    out: list[str] = []
+    for arg in argv:
+        if out and _NEGATIVE_NUMBER.match(arg) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = join_negative_values(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             _error_line(
@@ -104,8 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     from ..registry import PluginError
 
+    _INVOCATION[:] = argv[1:]
     try:
         return int(module.run(args) or 0)
+    except KeyboardInterrupt:  # before training started (a run in training saves and says how to resume)
+        _error_line(f"tide {name}", "interrupted")
+        return 130
     except (PluginError, ValueError, TypeError, OSError, ImportError) as exc:
         # Bad input (unknown plugin, invalid option, missing file or package): one clear
         # line, no traceback. TIDE_DEBUG=1 shows the traceback.

@@ -16,10 +16,15 @@ from typing import Any
 import torch
 import transformers
 
+from ..checkpoints import check_model_folder
 from ..pipelines import get_pipeline
 from ..training import DistillConfig, build_trainer, run_projection, write_metrics
+from ..training.builders import settle_student_dtype
+from .distill_run import RunInterrupted, check_resume, check_writable, new_run, resume_command, saved_curve, train_owned
 from ..training.config import implied_pipeline
-from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_MODELS, PRESETS
+from .distill_checks import pipeline_mismatch
+from .reference_args import CliDistillConfig
+from .presets import ALT_TEMPLATE, FALLBACK_TOKENIZERS, PRESET_FOR_PIPELINE, PRESET_MODELS, PRESETS
 from . import did_you_mean
 
 _RUN_KEYS = (
@@ -48,7 +53,7 @@ MODEL_KEYS = ("model_name_or_path", "teacher_model_name_or_path")
 
 
 def _config_parser(add_help: bool = False) -> argparse.ArgumentParser:
-    return transformers.HfArgumentParser(DistillConfig, add_help=add_help)
+    return transformers.HfArgumentParser(CliDistillConfig, add_help=add_help)
 
 
 def _str2bool(value: str) -> bool:
@@ -150,12 +155,9 @@ def resolve_options(args: argparse.Namespace | Mapping[str, Any]) -> tuple[dict[
         implied = implied_pipeline(str(mode))
         if implied is not None and implied != merged["pipeline"]:
             if chosen:
-                raise ValueError(
-                    f"objective {mode!r} needs the {implied!r} pipeline, but --preset {preset} runs the "
-                    f"{merged['pipeline']!r} pipeline; choose another preset (or --preset none), or an objective "
-                    f"of the {merged['pipeline']!r} pipeline"
-                )
-            merged.pop("pipeline")  # the default preset yields to the chosen objective
+                raise ValueError(pipeline_mismatch(str(mode), implied, preset, merged["pipeline"]))
+            preset = PRESET_FOR_PIPELINE[implied]  # the default preset yields to the chosen objective
+            merged = {**PRESETS[preset], **PRESET_MODELS[preset]}
     if "num_train_epochs" in explicit and "max_steps" not in explicit:
         merged.pop("max_steps", None)  # epochs asked for: the preset's step cap must not win
     if "warmup_steps" in explicit and "warmup_ratio" not in explicit:
@@ -169,7 +171,7 @@ def resolve_options(args: argparse.Namespace | Mapping[str, Any]) -> tuple[dict[
         merged["teacher"] = "block"  # the reference's WeDLM entry point: a block teacher in that order
     merged.update(explicit)
     merged["preset"] = preset
-    names = {f.name for f in dataclasses.fields(DistillConfig) if f.init}
+    names = {f.name for f in dataclasses.fields(CliDistillConfig) if f.init}
     run_keys = set(_RUN_KEYS) | {"teacher_arch", "study_assets"}
     unknown = set(merged) - names - run_keys
     if unknown:
@@ -202,9 +204,9 @@ def _special_ids(tok: Any) -> dict[str, int]:
 def _student(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.nn.Module:
     impl = run.get("attn_implementation") or "sdpa"
     if run.get("model_name_or_path"):
-        from ..checkpoints import load_student
+        from ..checkpoints import load_student, training_dtype
 
-        return load_student(run["model_name_or_path"], attn_implementation=impl, dtype=config.dtype)
+        return load_student(run["model_name_or_path"], attn_implementation=impl, dtype=training_dtype(config.dtype))
     from ..tiny import tiny_qwen3
 
     return tiny_qwen3(
@@ -216,7 +218,19 @@ def _student(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.n
     )
 
 
-def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.nn.Module | str:
+def _saved_dtype(folder: str | None) -> str | None:
+    """The dtype a student folder's ``config.json`` records (``None`` when unknown)."""
+    try:
+        fields = json.loads((Path(str(folder)) / "config.json").read_text()) if folder else {}
+    except (OSError, ValueError):
+        return None
+    value = fields.get("dtype") or fields.get("torch_dtype")
+    return value if isinstance(value, str) else None
+
+
+def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig, needed: bool) -> torch.nn.Module | str | None:
+    if not needed:  # CE only: no teacher is loaded or built
+        return None
     if run.get("teacher_model_name_or_path"):
         return run["teacher_model_name_or_path"]
     from ..tiny import tiny_qwen3, tiny_qwen3_moe
@@ -225,21 +239,17 @@ def _teacher(run: Mapping[str, Any], tok: Any, config: DistillConfig) -> torch.n
     return build(len(tok), hidden_size=int(run.get("tiny_hidden_size") or 32), seed=config.seed + 1, **_special_ids(tok))
 
 
-def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> str | None:
+def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> tuple[str | None, bool]:
     """Everything that can be checked without a tokenizer or a model; returns the
-    checkpoint to resume from."""
+    checkpoint to resume from and whether the objective reads a teacher."""
     from ..batch import PipelineInfo
     from ..registry import get_objective
     from .distill_checks import check_output_dir, resolve_resume
     from .distill_data import check_data_path
 
     for key, what in (("model_name_or_path", "student"), ("teacher_model_name_or_path", "teacher")):
-        path = run.get(key)
-        if path and not Path(str(path)).expanduser().is_dir():
-            raise FileNotFoundError(
-                f"{what} checkpoint {str(path)!r} is not a local directory: models are loaded from local folders "
-                "only (download the checkpoint first and pass its folder)"
-            )
+        if run.get(key):
+            check_model_folder(run[key], what)
     check_data_path(run)
     if config.pipeline is None:
         raise ValueError(f"objective {config.objective!r} implies no pipeline; pass --pipeline same | shared | cross")
@@ -255,7 +265,8 @@ def _check_before_heavy_work(config: DistillConfig, run: Mapping[str, Any]) -> s
         check_arms(config, run_arms(run, config))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     check_output_dir(config.output_dir, overwrite=bool(config.overwrite_output_dir), resume=resume is not None)
-    return resume
+    check_writable(config.output_dir)
+    return resume, bool(getattr(objective, "reads_teacher", True))
 
 
 def canonical_objective(objective: str) -> str:
@@ -280,8 +291,9 @@ def _say(message: str) -> None:
 def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """Run a distillation from resolved options; returns the metrics written."""
     start = time.time()
-    config = DistillConfig(**options)
-    resume = _check_before_heavy_work(config, run)
+    config = CliDistillConfig(**options)
+    resume, reads_teacher = _check_before_heavy_work(config, run)
+    record = new_run(config, check_resume(resume, config.output_dir, config.max_steps) if resume else None)
     for note in config.reference_notes():
         _say(f"note: {note}")
     own_models = [k for k in ("model_name_or_path", "teacher_model_name_or_path", "student_tokenizer",
@@ -307,8 +319,10 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         run = {**run, "demo_arms": None}
     student_spec = run.get("student_tokenizer") or run.get("model_name_or_path") or "offline:qwen"
     teacher_spec = run.get("teacher_tokenizer") or run.get("teacher_model_name_or_path") or "offline:mistral"
+    if config.pipeline == "same":  # one tokenizer: the teacher reads the student's ids
+        teacher_spec = student_spec
     student_tok = _tokenizer(student_spec)
-    teacher_tok = _tokenizer(teacher_spec)
+    teacher_tok = student_tok if teacher_spec == student_spec else _tokenizer(teacher_spec)
     from ..alignment import resolve_mask_id
 
     student_mask = resolve_mask_id(student_tok)
@@ -330,11 +344,12 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     data_dir = str(data) if data and Path(str(data)).is_dir() else None
     projection = run_projection(config, teacher_tok, student_tok, say=_say, data_dir=data_dir)
     student = _student(run, student_tok, config)
-    teacher = _teacher(run, teacher_tok, config)
+    _say(settle_student_dtype(student, config, saved=_saved_dtype(run.get("model_name_or_path"))))
     arms = run_arms(run, config)
     if arms and resume:
         _say(f"note: the comparison students {arms} are not trained when resuming (they would not be paired)")
         arms = []
+    teacher = _teacher(run, teacher_tok, config, reads_teacher or bool(arms))
     init = copy.deepcopy(student) if arms else None
 
     def build(cfg: DistillConfig, model: torch.nn.Module) -> Any:
@@ -349,7 +364,8 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     objective = canonical_objective(config.objective)
     _say(
         f"{type(trainer).__name__}, objective {objective!r}, pipeline {config.pipeline!r}, "
-        f"teacher {config.teacher!r}, collators {config.collator_names()}, -> {config.output_dir}"
+        f"teacher {config.teacher if reads_teacher else 'none (CE only)'!r}, "
+        f"collators {config.collator_names()}, -> {config.output_dir}"
         + (f" (resuming {resume})" if resume else "")
     )
     heldout: dict[str, Any] = {}
@@ -362,24 +378,32 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         score_student, score_teacher = heldout_scorer(
             run["heldout"], student_tok, teacher_tok, block_size=int(config.block_size), teacher_kind=kind or "mdlm"
         )
-        if kind is not None:
+        if kind is not None and trainer.teacher is not None:
             heldout["teacher_bpb"] = score_teacher(trainer.teacher.model).bpb
         before = score_student(student.to(trainer.args.device))
         heldout["student_bpb_before"] = before.bpb
 
     def train(run_trainer: Any, label: str) -> tuple[Any, list]:
-        """Train; with held-out data, the final score and the curve (every quarter of the steps)."""
-        curve: list = []
+        """Train; with held-out data, the final score and the curve (every quarter of the
+        steps). The run's own student trains in its owned folder (run record, interrupts,
+        a resumed run's curve continues the saved one); comparison students train apart."""
+        own = run_trainer is trainer
+        curve: list = saved_curve(resume) if own else []
         if score_student is not None:
             from ..study.demo import heldout_callback
 
-            curve.append((0, before.bpb))
+            if not curve:
+                curve.append((0, before.bpb))
             run_trainer.add_callback(heldout_callback(score_student, max(1, config.max_steps // 4), curve))
-        run_trainer.train(resume_from_checkpoint=resume if run_trainer is trainer else None)
+        if own:
+            train_owned(trainer, config, record, curve, resume, say=_say)
+        else:
+            run_trainer.train()
         if score_student is None:
             return None, curve
         after = score_student(run_trainer.model)
-        curve.append((run_trainer.state.global_step, after.bpb))
+        if not curve or curve[-1][0] != run_trainer.state.global_step:
+            curve.append((run_trainer.state.global_step, after.bpb))
         return after, curve
 
     after, curves[objective] = train(trainer, objective)
@@ -431,6 +455,12 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import invocation
+
     options, run_opts = resolve_options(args)
-    distill(options, run_opts)
+    try:
+        distill(options, run_opts)
+    except RunInterrupted as stop:
+        _say(f"interrupted at step {stop.step}; resume with: {resume_command(invocation(), stop.checkpoint)}")
+        return stop.exit_code
     return 0

@@ -87,7 +87,6 @@ def train_arms(
     :param build: ``build(config, student) -> trainer`` (the run's teacher, data and tokenizers).
     :param train: ``train(trainer, label) -> (held-out result, curve)``.
     """
-    from ..study.arms import make_ce_only
     from ..study.demo import CONTROL
 
     out: dict[str, tuple[Any, list]] = {}
@@ -95,13 +94,8 @@ def train_arms(
         label = CONTROL_LABEL if arm == CONTROL else arm
         say(f"comparison student {k}/{len(arms)}: {label}, from the same init, data order and noise")
         with tempfile.TemporaryDirectory(prefix="tide-arm-") as tmp:
-            native = arm != CONTROL or objective_registered(CONTROL)
-            # the control: the CE-only objective where it is registered, else the run's own
-            # objective with its teacher and objective swapped out (the same batches either way)
-            cfg = arm_config(config, arm if native else config.objective, output_dir=tmp)
-            trainer = build(cfg, copy.deepcopy(init))
-            if not native:
-                make_ce_only(trainer)
+            # the control is the CE-only objective `none`: the same batches and noise, no teacher
+            trainer = build(arm_config(config, arm, output_dir=tmp), copy.deepcopy(init))
             out[arm] = train(trainer, label)
     return out
 

@@ -4,11 +4,11 @@ dataset's pipeline and the tokenizers it was aligned with."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import jsonio
 from ..alignment import dataset_tokenizers, tokenizer_fingerprint
 
 FINISHED_RUN_FILES = ("tide_config.json", "metrics.json", "config.json")
@@ -30,6 +30,23 @@ def check_output_dir(output_dir: str, *, overwrite: bool, resume: bool) -> None:
         f"output_dir {str(out)!r} already holds {what}; pass --overwrite_output_dir True to replace it, "
         "--resume_from_checkpoint True to continue it, or another --output_dir"
     )
+
+
+def pipeline_mismatch(objective: str, needs: str, preset: str, runs: str) -> str:
+    """The line for an objective of another pipeline than the chosen preset's, naming an
+    alias of the same objective that reads the preset's pipeline where one exists
+    (``kl`` on ``shared``: ``kl_aligned``)."""
+    from ..registry import get_registry
+    from ..training.config import implied_pipeline
+
+    hint = ""
+    if "+" not in objective:
+        info = get_registry().resolve("objective", objective)
+        fits = [a for a in (info.name, *info.spec.aliases) if a != objective and implied_pipeline(a) == runs]
+        if fits:
+            hint = f"; {fits[0]!r} is {objective!r} on the {runs!r} pipeline"
+    return (f"objective {objective!r} needs the {needs!r} pipeline, but --preset {preset} runs the {runs!r} pipeline"
+            f"{hint}; choose another preset (or --preset none), or an objective of the {runs!r} pipeline")
 
 
 def resolve_resume(value: Any, output_dir: str) -> str | None:
@@ -83,7 +100,7 @@ def recorded_tokenizers(folder: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(folder)  # a dataset made before fingerprints were recorded: its report names the specs / preprocess_module().REPORT_FILE
     if not path.is_file():
         return {}
-    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta = jsonio.read(path)
     out: dict[str, dict[str, Any]] = {}
     for side in ("student", "teacher"):
         info = (meta.get("tokenizers") or {}).get(side)

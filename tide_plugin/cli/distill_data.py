@@ -61,8 +61,6 @@ def load_run_dataset(
     rows = pre.load_jsonl(data or pre.DEMO_DATA)
     if run.get("max_samples"):
         rows = rows[: int(run["max_samples"])]
-    if config.pipeline not in ("cross", "shared"):
-        raise ValueError(f"raw chat data needs the cross or shared pipeline, got {config.pipeline!r}")
     filtering = run.get("truncation") == "filter" and config.max_length is not None
     ds, report = pre.preprocess(
         rows,

@@ -57,12 +57,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "output_dir": "runs/demo-shared",
         **_DEMO_RUN,
     },
+    # One tokenizer, one template (the `same` pipeline): the shipped pipeline-B teacher
+    # reads the student's own ids position by position; token KL. What token objectives
+    # without template pairs (kl, reverse_kl, a plugin's jsd) run on.
+    "same": {
+        "objective": "kl",
+        "pipeline": "same",
+        "teacher": "block",
+        "concat_order": "x0_xt",
+        "output_dir": "runs/demo-same",
+        **_DEMO_RUN,
+    },
 }
+PRESET_FOR_PIPELINE = {"cross": "demo", "shared": "shared", "same": "same"}
+"""The preset a run without ``--preset`` takes when its objective implies a pipeline."""
 PRESET_MODELS = {
     # study_assets: which shipped study teacher; when the weights are not shipped (a bare
     # source checkout), tiny random models on the offline tokenizers below stand in
     "demo": {"study_assets": "A", "teacher_arch": "qwen3_moe"},
     "shared": {"study_assets": "B", "teacher_arch": "qwen3"},
+    "same": {"study_assets": "B", "teacher_arch": "qwen3"},
 }
 FALLBACK_TOKENIZERS = {
     "A": {"student_tokenizer": "offline:qwen", "teacher_tokenizer": "offline:mistral"},

@@ -4,6 +4,8 @@ block, and the key/value cache of clean columns (transformers 4.x and 5.x)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -37,6 +39,22 @@ def _new_cache(model: torch.nn.Module) -> Any:
         return DynamicCache(config=model.config)
     except TypeError:  # transformers 4.x
         return DynamicCache()
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward keyword that takes the cache: ``cache`` where the model declares it
+    (transformers >= 5.2x, which warns that ``past_key_values`` is deprecated), else
+    ``past_key_values`` (transformers 4.x, remote-code models)."""
+    return _cache_keyword(type(model))
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_keyword(cls: type) -> str:
+    try:
+        params = inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _cache_drop_last(cache: Any, n: int) -> None:

@@ -11,6 +11,12 @@ Two ways to choose what runs:
   (``humaneval_offline``, ``humaneval_offline_instruct``, ``tide_smoke``) and the
   paper's ``mmlu_generative_dream``, ``hellaswag_gen`` and ``mbpp_offline_instruct``.
 
+Offline by default: the hub is not reached (``HF_HUB_OFFLINE=1`` for the run) unless
+``--online``; a task whose data is neither in ``--data-dir`` nor in the local cache
+is skipped with one line (``--no-skip-missing-data`` makes it an error), and the
+suite's table is marked partial. Rows scored on part of a task (``--limit``) read
+``MMLU (n=2 of 5)`` in every table.
+
 Several processes: ``accelerate launch -m tide_plugin.cli eval ...`` splits each
 task's requests across them and merges the results on rank 0.
 """
@@ -50,6 +56,11 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--limit", type=float, default=None, help="documents per task (int) or fraction (< 1)")
     group.add_argument("--data-dir", default=None,
                        help="local datasets: DIR/<dataset_path>/<dataset_name or default>/<split>.jsonl")
+    group.add_argument("--online", action="store_true",
+                       help="let lm-eval and datasets reach the hub (default: offline, HF_HUB_OFFLINE=1 for the run)")
+    group.add_argument("--skip-missing-data", action=argparse.BooleanOptionalAction, default=None,
+                       help="skip a task whose data is not local, one line each, and mark the table partial "
+                            "(default: on when offline; --no-skip-missing-data makes it an error)")
     group.add_argument("--include-path", action="append", default=[], help="another folder of task YAMLs")
     group.add_argument("--num-fewshot", type=int, default=None, help="--tasks only")
     group.add_argument("--apply-chat-template", action="store_true", help="--tasks only: render prompts as chat")
@@ -132,15 +143,40 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any] | None:
         catalog.require_generative(t)
     _warn_code(tasks, args)
     set_exec_limits(args)
-    built = [task for t in tasks for task in catalog.build(t, args.data_dir)]
+    from .runner import build_tasks
+
+    by_name, skipped = build_tasks(catalog, [(t, t) for t in tasks], args)
+    if not by_name:
+        raise FileNotFoundError(
+            f"no task has local data (skipped: {', '.join(f'{k} ({v})' for k, v in skipped.items())}); "
+            "pass --data-dir DIR with DIR/<dataset>/<split>.jsonl, or run with --online"
+        )
+    built = [task for t in tasks for task in by_name.get(t, [])]
     lm = make_lm(args, think_injection=args.apply_chat_template and not args.no_think_injection)
-    return simple_evaluate(
+    results = simple_evaluate(
         lm, built, args,
         num_fewshot=args.num_fewshot,
         gen_kwargs=args.gen_kwargs,
         apply_chat_template=args.apply_chat_template,
         fewshot_as_multiturn=False,
     )
+    if results is not None:
+        results["tide_skipped"] = skipped
+        mark_limited(results)
+    return results
+
+
+def mark_limited(results: dict[str, Any]) -> list[str]:
+    """Append ``(n=2 of 164)`` to the table name (lm-eval's ``alias``) of each task
+    scored on fewer documents than it has (``--limit``); the marked names."""
+    marked = []
+    for task, counts in (results.get("n-samples") or {}).items():
+        n, total = int(counts.get("effective", 0)), int(counts.get("original", 0))
+        row = (results.get("results") or {}).get(task)
+        if row is not None and 0 < total and n < total:
+            row["alias"] = f"{row.get('alias', task)} (n={n} of {total})"
+            marked.append(task)
+    return marked
 
 
 def write_results(results: dict[str, Any], output_dir: str | Path, model: str) -> Path:
@@ -162,6 +198,13 @@ def write_results(results: dict[str, Any], output_dir: str | Path, model: str) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from .runtime import hub_access, lm_eval_notes
+
+    with hub_access(online=args.online), lm_eval_notes():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.list_tasks:
         from .taskdefs import TaskCatalog
 
@@ -188,6 +231,9 @@ def run(args: argparse.Namespace) -> int:
     if results.get("groups"):
         print(make_table(results, "groups"))
     print(f"sampler: {json.dumps(results['sampler'])}")
+    skipped = results.get("tide_skipped") or {}
+    if skipped:
+        print(f"partial: skipped for lack of local data: {', '.join(f'{k} ({v})' for k, v in skipped.items())}")
     path = write_results(results, args.output_dir, args.model)
     print(f"results written to {path}")
     return 0

@@ -14,7 +14,6 @@ the generative variants to use instead.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +25,7 @@ import lm_eval.models  # noqa: F401  - fill lm-eval's registry before adding our
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from tide_plugin import jsonio
 from tide_plugin.checkpoints import TIDE_CONFIG_NAME  # written by the trainer next to the student
 
 from .decoders import DEFAULT_DECODER, get_decoder, parse_decoder_args
@@ -67,7 +67,7 @@ def read_tide_config(path: Path) -> dict[str, Any]:
     file = Path(path) / TIDE_CONFIG_NAME
     if not file.is_file():
         return {}
-    data = json.loads(file.read_text())
+    data = jsonio.read(file)
     if not isinstance(data, dict):
         raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
     return {k: v for k, v in data.items() if v is not None}

@@ -28,16 +28,23 @@ def task_score(task: SuiteTask, results: dict[str, Any], leaves: list[str]) -> t
     return (100.0 * total / n_all if n_all else math.nan), n_all
 
 
-def build_table(suite: Suite, scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``{"rows": [...], "average": {...}, "columns": [...]}`` in the suite's task order."""
+def build_table(suite: Suite, scores: dict[str, dict[str, Any]], skipped: dict[str, str] | None = None) -> dict[str, Any]:
+    """``{"rows": [...], "average": {...}, "columns": [...], "partial": bool, "skipped": {...}}``
+    in the suite's task order. ``skipped`` maps the rows not run to the dataset they
+    lacked; a table with any is partial, and its ``ours`` average is left empty. A
+    row scored on fewer documents than the task has (``--limit``) is ``limited``."""
+    skipped = dict(skipped or {})
     columns = [*suite.published, "ours"]
     rows = []
     for t in suite.tasks:
-        row = {"task": t.name, "label": t.label}
+        row: dict[str, Any] = {"task": t.name, "label": t.label}
         for col, vals in suite.published.items():
             row[col] = vals.get(t.name)
-        row["ours"] = scores.get(t.name, {}).get("score")
-        row["n"] = scores.get(t.name, {}).get("n")
+        got = scores.get(t.name, {})
+        row["ours"], row["n"], row["n_total"] = got.get("score"), got.get("n"), got.get("n_total")
+        row["limited"] = bool(row["n"] is not None and row["n_total"] and row["n"] < row["n_total"])
+        if t.name in skipped:
+            row["skipped"] = skipped[t.name]
         rows.append(row)
     average: dict[str, float | None] = {}
     for col in columns:
@@ -45,16 +52,31 @@ def build_table(suite: Suite, scores: dict[str, dict[str, Any]]) -> dict[str, An
         average[col] = None if any(v is None for v in vals) else sum(vals) / len(vals)
         if col in suite.published_average:
             average[col] = suite.published_average[col]
-    return {"suite": suite.name, "columns": columns, "rows": rows, "average": average}
+    return {"suite": suite.name, "columns": columns, "rows": rows, "average": average,
+            "partial": bool(skipped), "skipped": skipped}
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """The row's label, with ``(n=2 of 164)`` when it was scored on part of the task."""
+    return f"{row['label']} (n={row['n']} of {row['n_total']})" if row.get("limited") else str(row["label"])
 
 
 def to_markdown(table: dict[str, Any]) -> str:
     cols = table["columns"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    lines = ["| Benchmark | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for r in table["rows"]:
-        lines.append(f"| {r['label']} | " + " | ".join(fmt(r[c]) for c in cols) + " |")
+    rows = table["rows"]
+    lines = []
+    skipped = table.get("skipped") or {}
+    if skipped:
+        labels = {r["task"]: r["label"] for r in rows}
+        lines += [f"**Partial table**: {len(skipped)} of {len(rows)} tasks skipped for lack of local data: "
+                  + ", ".join(f"{labels.get(k, k)} ({v})" for k, v in skipped.items()) + ".", ""]
+    lines += ["| Benchmark | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in rows:
+        lines.append(f"| {row_label(r)} | " + " | ".join(fmt(r[c]) for c in cols) + " |")
     lines.append("| Avg | " + " | ".join(fmt(table["average"][c]) for c in cols) + " |")
+    if any(r.get("limited") for r in rows):
+        lines += ["", "n=a of b: scored on a of the task's b documents (--limit); not comparable with full runs."]
     return "\n".join(lines) + "\n"
 
 

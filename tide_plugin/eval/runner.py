@@ -65,8 +65,43 @@ def simple_evaluate(lm: Any, tasks: list[Any], args: argparse.Namespace, **proto
     )
 
 
+def skip_missing(args: argparse.Namespace) -> bool:
+    """Whether a task without local data is skipped (one line each) rather than an
+    error: ``--skip-missing-data`` / ``--no-skip-missing-data``, by default when
+    offline (no ``--online``, or the environment says so)."""
+    from .runtime import offline_by_environment
+
+    choice = getattr(args, "skip_missing_data", None)
+    if choice is not None:
+        return bool(choice)
+    return not getattr(args, "online", False) or offline_by_environment()
+
+
+def build_tasks(catalog: Any, names: list[tuple[str, str]], args: argparse.Namespace) -> tuple[dict[str, list[Any]], dict[str, str]]:
+    """``{row: built tasks}`` for each ``(row name, lm-eval task)`` and ``{row: dataset}``
+    for those skipped for lack of data (when :func:`skip_missing`; else the first
+    missing dataset is an error), each skip said in one line."""
+    from .taskdefs import MissingDataError
+
+    skip = skip_missing(args)
+    built: dict[str, list[Any]] = {}
+    skipped: dict[str, str] = {}
+    for row, task in names:
+        try:
+            built[row] = catalog.build(task, args.data_dir)
+        except MissingDataError as exc:
+            if not skip:
+                raise
+            skipped[row] = exc.dataset
+            if os.environ.get("RANK", "0") == "0":
+                print(f"tide eval: {row}: skipped, no local data for {exc.dataset} (offline); put its splits in "
+                      f"DATA_DIR/{exc.dataset}/<split>.jsonl and pass --data-dir, or run with --online",
+                      file=sys.stderr)
+    return built, skipped
+
+
 def run_suite(args: argparse.Namespace, suite: Suite) -> dict[str, Any] | None:
-    """Every task of ``suite``; returns the table on rank 0, ``None`` elsewhere."""
+    """Every task of ``suite`` that has data; returns the table on rank 0, ``None`` elsewhere."""
     from .report import build_table, task_score, to_markdown, write_table
     from .taskdefs import TaskCatalog
 
@@ -76,21 +111,32 @@ def run_suite(args: argparse.Namespace, suite: Suite) -> dict[str, Any] | None:
         catalog.require_generative(t.task)
     out = Path(args.output_dir)
     set_exec_limits(args)
-    lm = None
     scores: dict[str, dict[str, Any]] = {}
+    todo = []
     for t in suite.tasks:
         done = out / f"{t.name}.json"
         if done.is_file() and not args.overwrite:
             scores[t.name] = json.loads(done.read_text())["tide"]
             print(f"tide eval: {t.name}: results exist in {done}, skipped (--overwrite to redo)", file=sys.stderr)
+        else:
+            todo.append(t)
+    # every task's data before the model loads: what is missing is known at once
+    built, skipped = build_tasks(catalog, [(t.name, t.task) for t in todo], args)
+    if skipped and not built and not scores:
+        raise FileNotFoundError(
+            f"suite {suite.name!r}: no task has local data (skipped: {', '.join(f'{k} ({v})' for k, v in skipped.items())}); "
+            "pass --data-dir DIR with DIR/<dataset>/<split>.jsonl, or run with --online"
+        )
+    lm = None
+    for t in todo:
+        if t.name not in built:
             continue
-        tasks = catalog.build(t.task, args.data_dir)
         if lm is None:
             lm = make_lm(args, block_size=t.block_size, think_injection=t.think_injection and not args.no_think_injection)
         _apply_protocol(lm, t, args)
         start = time.monotonic()
         results = simple_evaluate(
-            lm, tasks, args,
+            lm, built.pop(t.name), args,
             num_fewshot=t.num_fewshot,
             gen_kwargs=f"max_gen_toks={t.max_new_tokens}",
             apply_chat_template=t.chat_template,
@@ -99,19 +145,27 @@ def run_suite(args: argparse.Namespace, suite: Suite) -> dict[str, Any] | None:
         if lm.rank == 0 and results is not None:
             leaves = catalog.leaves(t.task)
             score, n = task_score(t, results, leaves)
-            scores[t.name] = {"task": t.task, "score": score, "n": n, "metric": t.metric,
-                              "seconds": round(time.monotonic() - start, 1), "processes": lm.world_size}
+            scores[t.name] = {"task": t.task, "score": score, "n": n, "n_total": document_count(results, leaves),
+                              "metric": t.metric, "seconds": round(time.monotonic() - start, 1),
+                              "processes": lm.world_size}
             _write_task(results, scores[t.name], out, t, args)
-            print(f"tide eval: {t.name}: {score:.2f} ({t.metric}, {n} problems)", file=sys.stderr)
+            of = f" of {scores[t.name]['n_total']}" if scores[t.name]["n_total"] > n else ""
+            print(f"tide eval: {t.name}: {score:.2f} ({t.metric}, {n}{of} problems)", file=sys.stderr)
         lm.barrier()
     if lm is not None and lm.rank != 0:
         return None
-    table = build_table(suite, scores)
+    table = build_table(suite, scores, skipped=skipped)
     table["model"] = str(args.model)
     paths = write_table(table, out)
     print(to_markdown(table))
     print(f"results written to {paths[0]} and {paths[1]}")
     return table
+
+
+def document_count(results: dict[str, Any], leaves: list[str]) -> int:
+    """The documents the task has (lm-eval's ``n-samples.original``), summed over a group's subtasks."""
+    counts = results.get("n-samples", {})
+    return sum(int((counts.get(leaf) or {}).get("original", (counts.get(leaf) or {}).get("effective", 0))) for leaf in leaves)
 
 
 def _apply_protocol(lm: Any, t: SuiteTask, args: argparse.Namespace) -> None:

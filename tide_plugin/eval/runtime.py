@@ -1,11 +1,15 @@
 """What ``tide eval`` needs around the model: the checkpoint-folder check, the
-process group (one process or ``accelerate launch``), and the empty think
-block of the paper's protocol."""
+process group (one process or ``accelerate launch``), the empty think block of
+the paper's protocol, and hub access (off unless ``--online``)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +95,84 @@ def barrier() -> None:
     import torch.distributed as dist
 
     dist.barrier()
+
+
+# -- hub access --------------------------------------------------------------------
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+# the copies the libraries take of the environment when they are imported
+_OFFLINE_FLAGS = (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
+                  ("datasets.config", "HF_DATASETS_OFFLINE"))
+
+
+def offline_by_environment() -> bool:
+    """The user's environment already asks for no hub access."""
+    return any(os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE") for k in OFFLINE_ENV)
+
+
+@contextlib.contextmanager
+def hub_access(online: bool) -> Iterator[None]:
+    """Unless ``online``: no hub access for the run (``HF_HUB_OFFLINE=1``,
+    ``HF_DATASETS_OFFLINE=1``, and the flags of the libraries already imported),
+    so a dataset that is not local fails at once instead of after the hub client's
+    retries (~23 s per dataset without a network). Restored on exit."""
+    if online:
+        yield
+        return
+    saved_env = {k: os.environ.get(k) for k in OFFLINE_ENV}
+    saved_flags: list[tuple[Any, str, Any]] = []
+    os.environ.update({k: "1" for k in OFFLINE_ENV})
+    for module_name, attr in _OFFLINE_FLAGS:
+        module = sys.modules.get(module_name)
+        if module is not None and hasattr(module, attr):
+            saved_flags.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, True)
+    try:
+        yield
+    finally:
+        for module, attr, value in reversed(saved_flags):
+            setattr(module, attr, value)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# -- lm-eval's log ------------------------------------------------------------------
+NOTES_LOGGER = "tide_plugin.eval.lm_eval"
+# lm-eval warnings about choices this package makes on purpose (the suite's protocol,
+# the task files' defaults): notes, logged at DEBUG
+LM_EVAL_NOTES = (
+    "Custom kwargs can be passed to `--metadata`",
+    "specified through cli, these settings will update set parameters",
+    "Overwriting default num_fewshot",
+    "is defined, but aggregation is not",
+    "is defined, but higher_is_better is not",
+    "No aggregation function defined for metric",
+    "appears to be an instruct or chat variant",
+    "model_args not specified",
+)
+
+
+class _LmEvalToOurs(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        note = record.levelno < logging.WARNING or any(n in message for n in LM_EVAL_NOTES)
+        logging.getLogger(NOTES_LOGGER).log(logging.DEBUG if note else record.levelno, "lm-eval: %s", message)
+
+
+@contextlib.contextmanager
+def lm_eval_notes() -> Iterator[None]:
+    """lm-eval's log goes to our logger ``tide_plugin.eval.lm_eval``: its notes
+    (:data:`LM_EVAL_NOTES`, and everything below WARNING) at DEBUG, its real
+    warnings at their level. Restored on exit."""
+    lm_logger = logging.getLogger("lm_eval")
+    handler = _LmEvalToOurs()
+    saved = lm_logger.propagate
+    lm_logger.addHandler(handler)
+    lm_logger.propagate = False
+    try:
+        yield
+    finally:
+        lm_logger.removeHandler(handler)
+        lm_logger.propagate = saved

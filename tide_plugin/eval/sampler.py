@@ -56,6 +56,7 @@ from .block_cache import (
     _model_device,
     _model_dtype,
     _new_cache,
+    cache_keyword,
 )
 from .decoders import DEFAULT_DECODER, describe, get_decoder, top_k_commit, transfer_schedule
 
@@ -301,6 +302,7 @@ def generate(
     rows = torch.arange(b, device=device)  # original index of each active row
     outputs: list[list[int] | None] = [None] * b
     cache = _new_cache(model) if cfg.use_cache else None
+    cache_key = cache_keyword(model)
     cached = 0  # columns whose keys/values are in the cache
 
     stop_tensor = torch.tensor(sorted(stop_ids), device=device) if stop_ids else None
@@ -320,7 +322,7 @@ def generate(
                 logits_to_keep=end - start,
             )
             if cfg.use_cache:
-                kwargs.update(past_key_values=cache, use_cache=True)
+                kwargs.update({cache_key: cache, "use_cache": True})
             else:
                 kwargs.update(use_cache=False)
             if on_forward is not None:

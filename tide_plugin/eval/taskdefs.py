@@ -30,6 +30,15 @@ GENERATIVE_VARIANTS = (
 _SPLIT_KEYS = ("test_split", "validation_split", "training_split", "fewshot_split")
 
 
+class MissingDataError(FileNotFoundError):
+    """A task's dataset is neither in ``--data-dir`` nor available from the hub or
+    its cache; ``task`` and ``dataset`` (``path/name``) say which."""
+
+    def __init__(self, message: str, task: str, dataset: str) -> None:
+        super().__init__(message)
+        self.task, self.dataset = task, dataset
+
+
 class TaskCatalog:
     """lm-eval's task index plus this package's tasks (and ``include_paths``)."""
 
@@ -110,10 +119,11 @@ class TaskCatalog:
                 if not _is_data_error(exc):
                     raise
                 where = dataset_id(spec)
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"task {name!r} ({spec['task']}) needs the dataset {where}, which is neither in --data-dir "
-                    f"nor available from the hub or its cache ({type(exc).__name__}); with a network it is "
-                    f"downloaded, offline put its splits in DATA_DIR/{where}/<split>.jsonl"
+                    f"nor available from the hub or its cache ({type(exc).__name__}); with a network (--online) "
+                    f"it is downloaded, offline put its splits in DATA_DIR/{where}/<split>.jsonl",
+                    task=name, dataset=where,
                 ) from None
             tasks.extend(built.values())
         return tasks

@@ -23,6 +23,7 @@ from typing import Any
 from ..batch import PipelineInfo
 from ..training.config import DistillArguments, check_training_values
 from ..training.loss import DistillLossMixin, dllm_nll_update
+from .dllm_schedulers import as_masking_schedule, dllm_scheduler_of, drive_noise
 
 try:
     from dllm.core.trainers import BD3LMConfig, BD3LMTrainer
@@ -57,15 +58,28 @@ class DllmDistillConfig(DistillArguments, BD3LMConfig):
 
 class DllmDistillBD3LMTrainer(DistillLossMixin, BD3LMTrainer):
     """TIDE distillation on dllm's ``BD3LMTrainer``; arguments as
-    :class:`~tide_plugin.training.DistillBD3LMTrainer`.
+    :class:`~tide_plugin.training.DistillBD3LMTrainer`, plus dllm's ``scheduler``.
+
+    ``scheduler`` (a dllm alpha scheduler or its name) drives the ``noise`` stage's
+    masking exactly (:func:`~tide_plugin.integrations.dllm_schedulers.drive_noise`;
+    refused in one line where the chain has no such stage). Without it the masking
+    schedule is ``args.masking_schedule`` and ``self.scheduler`` the dllm scheduler
+    with the same ``alpha(t)``.
 
     dllm's own metrics (``nll``, ``ppl`` and their ``eval_`` forms, reported by dllm's
     callback when the trainer evaluates) are fed every step as dllm feeds them
     (:func:`~tide_plugin.training.loss.dllm_nll_update`)."""
 
-    def __init__(self, *args: Any, teacher: Any, objective: Any, pipeline_info: PipelineInfo, projection: Any = None,
-                 **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, *args: Any, teacher: Any, objective: Any, pipeline_info: PipelineInfo, scheduler: Any = None,
+        projection: Any = None, **kwargs: Any,
+    ):
+        schedule = None if scheduler is None else as_masking_schedule(scheduler)
+        super().__init__(*args, scheduler=None if schedule is None else schedule.scheduler, **kwargs)
+        if schedule is not None:
+            drive_noise(self.data_collator, schedule, self.args)
+        else:
+            self.scheduler = dllm_scheduler_of(self.data_collator)
         self.setup_distillation(teacher=teacher, objective=objective, pipeline_info=pipeline_info,
                                 projection=projection)
 

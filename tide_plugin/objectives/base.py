@@ -47,10 +47,16 @@ def check_requirements(name: str, requirements: frozenset[str], info: PipelineIn
     if "pairs" in requirements and not info.has_pairs:
         problems.append(f"template-aligned pairs (a 'shared' pipeline), got pipeline {info.pipeline!r}")
     if "token_alignment" in requirements and not info.has_token_alignment:
-        problems.append(
-            f"token-level alignment (pipeline 'same' or 'shared'), got pipeline {info.pipeline!r}; "
-            "use a chunk-level objective (calm, reverse_calm, tidal_calm) across tokenizers"
-        )
+        if info.has_pairs:
+            problems.append(
+                f"position-by-position alignment (pipeline 'same'), got pipeline {info.pipeline!r}, whose teacher "
+                f"reads another template{aligned_hint(name)}"
+            )
+        else:
+            problems.append(
+                f"token-level alignment (pipeline 'same' or 'shared'), got pipeline {info.pipeline!r}; "
+                "use a chunk-level objective (calm, reverse_calm, tidal_calm) across tokenizers"
+            )
     if "timestep" in requirements and not info.has_timestep:
         problems.append("the diffusion timestep t")
     if "progress" in requirements and not info.has_progress:
@@ -59,6 +65,24 @@ def check_requirements(name: str, requirements: frozenset[str], info: PipelineIn
         problems.append("a vocabulary projection W from the teacher's tokens to the student's (built per tokenizer pair)")
     if problems:
         raise PipelineMismatchError(f"objective {name!r} needs " + "; ".join(problems))
+
+
+def aligned_names(name: str) -> list[str]:
+    """The registered names (aliases) of objective ``name`` that read template pairs
+    (their alias preset sets ``aligned=True``): ``tidal`` -> ``['taid_aligned']``."""
+    from ..registry import UnknownPluginError, get_registry
+
+    try:
+        spec = get_registry().resolve("objective", name).spec
+    except UnknownPluginError:
+        return []
+    return [alias for alias, preset in spec.alias_config.items() if preset.get("aligned") is True]
+
+
+def aligned_hint(name: str) -> str:
+    """``"; use 'taid_aligned' (template pairs)"`` for ``name``, or ``""`` when it has no such name."""
+    names = aligned_names(name)
+    return f"; use {' or '.join(repr(n) for n in names)} (template pairs)" if names else ""
 
 
 def unit_count(batch: DistillBatch, unit: Unit) -> Tensor:
@@ -102,6 +126,9 @@ class Objective(abc.ABC):
     as :class:`~tide_plugin.objectives.fused.ProjectedLogits` (it reads them only through
     :mod:`~tide_plugin.objectives.fused`). The trainer's fused output layer is used only
     when every objective says so; others get full ``[b, L, V]`` logits."""
+    reads_teacher: ClassVar[bool] = True
+    """False for an objective that never reads ``inputs.teacher_logits`` (the CE-only
+    control, ``none``): the trainer then builds no teacher and runs no teacher forward."""
     config: Any
 
     @property
@@ -160,6 +187,7 @@ class ComposedObjective(Objective):
                     raise ValueError(f"composed objective: {seen[part]!r} and {c.name!r} both return the part {part!r}")
                 seen[part] = c.name
         self.supports_projected_logits = all(getattr(c, "supports_projected_logits", False) for c in self.components)
+        self.reads_teacher = any(getattr(c, "reads_teacher", True) for c in self.components)
         tidal = [c.name for c in self.components if getattr(c, "interpolates_teacher", False)]
         reverse = [c.name for c in self.components if getattr(c, "direction", "forward") == "reverse"]
         if tidal and reverse:
@@ -208,6 +236,8 @@ __all__ = [
     "Direction",
     "Objective",
     "PipelineMismatchError",
+    "aligned_hint",
+    "aligned_names",
     "check_requirements",
     "check_temperature_weight",
     "unit_count",

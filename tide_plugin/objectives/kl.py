@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
-from .base import Objective, check_temperature_weight
+from .base import Objective, aligned_hint, check_temperature_weight
 from .functional import aligned_rows, masked_rows
 from .fused_token import token_divergence
 
@@ -66,7 +66,7 @@ def token_rows(inputs: DistillInputs, aligned: bool, who: str) -> tuple[Tensor, 
     if s_len != t_len:
         raise ValueError(
             f"objective {who!r} compares position by position but student length {s_len} != teacher length "
-            f"{t_len}; use the template-aligned variant (aligned=True, e.g. '{who}_aligned')"
+            f"{t_len}{aligned_hint(who) or '; set aligned=True (template pairs)'}"
         )
     b_idx, pos = masked_rows(batch.masked)
     return b_idx, pos, pos

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,20 @@ class TidalConfig:
             raise ValueError(f"aligned must be True or False, got {self.aligned!r}")
         if not isinstance(self.schedule, str) or not self.schedule:
             raise ValueError(f"schedule must be a strength schedule's registered name, got {self.schedule!r}")
+
+    @classmethod
+    def option_names(cls, config: Mapping[str, Any]) -> list[str]:
+        """This class's fields and the options of the strength schedule that
+        ``config`` names (the registry's unknown-option check reads them)."""
+        from ..registry import accepted_options, get_registry
+
+        own = [f.name for f in dataclasses.fields(cls)]
+        name = config.get("schedule", "tidal")
+        try:
+            spec = get_registry().resolve("strength_schedule", name).spec
+        except (KeyError, ValueError):  # an unknown schedule is reported when it is built
+            return own
+        return own + (accepted_options(spec) or [])
 
     @property
     def requirements(self) -> frozenset[Requirement]:

@@ -1,9 +1,9 @@
 """The study's arms, each one run of the distillation trainer (the code users run):
 the same student init, steps, learning rate, data order and noise per seed.
 
-``BD3LM`` is the trainer with the CE term alone: its teacher and objective are swapped
-for ones that do nothing, so it pays no teacher forward (that is what CE-only training
-costs). ``BD3LM (equal compute)`` is the same given the distilled arms' mean wall-clock.
+``BD3LM`` is the trainer with the CE term alone (objective ``none``, the CE-only
+control): no teacher is built and no teacher forward is paid (that is what CE-only
+training costs), while the collators draw the same noise as the distilled arms. ``BD3LM (equal compute)`` is the same given the distilled arms' mean wall-clock.
 """
 
 from __future__ import annotations
@@ -93,46 +93,6 @@ def check_arm(name: str) -> None:
                              f"take ({exc})") from exc
 
 
-class _NoTeacher:
-    """A CE-only run's teacher: never asked for logits (the objective needs none)."""
-
-    mask_token_id = None
-
-    def to(self, device: Any) -> _NoTeacher:  # noqa: ARG002
-        return self
-
-    def __call__(self, batch: Any) -> None:  # noqa: ARG002
-        return None
-
-    def projected_logits(self, batch: Any) -> None:  # noqa: ARG002 - the fused output layer's call
-        return None
-
-
-class _NoObjective:
-    """A CE-only run's objective: no parts, so it reads no logits (fused or not)."""
-
-    name = "none"
-    requirements: frozenset = frozenset()
-    units: dict = {}
-    supports_projected_logits = True
-
-    def check_pipeline(self, info: Any) -> None:  # noqa: ARG002
-        return None
-
-    def __call__(self, inputs: Any) -> dict:  # noqa: ARG002
-        return {}
-
-    def metrics(self, inputs: Any) -> dict:  # noqa: ARG002
-        return {}
-
-
-def make_ce_only(trainer: Any) -> None:
-    """Make a built trainer train the CE term alone: its teacher and objective are
-    swapped for ones that do nothing (no teacher forward), while its data order, collator
-    chain and noise stay those of the run it was built for."""
-    trainer.teacher, trainer.objective = _NoTeacher(), _NoObjective()
-
-
 @dataclass(frozen=True)
 class RunSettings:
     """What every arm shares."""
@@ -158,7 +118,7 @@ def distill_config(spec: ArmSpec, settings: RunSettings, *, seed: int, steps: in
         noise["chunk_noise"] = spec.chunk_noise or "unbiased"  # every A arm says which noise it trains on
     return DistillConfig(
         output_dir=output_dir,
-        objective=spec.objective or ("reverse_calm" if spec.pipeline == "A" else "kl_aligned"),
+        objective=spec.objective or "none",
         objective_config=dict(spec.options) if spec.options else None,
         use_comp_demo=spec.comp_demo,
         max_length=settings.max_length,
@@ -235,8 +195,6 @@ def run_arm(
         )
         for noisy in (transformers.PrinterCallback, transformers.trainer_callback.ProgressCallback):
             trainer.remove_callback(noisy)  # the study draws its own progress bar
-        if spec.objective is None:
-            make_ce_only(trainer)
         start = time.time()
         trainer.train()
         wall = time.time() - start - eval_time[0]  # training only: the curve's evaluations excluded

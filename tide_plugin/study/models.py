@@ -129,9 +129,26 @@ def save_model(model: torch.nn.Module, folder: Path) -> None:
     model.to(torch.float32)
     config = folder / "config.json"
     data = json.loads(config.read_text())
-    if "num_local_experts" in data and "num_experts" not in data:
-        data["num_experts"] = data["num_local_experts"]  # transformers 4.57's name (else its default, 128)
-        config.write_text(json.dumps(data, indent=2) + "\n")
+    both = both_stacks_config(data)
+    if both != data:
+        config.write_text(json.dumps(both, indent=2) + "\n")
+
+
+def both_stacks_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` written by transformers 5 with the keys transformers 4.57 reads
+    beside the 5.x ones (same values), so both stacks build the same model: ``num_experts``
+    (5.x: ``num_local_experts``; else 4.57's default, 128), ``rope_theta`` and, for a
+    non-default rope type, ``rope_scaling`` (5.x: both inside ``rope_parameters``; else
+    4.57's default theta)."""
+    out = dict(data)
+    if "num_local_experts" in out and "num_experts" not in out:
+        out["num_experts"] = out["num_local_experts"]
+    rope = out.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        out.setdefault("rope_theta", rope["rope_theta"])
+        if rope.get("rope_type", "default") != "default":
+            out.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+    return out
 
 
 def load_model(folder: Path) -> torch.nn.Module:

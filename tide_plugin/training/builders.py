@@ -4,6 +4,7 @@ and :func:`build_trainer` (teacher adapter, objective, collators, trainer)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,6 +18,9 @@ from ..hookspecs import RunContext
 from ..pipelines import get_pipeline
 from .config import DistillConfig
 from .loss import DistillBD3LMTrainer, DistillCollator
+from .report import use_console_table
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..alignment.projection import VocabProjection
@@ -68,7 +72,7 @@ def run_context(
         # the reference's --teacher_pad_token_id / --teacher_eos_token_id beat the tokenizer's
         teacher_pad_id=int(teacher_pad_id if config.teacher_pad_token_id is None else config.teacher_pad_token_id),
         teacher_eos_id=teacher_eos_id if config.teacher_eos_token_id is None else int(config.teacher_eos_token_id),
-        max_length=config.max_length,
+        max_length=getattr(config, "max_length", None),  # DistillConfig's; a dllm run truncates with its DataArguments
         teacher_max_length=config.teacher_max_length,
         masking_schedule=config.masking_schedule,
         time_epsilon=float(config.time_epsilon),
@@ -128,6 +132,62 @@ def _teacher_special_ids(tok: Any) -> dict[str, int]:
     return out
 
 
+def _dtype_names(dtypes: set[torch.dtype]) -> str:
+    return "/".join(sorted(str(d).removeprefix("torch.") for d in dtypes)) or "float32"
+
+
+def settle_student_dtype(student: torch.nn.Module, config: DistillConfig, saved: str | None = None) -> str:
+    """Train in float32 unless ``config.dtype`` asks otherwise: a half-precision student
+    (saved in bfloat16, say) is cast to float32 in place when ``dtype`` is unset, so
+    AdamW's small updates are not rounded away (mixed precision, ``--bf16``, computes
+    in bfloat16 over these float32 weights). Returns one line saying what it trains in;
+    ``saved`` names the dtype its folder holds, when known."""
+    asked = getattr(config, "dtype", None)  # the CLI's --dtype; a plain DistillConfig has none
+    dtypes = {p.dtype for p in student.parameters() if p.is_floating_point()}
+    half = dtypes & {torch.bfloat16, torch.float16}
+    if half and asked is None:
+        saved = saved or _dtype_names(half)
+        student.to(torch.float32)
+        dtypes, half = {torch.float32}, set()
+    now = _dtype_names(dtypes)
+    line = f"the student trains in {now} weights"
+    if saved and saved != now:
+        line += f" (saved as {saved}" + (f"; --dtype {saved} trains in that)" if asked is None else ")")
+    if half:
+        line += f" (--dtype {asked}): AdamW updates below half a {now} step of a weight are lost"
+    amp = "bfloat16" if config.bf16 else "float16" if config.fp16 else None
+    return line + (f", computing in {amp} (mixed precision)" if amp else "")
+
+
+def build_teacher(config: DistillConfig, teacher_model: torch.nn.Module | str, teacher_tokenizer: Any = None) -> Any:
+    """The teacher adapter ``config.teacher`` around ``teacher_model`` (a module or a folder)."""
+    from ..registry import get_registry, get_teacher
+
+    teacher_kwargs: dict[str, Any] = {
+        "mask_token_id": config.teacher_mask_token_id,
+        "dtype": config.teacher_dtype,
+        "sequential_views": config.sequential_views,
+        "load_in_4bit": config.teacher_load_in_4bit,
+    }
+    # Options the adapter's config declares (the block-diffusion layout, for one) are
+    # passed through, whichever plugin provides the adapter.
+    teacher_cls = get_registry().resolve("teacher", config.teacher).spec.config_cls
+    teacher_fields = {f.name for f in dataclasses.fields(teacher_cls)} if dataclasses.is_dataclass(teacher_cls) else set()
+    teacher_eos = config.teacher_eos_token_id
+    if teacher_eos is None and teacher_tokenizer is not None:
+        teacher_eos = getattr(teacher_tokenizer, "eos_token_id", None)
+    for key, value in (
+        ("concat_order", config.concat_order),
+        ("block_size", int(config.block_size)),
+        ("attn_implementation", config.teacher_attn_implementation),
+        ("eos_token_id", teacher_eos),  # the block teacher's EOS padding (SPEC 1.1)
+    ):
+        if key in teacher_fields and value is not None:
+            teacher_kwargs[key] = value
+    teacher_kwargs.update(config.teacher_config)
+    return get_teacher(config.teacher, model=teacher_model, **teacher_kwargs)
+
+
 def run_projection(
     config: DistillConfig,
     teacher_tokenizer: Any,
@@ -169,7 +229,7 @@ def build_trainer(
     config: DistillConfig,
     *,
     student: torch.nn.Module,
-    teacher_model: torch.nn.Module | str,
+    teacher_model: torch.nn.Module | str | None,
     train_dataset: Any,
     student_tokenizer: Any = None,
     student_mask_id: int | None = None,
@@ -178,16 +238,29 @@ def build_trainer(
     backend: str = "auto",
     callbacks: Sequence[Any] | None = None,
     projection: VocabProjection | None = None,
+    eval_dataset: Any = None,
+    heldout: Any = None,
+    scheduler: Any = None,
 ) -> transformers.Trainer:
     """Assemble teacher adapter, objective, collator chain and trainer from ``config``.
+
+    An objective that reads no teacher (``none``, the CE-only control) gets none:
+    ``teacher_model`` may then be ``None`` and is not loaded.
 
     :param projection: the vocabulary projection ``W`` for an objective that requires
         ``projection`` (ignored by others). ``None``: built from ``teacher_tokenizer`` and
         ``student_tokenizer`` (:func:`run_projection`). It is padded to both models' output
         sizes, so ``inputs.projection`` is ``[V_T, V_S]`` of the logits, and moved to the
         student's device.
+    :param eval_dataset: rows like ``train_dataset``'s, what ``trainer.evaluate()``
+        scores: ``eval_loss``, plus dllm's ``eval_nll`` / ``eval_ppl`` on the dllm backend.
+    :param heldout: a chat JSONL path or conversations: adds ``eval_heldout_bpb`` and
+        ``eval_heldout_bpb_se``, the student's held-out bits per UTF-8 byte
+        (:func:`~tide_plugin.training.heldout.heldout_bpb_scorer`; needs the tokenizer).
+    :param scheduler: a dllm alpha scheduler or its name; drives the ``noise`` stage's
+        masking (:func:`tide_plugin.integrations.dllm_schedulers.drive_noise`).
     """
-    from ..registry import get_objective, get_teacher
+    from ..registry import get_objective
 
     if config.pipeline is None:
         raise ValueError("config.pipeline is unset: choose same | shared | cross (or a mode that implies one)")
@@ -213,34 +286,17 @@ def build_trainer(
     info = PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size,
                         has_projection=projection is not None)
     objective.check_pipeline(info)  # before any model work
-    teacher_kwargs: dict[str, Any] = {
-        "mask_token_id": config.teacher_mask_token_id,
-        "dtype": config.teacher_dtype,
-        "sequential_views": config.sequential_views,
-        "load_in_4bit": config.teacher_load_in_4bit,
-    }
-    from ..registry import get_registry
-
-    # Options the adapter's config declares (the block-diffusion layout, for one) are
-    # passed through, whichever plugin provides the adapter.
-    teacher_cls = get_registry().resolve("teacher", config.teacher).spec.config_cls
-    teacher_fields = {f.name for f in dataclasses.fields(teacher_cls)} if dataclasses.is_dataclass(teacher_cls) else set()
-    teacher_eos = config.teacher_eos_token_id
-    if teacher_eos is None and teacher_tokenizer is not None:
-        teacher_eos = getattr(teacher_tokenizer, "eos_token_id", None)
-    for key, value in (
-        ("concat_order", config.concat_order),
-        ("block_size", int(config.block_size)),
-        ("attn_implementation", config.teacher_attn_implementation),
-        ("eos_token_id", teacher_eos),  # the block teacher's EOS padding (SPEC 1.1)
-    ):
-        if key in teacher_fields and value is not None:
-            teacher_kwargs[key] = value
-    teacher_kwargs.update(config.teacher_config)
-    teacher = get_teacher(config.teacher, model=teacher_model, **teacher_kwargs)
-    teacher_mask = config.teacher_mask_token_id
-    if teacher_mask is None:
-        teacher_mask = teacher.mask_token_id if get_pipeline(config.pipeline).has_teacher_ids else mask_id
+    if getattr(objective, "reads_teacher", True):
+        teacher = build_teacher(config, teacher_model, teacher_tokenizer)
+        teacher_mask = config.teacher_mask_token_id
+        if teacher_mask is None:
+            teacher_mask = teacher.mask_token_id if get_pipeline(config.pipeline).has_teacher_ids else mask_id
+    else:
+        # CE only: no teacher adapter, no teacher forward; the collators run as in a
+        # distilled run of this pipeline (the teacher mask id only fills teacher ids
+        # nobody reads, and draws nothing from the noise stream)
+        teacher = None
+        teacher_mask = config.teacher_mask_token_id if config.teacher_mask_token_id is not None else mask_id
     collator = build_collator(
         config,
         student_eos_id=int(eos_id),
@@ -254,6 +310,7 @@ def build_trainer(
         projection = projection.padded(v_t or projection.teacher_vocab_size, v_s or projection.student_vocab_size)
     student.config.mask_token_id = int(mask_id)
     student.config.block_size = int(config.block_size)
+    logger.info(settle_student_dtype(student, config))
     cls = trainer_class(backend)
     kwargs: dict[str, Any] = {
         "model": student,
@@ -266,4 +323,19 @@ def build_trainer(
         kwargs["processing_class"] = tok
     if projection is not None:
         kwargs["projection"] = projection
-    return cls(teacher=teacher, objective=objective, pipeline_info=info, **kwargs)
+    if eval_dataset is not None:
+        kwargs["eval_dataset"] = eval_dataset
+    if scheduler is not None:
+        if cls is DistillBD3LMTrainer:  # dllm's trainer takes it itself
+            from ..integrations.dllm_schedulers import drive_noise
+
+            drive_noise(collator, scheduler, config)
+        else:
+            kwargs["scheduler"] = scheduler
+    trainer = cls(teacher=teacher, objective=objective, pipeline_info=info, **kwargs)
+    if heldout is not None:
+        from .heldout import heldout_bpb_scorer
+
+        trainer.heldout_scorer = heldout_bpb_scorer(heldout, tok, block_size=int(config.block_size))
+    use_console_table(trainer)  # the key numbers on the console; every logged key in metrics.json
+    return trainer

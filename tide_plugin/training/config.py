@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import transformers
 
 from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
+from ..jsonio import loads as json_loads
 from ..pipelines import CHUNK_NOISE_RULES, PIPELINES, get_pipeline
 from .compat import one_config_mixed_precision, settle_warmup_ratio
 LOSS_WEIGHT_TYPES = ("elbo", "uniform")
@@ -36,10 +36,7 @@ def _parse_mapping(value: Any, name: str) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, str):
-        try:
-            out = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{name} must be a JSON object, got {value!r}: {exc}") from exc
+        out = json_loads(value, name)
         if isinstance(out, dict):
             return out
     raise ValueError(f"{name} must be a mapping or a JSON object string, got {value!r}")
@@ -86,8 +83,17 @@ class DistillArguments:
     arguments too: ``alm_weight`` / ``kl_weight`` / ``taid_weight`` (weights of chunk,
     KL and token-TIDAL objectives), ``use_complementary_demo``, ``taid_lambda_decay``,
     ``max_teacher_length`` (reference names of ours), ``teacher_attn_implementation``,
-    ``teacher_eos_token_id``, ``teacher_pad_token_id``, ``dtype``; options without an
+    ``teacher_eos_token_id``, ``teacher_pad_token_id``; options without an
     effect here are listed by :meth:`reference_notes`, unsupported values refused.
+
+    No field shares a name with dllm's ``ModelArguments``, ``DataArguments`` or
+    ``TrainingArguments``, so these parse beside them in one ``HfArgumentParser``
+    (:mod:`tide_plugin.integrations.dllm_args`); the fields dllm's ``BD3LMConfig``
+    adds (``block_size``, ``time_epsilon``, ``loss_weight_type``, ``loss_norm_type``,
+    ``right_shift_logits``) have dllm's meaning. The student's truncation length is
+    dllm's ``max_length`` (``DataArguments``; :class:`DistillConfig` has its own); the
+    reference's model flags (``dtype``, ``lora``, ...) are the CLI's
+    (:mod:`tide_plugin.cli.reference_args`).
     """
 
     objective: str = field(
@@ -131,7 +137,6 @@ class DistillArguments:
     )
     loss_norm_type: str = field(default="token", metadata={"help": "CE normalisation: token | sequence | batch"})
     right_shift_logits: bool = field(default=False, metadata={"help": "(dllm compatibility; must stay False)"})
-    max_length: int | None = field(default=None, metadata={"help": "student truncation length"})
     teacher_max_length: int | None = field(default=None, metadata={"help": "teacher truncation length"})
     noise_seed: int | None = field(default=None, metadata={"help": "seed of the noise / CompDemo streams (default seed)"})
     chunk_noise: str = field(
@@ -172,15 +177,6 @@ class DistillArguments:
     )
     teacher_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
     student_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
-    dtype: str | None = field(default=None, metadata={"help": "student dtype when loading a folder: auto | float32 | bfloat16 | float16"})
-    load_in_4bit: bool = field(default=False, metadata={"help": "(reference; 4-bit students are refused: full weights are trained)"})
-    lora: bool = field(default=False, metadata={"help": "(reference; LoRA is refused: full weights are trained)"})
-    target_modules: str | None = field(default=None, metadata={"help": "(reference LoRA option)"})
-    r: int | None = field(default=None, metadata={"help": "(reference LoRA option)"})
-    lora_alpha: int | None = field(default=None, metadata={"help": "(reference LoRA option)"})
-    lora_dropout: float | None = field(default=None, metadata={"help": "(reference LoRA option)"})
-    bias: str | None = field(default=None, metadata={"help": "(reference LoRA option)"})
-    modules_to_save: str | None = field(default=None, metadata={"help": "(reference LoRA option)"})
 
     # -- validation and resolution ------------------------------------------------
     def _distill_post_init(self) -> None:
@@ -221,9 +217,10 @@ class DistillArguments:
             raise ValueError(f"time_epsilon {self.time_epsilon} must lie in (0, 1)")
         if int(self.block_size) <= 0:
             raise ValueError(f"block_size {self.block_size} must be a positive integer")
-        if self.max_length is not None and "distill_pad" in self.collator_names() and int(self.max_length) % int(self.block_size):
+        max_length = getattr(self, "max_length", None)  # DistillConfig's; dllm's DataArguments hold theirs
+        if max_length is not None and "distill_pad" in self.collator_names() and int(max_length) % int(self.block_size):
             raise ValueError(
-                f"max_length ({self.max_length}) must be a multiple of block_size ({self.block_size}) so that "
+                f"max_length ({max_length}) must be a multiple of block_size ({self.block_size}) so that "
                 "block-EOS padding never exceeds it"
             )
         if self.chunk_noise not in CHUNK_NOISE_RULES:
@@ -235,18 +232,9 @@ class DistillArguments:
         if _bool(self.right_shift_logits):
             raise ValueError("right_shift_logits=True is not supported: BD3LM predicts x0 at the x_t position")
         for name in ("max_length", "teacher_max_length"):
-            value = getattr(self, name)
+            value = getattr(self, name, None)
             if value is not None and int(value) <= 0:
                 raise ValueError(f"{name} {value} must be a positive integer (or unset)")
-        if self.dtype not in (None, "auto", "float32", "bfloat16", "float16"):
-            raise ValueError(_not_one_of("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16")))
-        if _bool(self.lora):
-            raise ValueError("lora=True is not supported: tide distill trains the student's full weights (drop --lora)")
-        if _bool(self.load_in_4bit):
-            raise ValueError(
-                "load_in_4bit=True is not supported for the student: tide distill trains its full weights "
-                "(4-bit students need LoRA adapters); drop --load_in_4bit (teachers: --teacher_load_in_4bit)"
-            )
 
     def _resolve_reference_names(self) -> None:
         """The reference's names for fields we also name otherwise: the reference name
@@ -266,8 +254,6 @@ class DistillArguments:
                 raise ValueError(f"{ref}={ref_value!r} and {ours}={our_value!r} disagree; give one of them")
             setattr(self, ours, ref_value)
         self.pad_to_max_length = _bool(self.pad_to_max_length)
-        self.lora = _bool(self.lora)
-        self.load_in_4bit = _bool(self.load_in_4bit)
 
     def reference_notes(self) -> list[str]:
         """One line per reference option given that has no effect here, saying why."""
@@ -284,10 +270,6 @@ class DistillArguments:
                     f"{name} has no effect: byte tables come from each tokenizer itself (tide_plugin alignment), "
                     "not from a byteify spec"
                 )
-        lora_opts = [n for n in ("target_modules", "r", "lora_alpha", "lora_dropout", "bias", "modules_to_save")
-                     if getattr(self, n) is not None]
-        if lora_opts:
-            notes.append(f"{', '.join(lora_opts)} have no effect: LoRA is off (lora=False), the full student is trained")
         return notes
 
     # -- what the pieces are built from -------------------------------------------------
@@ -361,6 +343,9 @@ class DistillConfig(DistillArguments, transformers.TrainingArguments):
     report_to: str | None = field(default="none", metadata={"help": "integrations to report to (none by default)"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep the distillation columns"})
     logging_steps: float = field(default=10, metadata={"help": "log every N optimizer steps"})
+    max_length: int | None = field(
+        default=None, metadata={"help": "student truncation length (dllm: DataArguments.max_length)"}
+    )
 
     # transformers 5 dropped these two TrainingArguments (4.57 has them, same defaults)
     overwrite_output_dir: bool = field(
@@ -392,8 +377,9 @@ def check_training_values(args: Any) -> None:
             "max_steps 0 trains nothing; give a positive --max_steps, or leave it unset (-1) to train "
             "--num_train_epochs"
         )
-    if float(args.learning_rate) < 0:
-        raise ValueError(f"learning_rate {args.learning_rate} must be >= 0")
+    if not float(args.learning_rate) > 0:
+        why = " (a zero learning rate trains nothing)" if float(args.learning_rate) == 0 else ""
+        raise ValueError(f"learning_rate must be > 0, got {args.learning_rate}{why}")
     if float(args.num_train_epochs) <= 0 and int(args.max_steps) < 0:
         raise ValueError(f"num_train_epochs {args.num_train_epochs} must be > 0 when max_steps is unset")
 

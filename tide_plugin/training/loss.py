@@ -85,7 +85,10 @@ class DistillLossMixin:
         self.projection = projection.to(args.device) if projection is not None else None
         objective.check_pipeline(pipeline_info)  # fail when built, not at step 1
         device = torch.device(args.teacher_device) if getattr(args, "teacher_device", None) else args.device
-        if hasattr(teacher, "to") and not getattr(teacher, "_placed", False):
+        if teacher is None and getattr(objective, "reads_teacher", True):
+            name = getattr(objective, "name", objective)
+            raise ValueError(f"objective {name!r} reads the teacher, but no teacher was given")
+        if teacher is not None and hasattr(teacher, "to") and not getattr(teacher, "_placed", False):
             teacher.to(device)
         # We normalise the CE term ourselves (get_batch_samples counts the window), so the
         # Trainer must not count labels or skip its division by the accumulation steps.
@@ -153,7 +156,10 @@ class DistillLossMixin:
         denominator = None
         if window is not None:
             denominator = window["maskable_tokens" if args.loss_norm_type == "token" else "sequences"]
-        teacher_logits = self.teacher.projected_logits(batch) if fused else self.teacher(batch)
+        if self.teacher is None:  # CE only (docs/method.md#student-forward): no teacher forward
+            teacher_logits = None
+        else:
+            teacher_logits = self.teacher.projected_logits(batch) if fused else self.teacher(batch)
         progress = self.state.global_step / max(self.state.max_steps, 1)
         inputs = DistillInputs(
             batch=batch,
@@ -223,6 +229,33 @@ class DistillLossMixin:
         keys = list(self._tide_sums) + [f"stats/{k}" for k in self._tide_stats]
         return dict(zip(keys, (float(v) for v in values.tolist())))  # the one sync
 
+    # -- evaluation -------------------------------------------------------------------------
+    heldout_scorer: Any = None
+    """``score(model) -> BpbResult``, run by :meth:`evaluate` (``build_trainer(heldout=...)``)."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: ARG002
+        """Evaluation step: the loss on the batch (CE and the objective, as in training,
+        each normalised over the micro-batch), no logits (they are [b, L, V])."""
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluate(self, *args, **kwargs):
+        """``Trainer.evaluate`` (``eval_loss``; dllm's trainer adds its ``eval_nll`` /
+        ``eval_ppl``), then ``<prefix>_heldout_bpb`` and its standard error when a
+        held-out scorer is set, logged and returned."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self.heldout_scorer is not None:
+            prefix = kwargs.get("metric_key_prefix", args[2] if len(args) > 2 else "eval")
+            model = unwrap_model(self.model)
+            was_training = model.training
+            result = self.heldout_scorer(model)
+            model.train(was_training)
+            extra = {f"{prefix}_heldout_bpb": float(result.bpb), f"{prefix}_heldout_bpb_se": float(result.se)}
+            metrics.update(extra)
+            self.log(extra)
+        return metrics
+
     # -- resume: continue the collators' random streams ------------------------------------
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint:
@@ -236,6 +269,18 @@ class DistillLossMixin:
                 step = int(json.loads(state_file.read_text()).get("global_step", 0))
                 self._advance_collators(step * int(self.args.gradient_accumulation_steps))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """A checkpoint saves a tied weight once (``lm_head.weight`` is the embedding's):
+        its other name is not a missing key. Retie, and report only real ones."""
+        names: dict[int, list[str]] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+        tied = {n for group in names.values() if len(group) > 1 for n in group}
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            self.model.tie_weights()
+        super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
 
     def _advance_collators(self, batches_done: int) -> None:
         """A resumed run skips the batches already seen without collating them: tell
