@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--demo_arms", default=None,
         help="objectives trained beside the run's own from the same init, data order and noise, comma-separated, "
         "each compared on --heldout with a CE-only control ('none'), which any arm brings; '' for none "
-        "(the demos: see `tide distill --help` presets)",
+        "(presets: demo 'none,reverse_calm', shared 'none')",
     )
     run.add_argument("--attn_implementation", default=None, help="student attention: sdpa | eager | flex_attention")
     hf = _config_parser()

@@ -9,8 +9,8 @@ _DEMO_RUN: dict[str, Any] = {
     # practitioner uses to fine-tune a trained model: linear warm-up over the first 10% of
     # the steps, then cosine decay (the alignment-handbook's SFT recipes), at a peak rate a
     # tenth of the one the student init was trained with (2e-3; Llama 2 fine-tuned at 2e-5
-    # after pre-training at 3e-4). Every student trains with float32 weights (the init
-    # ships in bfloat16, where small updates round away).
+    # after pre-training at 3e-4). Every student trains with float32 weights (tide
+    # distill's default: the init ships in bfloat16, where small updates round away).
     "max_length": 192,
     "teacher_max_length": 256,
     "block_size": 32,
@@ -23,7 +23,6 @@ _DEMO_RUN: dict[str, Any] = {
     "save_strategy": "no",
     "dataloader_pin_memory": False,
     "seed": 0,
-    "dtype": "float32",
     "teacher_dtype": "float32",  # the teachers ship in bfloat16 to halve the bytes
 }
 PRESETS: dict[str, dict[str, Any]] = {
