@@ -9,7 +9,7 @@ of their relative path: about 1 in 10 is held out (never trained on) and
 (ids 0-255), with ``[MASK]`` = 256 and EOS = 257, so nothing depends on a
 tokenizer download and quality is measured in bytes.
 
-Training is the project's BD3LM objective (SPEC 2.1) through its core:
+Training is the project's BD3LM objective (docs/method.md#student-forward) through its core:
 ``tide_plugin.bd3lm.block_diffusion_logits`` (x_t ⊕ x0 forward with the
 block-diffusion mask) and ``bd3lm_ce`` (CE on masked positions, ELBO weight
 1/t for the linear schedule), with AdamW in a plain loop: a CE-only student

@@ -1,4 +1,4 @@
-"""The two aligners (SPEC 3.2, 3.3) with the real offline Qwen and Mistral tokenizers.
+"""The two aligners (docs/method.md#template-alignment, docs/method.md#chunks) with the real offline Qwen and Mistral tokenizers.
 
 Chunk bytes are checked with byte tables built independently of the aligner:
 Qwen ids -> bytes from the tiktoken rank file, Mistral ids -> bytes from
@@ -71,7 +71,7 @@ def spelled(table, ids, chunk_ids, c):
 
 
 def check_chunks(ex, student_table, teacher_table, student_tok, teacher_tok):
-    """The SPEC 3.3 invariants of one AlignedExample."""
+    """The docs/method.md#chunks invariants of one AlignedExample."""
     assert len(ex.student_chunk_ids) == len(ex.student_ids) == len(ex.labels)
     assert len(ex.teacher_chunk_ids) == len(ex.teacher_ids)
     for chunk_ids in (ex.student_chunk_ids, ex.teacher_chunk_ids):
@@ -82,7 +82,7 @@ def check_chunks(ex, student_table, teacher_table, student_tok, teacher_tok):
     for c in range(ex.num_chunks):
         s_bytes, s_pos = spelled(student_table, ex.student_ids, ex.student_chunk_ids, c)
         t_bytes, t_pos = spelled(teacher_table, ex.teacher_ids, ex.teacher_chunk_ids, c)
-        if s_bytes != t_bytes:  # SPEC 3.3: a chunk may open with a token holding the template's space
+        if s_bytes != t_bytes:  # docs/method.md#chunks: a chunk may open with a token holding the template's space
             assert b" " + s_bytes == t_bytes or b" " + t_bytes == s_bytes, (
                 f"chunk {c}: student {s_bytes!r} != teacher {t_bytes!r}"
             )
@@ -99,7 +99,7 @@ def check_chunks(ex, student_table, teacher_table, student_tok, teacher_tok):
 
 
 def check_labels(ex, tok, table, messages, targets="last_turn"):
-    """SPEC 3.1b on a Qwen student (``<|im_start|>`` 151644, ``<|im_end|>`` its EOS)."""
+    """docs/method.md#targets on a Qwen student (``<|im_start|>`` 151644, ``<|im_end|>`` its EOS)."""
     which = targets
     targets = [i for i, label in enumerate(ex.labels) if label != IGNORE_INDEX]
     assert all(ex.labels[i] == ex.student_ids[i] for i in targets)
@@ -219,7 +219,7 @@ def test_truncation_rules_fuzz(qwen, mistral, qwen_bytes, mistral_bytes, message
     assert ex.num_chunks == fits
     assert ex.stats["dropped_chunks"] == full.num_chunks - fits
     assert ex.stats["dropped_chunks_student_cut"] + ex.stats["dropped_chunks_teacher_cap"] == ex.stats["dropped_chunks"]
-    # the teacher is cut after the last chunk the student cut leaves, then capped (SPEC 3.3)
+    # the teacher is cut after the last chunk the student cut leaves, then capped (docs/method.md#chunks)
     left = [i for i, x in enumerate(full.teacher_chunk_ids)
             if x >= 0 and max(j for j, y in enumerate(full.student_chunk_ids) if y == x) < max_length]
     assert len(ex.teacher_ids) == min(cap, left[-1] + 1 if left else len(full.teacher_ids))
@@ -262,7 +262,7 @@ def test_worked_example(qwen, mistral):
         t = [mistral.convert_ids_to_tokens(t) for t, x in zip(ex.teacher_ids, ex.teacher_chunk_ids) if x == c]
         pairs.append((s, t))
     # "Be" and "Hello" share a Mistral token with the template's space ("▁Be"): the chunk
-    # opens at that token (SPEC 3.3), so the first word of each message is distilled too
+    # opens at that token (docs/method.md#chunks), so the first word of each message is distilled too
     assert pairs[:6] == [(["Be"], ["▁Be"]), (["Ġnice"], ["▁nice"]), (["."], ["."]), (["Hi"], ["Hi"]),
                          (["Ġthere"], ["▁there"]), (["ĉ"], ["<0x09>"])]
     assert (["Hello"], ["▁Hello"]) in pairs
@@ -289,7 +289,7 @@ FIRST_WORD_TEMPLATES = {
 
 @pytest.mark.parametrize("convention", sorted(FIRST_WORD_TEMPLATES))
 def test_first_word_of_each_message_is_chunked(qwen, mistral, qwen_bytes, mistral_bytes, convention):
-    """SPEC 3.3, last paragraph: a chunk may open at a token that holds the template's
+    """docs/method.md#chunks, last paragraph: a chunk may open at a token that holds the template's
     space and the content's first bytes, so no first word goes without distillation."""
     name, template = FIRST_WORD_TEMPLATES[convention]
     teacher = copy.deepcopy(qwen if name == "qwen" else mistral)
@@ -332,7 +332,7 @@ MULTI_TURN = [
 
 @pytest.mark.parametrize("aligner", ["chunks", "pairs"])
 def test_targets_of_a_multi_turn_chat(qwen, mistral, qwen_custom, aligner):
-    """SPEC 3.1b: the reference trains on the last assistant turn with its end-of-turn
+    """docs/method.md#targets: the reference trains on the last assistant turn with its end-of-turn
     token and the template's newline after it; every earlier turn is prompt. Training
     on every assistant turn is ours, by name."""
     align = (lambda **kw: chunk_alignment(mistral, qwen, MULTI_TURN, **kw)) if aligner == "chunks" else (
@@ -422,7 +422,7 @@ def qwen_custom(qwen):
 
 
 def plain_template_pairs(teacher, student, messages):
-    """SPEC 3.2 written plainly with character offsets (for ASCII/NFC text). A content
+    """docs/method.md#template-alignment written plainly with character offsets (for ASCII/NFC text). A content
     is searched from the end of the rendering of the messages before it (both
     templates render prefixes stably), so a content equal to template text is
     found in the right place."""

@@ -1,4 +1,4 @@
-"""BD3LM student forward (SPEC 2.1) and its CE term, against plain implementations."""
+"""BD3LM student forward (docs/method.md#student-forward) and its CE term, against plain implementations."""
 
 from __future__ import annotations
 

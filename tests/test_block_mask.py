@@ -1,4 +1,4 @@
-"""The BD3LM attention mask (SPEC 2.1) against a plain rule-by-rule loop."""
+"""The BD3LM attention mask (docs/method.md#student-forward) against a plain rule-by-rule loop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Student checkpoints in both layouts (SPEC 2.2): plain transformers folders and dllm's
+"""Student checkpoints in both layouts (docs/method.md#teacher-adapters): plain transformers folders and dllm's
 A2D folders load, keep their layout when saved, and give the same logits.
 
 ``a2d_registration`` (tests/_a2d_helpers.py) gives dllm's own A2D classes where dllm

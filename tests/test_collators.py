@@ -1,4 +1,4 @@
-"""Collator chain: distill_pad -> noise -> comp_demo (SPEC 1, 3.4, 4).
+"""Collator chain: distill_pad -> noise -> comp_demo (docs/method.md#noising, docs/method.md#mask-propagation, docs/method.md#compdemo).
 
 Rows are built by hand with the structure the aligners produce (prompt tokens
 with label -100, chunks that cover contiguous token runs on both sides, pairs
@@ -574,7 +574,7 @@ def test_get_pipeline_names_and_suggests():
 
 @pytest.mark.parametrize("aligner", ["chunks", "pairs"])
 def test_truncation_at_collate_time_equals_truncation_when_aligning(qwen, mistral, aligner):
-    """SPEC 3.2 / 3.3's truncation is one implementation: cutting an aligned row in
+    """docs/method.md#template-alignment, docs/method.md#chunks's truncation is one implementation: cutting an aligned row in
     distill_pad gives what aligning with the same caps gives."""
     import copy
     import json

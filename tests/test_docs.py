@@ -129,7 +129,6 @@ def test_the_pages_links_resolve():
     assert not dead, "links to missing headings:\n" + "\n".join(dead)
 
 
-@pytest.mark.xfail(strict=True, reason="citations rewritten at merge")
 def test_no_citation_of_a_document_outside_the_repository():
     found = []
     for path in scanned_files(ROOT):

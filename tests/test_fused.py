@@ -1,4 +1,4 @@
-"""The fused output layer (objectives/fused.py) against plain implementations of SPEC
+"""The fused output layer (objectives/fused.py) against plain implementations of docs/method.md
 on fully built logits ``hidden @ weight.T + bias``: value and gradient with respect to
 the hidden states, the output weight and the bias, float32 and bfloat16, odd shapes,
 many row / vocabulary chunks and the default ones."""
@@ -62,7 +62,7 @@ def _compare(got, want, got_grads, want_grads, dtype):
             torch.testing.assert_close(g, w, **TOL[dtype]["grad"])
 
 
-# -- plain SPEC implementations on full logits --------------------------------------------
+# -- plain implementations of docs/method.md on full logits --------------------------------------------
 def plain_token(z_s, z_t, b_idx, s_pos, t_pos, mode, v, lam=None, weight=None):
     u_s = z_s[b_idx, s_pos][:, :v].float() / TAU
     u_t = z_t.detach()[b_idx, t_pos][:, :v].float() / TAU

@@ -1,4 +1,4 @@
-"""One normalisation rule (SPEC 2.1, ours): CE and every objective part are sums over the
+"""One normalisation rule (docs/method.md#normalisation, ours): CE and every objective part are sums over the
 gradient-accumulation window divided by the window's count of their units, so that
 N micro-batches of b give the gradient of one batch of N*b; the collators' counters are
 logged; dllm's NLL/PPL meter is fed as dllm feeds it. (2 processes x b against 1 x 2b:
@@ -155,7 +155,7 @@ def test_dllm_nll_and_ppl_match_dllms_formula(tmp_path):
             logits = block_diffusion_logits(tr.model, b.noisy_input_ids, b.input_ids, block_size=4,
                                             attention_mask=b.attention_mask)
             token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), b.input_ids, reduction="none")
-            w = 1.0 / (1.0 - (1.0 - b.t) + 1e-6)  # SPEC 1.6, linear alpha(t) = 1 - t: -alpha' / (1 - alpha + 1e-6)
+            w = 1.0 / (1.0 - (1.0 - b.t) + 1e-6)  # docs/method.md#noising, linear alpha(t) = 1 - t: -alpha' / (1 - alpha + 1e-6)
             token_nll = token_nll * w[:, None] * b.masked
             maskable = (b.labels != -100).float()
             num += float((token_nll * maskable).sum())

@@ -1,5 +1,5 @@
 """The block-diffusion sampler: schedule, cache, batching, stops, and its
-agreement with the training mask of SPEC 2.1."""
+agreement with the training mask of docs/method.md#student-forward."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def test_default_stop_ids_come_from_the_model_config(student):
 
 
 def _training_layout_logits(model, seq: list[int], block: int) -> torch.Tensor:
-    """SPEC 2.1 forward: input x_t ⊕ x0 (x0 = x_t with masks replaced), logits of the x_t half."""
+    """docs/method.md#student-forward forward: input x_t ⊕ x0 (x0 = x_t with masks replaced), logits of the x_t half."""
     xt = torch.tensor([seq])
     x0 = xt.masked_fill(xt == MASK, 0)
     n = len(seq)
@@ -213,7 +213,7 @@ def _training_layout_logits(model, seq: list[int], block: int) -> torch.Tensor:
 def test_sampler_logits_match_the_training_mask(student):
     """For a prompt that fills whole blocks the sampler's layout is exactly the
     training layout: its logits for the current block equal the x_t-half logits
-    of the SPEC 2.1 forward (block causal x0 half, offset block causal x_t half)."""
+    of the docs/method.md#student-forward forward (block causal x0 half, offset block causal x_t half)."""
     prompt = list(range(1, 17))  # two blocks of 8
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     hook = student.register_forward_hook(lambda m, a, kw, out: seen.append((kw["input_ids"].clone(), out.logits.clone())), with_kwargs=True)

@@ -1,5 +1,5 @@
 """The strength schedule ``tidal`` and the masking schedules ``linear`` / ``cosine``
-(SPEC 1.3, 1.6, 5.3): values against plain formulas, validation, and third-party
+(docs/method.md#noising, docs/method.md#tidal): values against plain formulas, validation, and third-party
 schedules of both kinds selected by name end to end."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def test_cosine_masking_schedule():
     sched = tide_plugin.get_masking_schedule("cosine")
     assert isinstance(sched, CosineSchedule)
     t64 = T.double()
-    alpha_plain = 1 - torch.cos(math.pi / 2 * (1 - t64))  # SPEC 1.3, in float64
+    alpha_plain = 1 - torch.cos(math.pi / 2 * (1 - t64))  # docs/method.md#noising, in float64
     torch.testing.assert_close(sched.alpha(T), alpha_plain.float())
     # alpha runs from ~1 (nothing masked) to ~0 (everything masked), decreasing
     alpha = sched.alpha(T)

@@ -1,4 +1,4 @@
-"""Teacher adapters (SPEC 2.2, 4): frozen, no NaN from padding, batched views ==
+"""Teacher adapters (docs/method.md#teacher-adapters, docs/method.md#compdemo): frozen, no NaN from padding, batched views ==
 sequential views, both block concat orders."""
 
 from __future__ import annotations
@@ -186,11 +186,11 @@ def test_teacher_loaded_from_a_checkpoint_directory(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# Pipeline B as the reference: block-EOS padding of the teacher, visible to it (SPEC 1.1, 2.2)
+# Pipeline B as the reference: block-EOS padding of the teacher, visible to it (docs/method.md#noising, docs/method.md#teacher-adapters)
 
 
 def _plain_block_mask(length: int, block: int, x0_first: bool) -> torch.Tensor:
-    """SPEC 2.1's mask over ``2 * length`` positions, written position by position."""
+    """docs/method.md#student-forward's mask over ``2 * length`` positions, written position by position."""
     allowed = torch.zeros(2 * length, 2 * length, dtype=torch.bool)
     for q in range(2 * length):
         for k in range(2 * length):

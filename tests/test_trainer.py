@@ -51,7 +51,7 @@ def _trainer(cfg, n=32):
 def test_end_to_end_logs_every_part_and_saves_a_reloadable_student(tmp_path):
     """Two SGD steps of two micro-batches each, checked against the same run rebuilt
     from the primitives (student forward, teacher adapter, bd3lm_ce and the loss
-    functions, with lambda from SPEC 5.3's formula): every logged part, the logged
+    functions, with lambda from docs/method.md#tidal's formula): every logged part, the logged
     lambda and progress, and the parameters after both steps."""
     import copy
     import math
@@ -84,7 +84,7 @@ def test_end_to_end_logs_every_part_and_saves_a_reloadable_student(tmp_path):
         window and divided by the window's count of its units) and the logged means (each
         micro-batch normalised by its own count, averaged over the window)."""
         n_window = sum(int((b.labels != -100).sum()) for b in micro)
-        rows_window = sum(int(b.masked.sum()) for b in micro)  # kl's and tidal's unit: masked rows (SPEC 2.1)
+        rows_window = sum(int(b.masked.sum()) for b in micro)  # kl's and tidal's unit: masked rows (docs/method.md#normalisation)
         total, logs = 0.0, {"ce": 0.0, "kl": 0.0, "tidal": 0.0, "lambda/tidal": 0.0}
         for b in micro:
             zs = block_diffusion_logits(model, b.noisy_input_ids, b.input_ids, block_size=4,

@@ -5,7 +5,7 @@ Data flow (one direction):
 ``dataset rows (dict) -> distill_pad -> DistillBatch -> noise -> comp_demo ->
 trainer (student forward, teacher forward) -> DistillInputs -> objectives``.
 
-Shapes use SPEC.md's names: ``b`` batch, ``L`` student length (a multiple of the
+Shapes use the names of docs/method.md#notation: ``b`` batch, ``L`` student length (a multiple of the
 block size), ``L_T`` teacher length, ``C`` chunks per example (max over the batch),
 ``P`` aligned pairs per example (max over the batch), ``V`` views (1 or 2).
 """
@@ -96,7 +96,7 @@ class DistillBatch:
       - ``input_ids`` ``[b, L]`` long: clean student ids ``x0`` (block-EOS padded).
       - ``labels`` ``[b, L]`` long: ``-100`` on prompt tokens; EOS padding is a target.
       - ``attention_mask`` ``[b, L]`` bool: real (non-pad) student tokens. Block-EOS
-        padding counts as real (SPEC 1.1); only batch padding beyond it is False.
+        padding counts as real (docs/method.md#noising); only batch padding beyond it is False.
       - ``teacher_input_ids`` ``[b, L_T]`` long, ``teacher_attention_mask`` ``[b, L_T]`` bool
         (``None`` in the ``same`` pipeline, where the teacher reads the student's ids).
       - ``student_chunk_ids`` ``[b, L]``, ``teacher_chunk_ids`` ``[b, L_T]`` long, ``-1`` = none;
@@ -105,7 +105,7 @@ class DistillBatch:
     Filled by ``noise``:
       - ``t`` ``[b]`` float32 in ``[eps, 1)``; ``masked`` ``[b, L]`` bool; ``noisy_input_ids``
         ``[b, L]`` (``x_t``); ``ce_time_weight`` ``[b]`` float32: ``w(t)``, the per-example
-        weight of the CE term (SPEC 1.6; 1 under uniform weighting), not to be confused
+        weight of the CE term (docs/method.md#noising; 1 under uniform weighting), not to be confused
         with ``DistillConfig.ce_weight``, the weight of the whole CE term.
       - ``chunk_active`` ``[b, C]`` bool: hit chunks without prompt tokens (cross).
       - ``teacher_masked`` ``[b, L_T]`` bool; ``teacher_noisy_ids`` ``[V, b, L_T]`` with V=1.

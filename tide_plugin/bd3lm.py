@@ -1,4 +1,4 @@
-"""Block-diffusion (BD3LM) core: the attention mask of SPEC 2.1, position ids,
+"""Block-diffusion (BD3LM) core: the attention mask of docs/method.md#student-forward, position ids,
 the student forward and CE. Compatible with dllm's BD3LM layout (``x_t`` half first)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def block_diffusion_mask(
     device: torch.device | str | None = None,
 ) -> Tensor:
     """Boolean ``[2L, 2L]`` mask (True = query row may attend key column) for the
-    input ``x_t ⊕ x0`` (or ``x0 ⊕ x_t``), SPEC 2.1:
+    input ``x_t ⊕ x0`` (or ``x0 ⊕ x_t``), docs/method.md#student-forward:
 
     - same half and same block (block diagonal);
     - query in the ``x_t`` half, key in the ``x0`` half, ``blk(k) < blk(q)`` (offset block causal);
@@ -54,7 +54,7 @@ def with_key_padding(mask: Tensor, key_valid: Tensor) -> Tensor:
     """Combine a ``[Q, K]`` structural mask with ``[b, K]`` key validity into
     ``[b, 1, Q, K]``. Pad keys are blocked; a query row that would see no key at
     all (a pad row) is allowed its own position so that no row is all ``-inf``
-    and no logit becomes NaN (SPEC 2.2, ours). Requires ``Q == K``."""
+    and no logit becomes NaN (docs/method.md#teacher-adapters, ours). Requires ``Q == K``."""
     q, k = mask.shape
     if q != k:
         raise ValueError(f"with_key_padding needs a square mask, got {tuple(mask.shape)}")
@@ -72,7 +72,7 @@ def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 # --------------------------------------------------------------------------
-# Forward pass and CE term (SPEC 2.1)
+# Forward pass and CE term (docs/method.md#student-forward)
 # --------------------------------------------------------------------------
 AttnImpl = Literal["sdpa", "eager", "flex_attention"]
 LossNorm = Literal["token", "sequence", "batch"]
@@ -139,7 +139,7 @@ def block_attention_mask(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Any:
-    """The SPEC 2.1 mask for a ``[b, 2L]`` BD3LM input, in the form ``impl`` needs:
+    """The docs/method.md#student-forward mask for a ``[b, 2L]`` BD3LM input, in the form ``impl`` needs:
 
     - ``sdpa`` (and any other implementation taking a boolean mask): boolean
       ``[b, 1, 2L, 2L]``, True = may attend;
@@ -195,7 +195,7 @@ def block_diffusion_logits(
     impl: str | None = None,
     mask_as_dict: bool = False,
 ) -> Tensor:
-    """BD3LM forward (SPEC 2.1): run ``model`` on ``x_t ⊕ x0`` (or ``x0 ⊕ x_t``) with
+    """BD3LM forward (docs/method.md#student-forward): run ``model`` on ``x_t ⊕ x0`` (or ``x0 ⊕ x_t``) with
     position ids ``[0..L-1, 0..L-1]`` and the block-diffusion mask, and return the
     logits of the ``x_t`` half, ``[b, L, V]`` (only those are projected to the vocabulary).
 
@@ -206,7 +206,7 @@ def block_diffusion_logits(
     :param attention_mask: ``[b, L]`` bool, True for real tokens (pad keys blocked).
     :param impl: attention implementation; read from the model's config when ``None``.
     :param mask_as_dict: hand the mask over as ``{"full_attention": m, "sliding_attention": m}``
-        (the transformers form that skips mask creation; WeDLM's call, SPEC 2.2).
+        (the transformers form that skips mask creation; WeDLM's call, docs/method.md#teacher-adapters).
     """
     if noisy_ids.shape != clean_ids.shape or noisy_ids.dim() != 2:
         raise ValueError(
@@ -216,7 +216,7 @@ def block_diffusion_logits(
     if length % block_size:
         raise ValueError(
             f"sequence length {length} is not a multiple of block_size {block_size}; "
-            "the distill_pad collator pads to it (block-EOS padding, SPEC 1.1)"
+            "the distill_pad collator pads to it (block-EOS padding, docs/method.md#noising)"
         )
     impl = impl or attention_implementation(model)
     device = noisy_ids.device
@@ -291,7 +291,7 @@ def bd3lm_nll(
 def ce_from_nll(
     row_nll: Tensor, maskable: Tensor, *, norm: LossNorm = "token", denominator: Tensor | float | None = None
 ) -> Tensor:
-    """The CE term of SPEC 2.1 from :func:`bd3lm_nll`'s ``[b]`` row sums, divided by
+    """The CE term of docs/method.md#student-forward from :func:`bd3lm_nll`'s ``[b]`` row sums, divided by
 
     - ``token``: ``count(maskable)`` (``max(1, .)``: an all-prompt batch gives 0, not NaN);
     - ``sequence``: each row by its own ``max(1, count(maskable_row))``, then by ``b``;
@@ -323,7 +323,7 @@ def bd3lm_ce(
     norm: LossNorm = "token",
     denominator: Tensor | float | None = None,
 ) -> Tensor:
-    """The CE term of SPEC 2.1, float32: :func:`bd3lm_nll` normalised by :func:`ce_from_nll`
+    """The CE term of docs/method.md#student-forward, float32: :func:`bd3lm_nll` normalised by :func:`ce_from_nll`
     (arguments as there)."""
     if norm not in LOSS_NORMS:
         raise ValueError(f"loss normalisation {norm!r} is not one of {LOSS_NORMS}")

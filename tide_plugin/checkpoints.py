@@ -1,7 +1,7 @@
 """Student checkpoints in and out: one loader for every place that reads a student
 folder (``tide distill``, ``tide eval``, the study) and one saver.
 
-Two layouts (SPEC 2.2):
+Two layouts (docs/method.md#teacher-adapters):
 
 - **plain**: a transformers causal-LM folder (``model_type`` ``qwen3``, ``llama``, ...),
   loaded with ``AutoModelForCausalLM``.

@@ -1,4 +1,4 @@
-"""Output layers of student and teacher models for the fused path (issue 11).
+"""Output layers of student and teacher models for the fused path (docs/architecture.md#the-fused-output-layer).
 
 The fused output layer (:mod:`tide_plugin.objectives.fused`) needs the hidden states
 a model feeds its output projection, and that projection's weight and bias. This

@@ -222,12 +222,12 @@ class MaskingScheduleProtocol(Protocol):
         """``1 - alpha(t)``."""
 
     def elbo_weight(self, t: Tensor | float) -> Tensor:
-        """The CE weight ``w(t) = -alpha'(t) / (1 - alpha(t) + 1e-6)`` (SPEC 1.6)."""
+        """The CE weight ``w(t) = -alpha'(t) / (1 - alpha(t) + 1e-6)`` (docs/method.md#noising)."""
 
 
 @runtime_checkable
 class StrengthScheduleProtocol(Protocol):
-    """A distillation-strength schedule (TIDAL's lambda, SPEC 5.3): ``lambda_``
+    """A distillation-strength schedule (TIDAL's lambda, docs/method.md#tidal): ``lambda_``
     ``[b]`` in ``[0, 1]`` from training progress and timesteps ``t`` ``[b]``, and the
     timestep weight ``omega(t)`` ``[b]``."""
 

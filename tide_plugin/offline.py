@@ -91,7 +91,7 @@ QWEN_SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
     ("</think>", False),
 )
 QWEN_SHARED_VOCAB_SIZE = 151646
-"""Ids below this mean the same token across the Qwen family (SPEC 3.1)."""
+"""Ids below this mean the same token across the Qwen family (docs/method.md#shared-vocabulary)."""
 QWEN_MASK_TOKEN = "<|mask|>"
 QWEN_MASK_ID = QWEN_BASE_VOCAB + len(QWEN_SPECIAL_TOKENS)  # 151669
 

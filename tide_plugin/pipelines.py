@@ -1,14 +1,14 @@
-"""One strategy object per pipeline (SPEC 3): what differs between ``same``,
+"""One strategy object per pipeline (docs/method.md#pipelines): what differs between ``same``,
 ``shared`` and ``cross`` is written here once, and every layer asks the strategy.
 
-- ``same`` (SPEC 3.1): the teacher reads the student's ids position by position.
-- ``shared`` (SPEC 3.2): shared vocabulary, template-aligned ``(student, teacher)`` pairs.
-- ``cross`` (SPEC 3.3): different tokenizers, byte-exact chunks.
+- ``same`` (docs/method.md#shared-vocabulary): the teacher reads the student's ids position by position.
+- ``shared`` (docs/method.md#template-alignment): shared vocabulary, template-aligned ``(student, teacher)`` pairs.
+- ``cross`` (docs/method.md#chunks): different tokenizers, byte-exact chunks.
 
 A strategy knows a pipeline's row keys, its truncation rule (one implementation,
 used offline by the aligners and at collate time by ``distill_pad``), how its
-alignment fields are batched, how the student mask reaches the teacher (SPEC 3.4),
-how CompDemo's split reaches the teacher (SPEC 4) and which ids the teacher reads.
+alignment fields are batched, how the student mask reaches the teacher (docs/method.md#mask-propagation),
+how CompDemo's split reaches the teacher (docs/method.md#compdemo) and which ids the teacher reads.
 Look one up with :func:`get_pipeline`. This module knows only numpy and torch;
 batches are read by field name.
 """
@@ -47,11 +47,11 @@ ROW_PAIR_STUDENT = "align_student"  # [P] student positions (shared)
 ROW_PAIR_TEACHER = "align_teacher"  # [P] teacher positions (shared)
 
 
-# -- the truncation rules of SPEC 3.2 / 3.3 (numpy; offline and at collate time) --------------
+# -- the truncation rules of docs/method.md#template-alignment, docs/method.md#chunks (numpy; offline and at collate time) --------------
 def cut_chunks(
     student_chunks: np.ndarray, teacher_chunks: np.ndarray, num_chunks: int, cut: int, cap: int
 ) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-    """SPEC 3.3: chunks with a student token at or past ``cut`` are dropped; the
+    """docs/method.md#chunks: chunks with a student token at or past ``cut`` are dropped; the
     teacher is cut after the last chunk left (kept whole when none is left) and
     capped at ``cap``; chunks with a teacher token past that are dropped too. Kept
     chunks are renumbered ``0..k-1`` in order.
@@ -82,7 +82,7 @@ def cut_chunks(
 def cut_pairs(
     pair_student: np.ndarray, pair_teacher: np.ndarray, teacher_len: int, cut: int, cap: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """SPEC 3.2: pairs whose student position is at or past ``cut`` are dropped; the
+    """docs/method.md#template-alignment: pairs whose student position is at or past ``cut`` are dropped; the
     teacher is cut after its last paired position left (kept whole when none is left)
     and capped at ``cap``; pairs past that are dropped too.
 
@@ -160,7 +160,7 @@ class PipelineStrategy:
     """Teacher and student logits compare position by position (the shared pipeline's
     teacher reads another template: its objectives compare template pairs, ``has_pairs``)."""
     default_teacher_max_length: ClassVar[int | None] = None
-    """SPEC 6: the reference's teacher length for this pipeline (preprocessing's default cap)."""
+    """docs/method.md#recipes: the reference's teacher length for this pipeline (preprocessing's default cap)."""
 
     def __repr__(self) -> str:
         return f"<pipeline {self.name}>"
@@ -177,7 +177,7 @@ class PipelineStrategy:
         """The batch tensors of the alignment fields (student length ``L``)."""
         return {}
 
-    # noise (SPEC 3.4) and CompDemo (SPEC 4)
+    # noise (docs/method.md#mask-propagation) and CompDemo (docs/method.md#compdemo)
     def propagate_mask(
         self, batch: Any, masked: Tensor, maskable: Tensor, *, mask_prob: Tensor | None = None,
         generator: torch.Generator | None = None, chunk_noise: ChunkNoise = "unbiased",
@@ -211,7 +211,7 @@ class PipelineStrategy:
 
 
 class SamePipeline(PipelineStrategy):
-    """SPEC 3.1: the teacher reads the student's ids and uses the student's mask."""
+    """docs/method.md#shared-vocabulary: the teacher reads the student's ids and uses the student's mask."""
 
     name = "same"
     row_keys = (ROW_STUDENT_IDS, ROW_LABELS)
@@ -231,7 +231,7 @@ class SamePipeline(PipelineStrategy):
 
 
 class SharedPipeline(PipelineStrategy):
-    """SPEC 3.2: template-aligned pairs with equal ids; the mask follows the pairs."""
+    """docs/method.md#template-alignment: template-aligned pairs with equal ids; the mask follows the pairs."""
 
     name = "shared"
     row_keys = (ROW_STUDENT_IDS, ROW_LABELS, ROW_TEACHER_IDS, ROW_PAIR_STUDENT, ROW_PAIR_TEACHER)
@@ -248,7 +248,7 @@ class SharedPipeline(PipelineStrategy):
             raise ValueError(f"row {i}: {ROW_PAIR_STUDENT} has {ps.size} pairs but {ROW_PAIR_TEACHER} {pt.size}")
         if ps.size and (ps.min() < 0 or ps.max() >= n or pt.min() < 0 or pt.max() >= tn):
             raise ValueError(f"row {i}: a pair position lies outside the sequences (student {n}, teacher {tn} tokens)")
-        same_id = ids[ps] == tids[pt]  # SPEC 3.2 (ours): pairs whose ids differ are dropped and counted
+        same_id = ids[ps] == tids[pt]  # docs/method.md#template-alignment (ours): pairs whose ids differ are dropped and counted
         stats["mismatched_pairs"] += int((~same_id).sum())
         kept_s, kept_t, t_cut = cut_pairs(ps[same_id], pt[same_id], tn, cut, tn if cap is None else cap)
         stats["dropped_pairs"] += int(same_id.sum()) - kept_s.size
@@ -272,7 +272,7 @@ class SharedPipeline(PipelineStrategy):
 
 
 class CrossPipeline(PipelineStrategy):
-    """SPEC 3.3: byte-exact chunks; chunk-consistent masking; the CompDemo split is per masked chunk."""
+    """docs/method.md#chunks: byte-exact chunks; chunk-consistent masking; the CompDemo split is per masked chunk."""
 
     name = "cross"
     row_keys = (ROW_STUDENT_IDS, ROW_LABELS, ROW_TEACHER_IDS, ROW_STUDENT_CHUNKS, ROW_TEACHER_CHUNKS)

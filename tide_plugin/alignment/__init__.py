@@ -1,4 +1,4 @@
-"""Offline alignment of student and teacher tokens (SPEC 3.2, 3.3) and ``tide preprocess``.
+"""Offline alignment of student and teacher tokens (docs/method.md#template-alignment, docs/method.md#chunks) and ``tide preprocess``.
 
 Nothing here runs at collate time: preprocessing aligns every conversation once and
 saves the rows the collators read (:mod:`tide_plugin.batch`).
@@ -6,11 +6,11 @@ saves the rows the collators read (:mod:`tide_plugin.batch`).
 Two aligners turn a chat conversation (``[{"role": ..., "content": ...}, ...]``)
 into an unpadded :class:`tide_plugin.batch.AlignedExample`:
 
-* :func:`chunk_alignment` (different tokenizers, SPEC 3.3): per-token chunk ids
+* :func:`chunk_alignment` (different tokenizers, docs/method.md#chunks): per-token chunk ids
   such that every chunk's teacher tokens and student tokens spell exactly the
   same bytes.
-* :func:`template_pairs` (shared vocabulary, different chat templates, SPEC
-  3.2): ``(student_pos, teacher_pos)`` pairs of content tokens with equal ids.
+* :func:`template_pairs` (shared vocabulary, different chat templates,
+  docs/method.md#template-alignment): ``(student_pos, teacher_pos)`` pairs of content tokens with equal ids.
 
 How text is compared. Each side renders the conversation with its own chat
 template and tokenizes it (fast tokenizer, offsets). The *encoded bytes* ``E``
@@ -30,9 +30,9 @@ string under Qwen's NFC), only the byte runs that are equal on both sides
 (``difflib`` matching blocks) are chunked, so a chunk never spells different
 bytes on the two sides. A token that holds the template's space and the first
 bytes of a content (``"[INST] hi"`` -> ``▁hi``, ``"\\n hi"`` -> ``Ġhi``) may open a
-chunk there: its bytes after that space are compared (SPEC 3.3, last paragraph).
+chunk there: its bytes after that space are compared (docs/method.md#chunks, last paragraph).
 
-Labels (student side, SPEC 3.1b, :data:`TARGETS`): ``last_turn`` (default, the
+Labels (student side, docs/method.md#targets, :data:`TARGETS`): ``last_turn`` (default, the
 reference) makes the last assistant turn a target with its end-of-turn token and
 the newline the template puts after it, every earlier turn prompt (``-100``);
 ``every_assistant_turn`` (ours) makes targets of the tokens that overlap the

@@ -39,7 +39,7 @@ def _labels(
 
 
 def _prompt_tokens(tok: Any, enc: SideEncoding, messages: Sequence[Mapping[str, Any]]) -> int:
-    """How many leading student tokens are prompt under ``last_turn`` (SPEC 3.1b): the
+    """How many leading student tokens are prompt under ``last_turn`` (docs/method.md#targets): the
     tokens of the earlier turns rendered with the generation prompt, as the reference
     counts them (the count of that rendering's own tokens)."""
     if messages[-1]["role"] != "assistant":
@@ -129,7 +129,7 @@ def chunk_alignment(
     teacher_max_length: int | None = None,
     targets: str = "last_turn",
 ) -> AlignedExample:
-    """Cross-tokenizer chunks for one conversation (SPEC 3.3).
+    """Cross-tokenizer chunks for one conversation (docs/method.md#chunks).
 
     :param messages: ``[{"role": str, "content": str}, ...]``; must hold an ``assistant`` message.
     :param roles: roles whose content is chunked (default: every message).
@@ -138,7 +138,7 @@ def chunk_alignment(
         :data:`DEFAULT_TEACHER_MAX_LENGTH`). Truncation is
         :func:`tide_plugin.pipelines.cut_chunks`: the teacher is cut after the last chunk
         left by the student cut, then capped; chunks past either are dropped.
-    :param targets: ``last_turn`` (the reference, SPEC 3.1b) or ``every_assistant_turn``
+    :param targets: ``last_turn`` (the reference, docs/method.md#targets) or ``every_assistant_turn``
         (ours); see :data:`~tide_plugin.alignment.checks.TARGETS`.
     :return: :class:`AlignedExample` with ``student_chunk_ids`` ``[L_S]``,
         ``teacher_chunk_ids`` ``[L_T]`` (``-1`` = none, ids ``0..num_chunks-1``) and
@@ -193,7 +193,7 @@ def template_pairs(
     teacher_max_length: int | None = None,
     targets: str = "last_turn",
 ) -> AlignedExample:
-    """Template-aligned position pairs for a shared vocabulary (SPEC 3.2).
+    """Template-aligned position pairs for a shared vocabulary (docs/method.md#template-alignment).
 
     Per aligned message, the content tokens of each side (tokens whose bytes lie
     fully inside the content range) are paired in order up to the shorter count;

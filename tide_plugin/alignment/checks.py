@@ -15,7 +15,7 @@ DEFAULT_TEACHER_MAX_LENGTH = get_pipeline("cross").default_teacher_max_length
 
 
 TARGETS: tuple[str, ...] = ("last_turn", "every_assistant_turn")
-"""Which student tokens are targets (SPEC 3.1b). ``last_turn`` (the reference): the
+"""Which student tokens are targets (docs/method.md#targets). ``last_turn`` (the reference): the
 last assistant turn with its end-of-turn token and the newline the template puts
 after it, everything before is prompt. ``every_assistant_turn`` (ours): the content
 of every assistant message and the end-of-turn token right after it."""

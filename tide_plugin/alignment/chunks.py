@@ -1,4 +1,4 @@
-"""The chunk walk of SPEC 3.3: per-token chunk ids from two tokenized renderings."""
+"""The chunk walk of docs/method.md#chunks: per-token chunk ids from two tokenized renderings."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _assign(starts: np.ndarray, ends: np.ndarray, c0: np.ndarray, c1: np.ndarray
 
 
 def _lead_tokens(side: _Side, pos: list[int], floor: list[int]) -> tuple[list[int], list[int]]:
-    """Tokens that hold the template's space and the first bytes of a content (SPEC 3.3,
+    """Tokens that hold the template's space and the first bytes of a content (docs/method.md#chunks,
     last paragraph: ``▁Hi`` after ``[INST]``, ``ĠHi`` after a newline): the token starts
     one byte before the content start ``pos``, that byte is a space that belongs to no
     earlier content (it lies at or after ``floor``, the end of the previous content),
@@ -75,7 +75,7 @@ def align_chunks(
     contents: Sequence[str],
     aligned: Sequence[bool] | None = None,
 ) -> ChunkAlignment:
-    """The alignment step of SPEC 3.3: from two tokenized renderings to per-token chunk ids.
+    """The alignment step of docs/method.md#chunks: from two tokenized renderings to per-token chunk ids.
 
     :param contents: the messages' contents, in conversation order.
     :param aligned: per message, whether its content is chunked (default: all).

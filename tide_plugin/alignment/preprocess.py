@@ -5,13 +5,13 @@ tokenizers render the conversation with their chat templates and the aligner of
 the pipeline produces one row per conversation (the keys of
 :mod:`tide_plugin.batch`, read by ``distill_pad``):
 
-- ``cross`` (different tokenizers, SPEC 3.3): :func:`~tide_plugin.alignment.chunk_alignment`
+- ``cross`` (different tokenizers, docs/method.md#chunks): :func:`~tide_plugin.alignment.chunk_alignment`
   -> ``input_ids, labels, teacher_input_ids, student_chunk_ids, teacher_chunk_ids, num_chunks``;
-- ``shared`` (shared vocabulary, different templates, SPEC 3.2):
+- ``shared`` (shared vocabulary, different templates, docs/method.md#template-alignment):
   :func:`~tide_plugin.alignment.template_pairs`
   -> ``input_ids, labels, teacher_input_ids, align_student, align_teacher``.
 
-Targets (SPEC 3.1b): by default the last assistant turn with its end-of-turn
+Targets (docs/method.md#targets): by default the last assistant turn with its end-of-turn
 token and the template's newline after it, as the reference prepares them;
 ``targets="every_assistant_turn"`` (``--targets``) trains on every answer (ours).
 
@@ -139,12 +139,12 @@ def preprocess(
         tokenizer and template: the student's ids and labels; ``teacher_tokenizer`` must
         be the student's).
     :param max_length: student length cap (``None``: none).
-    :param teacher_max_length: teacher cap; ``-1`` (default) takes SPEC 6's value for
+    :param teacher_max_length: teacher cap; ``-1`` (default) takes docs/method.md#recipes's value for
         the pipeline (1024 cross, 768 shared), ``None`` means no cap.
     :param roles: roles whose content is aligned (default: every message).
     :param num_proc: worker processes for ``datasets.map`` (``None``/1: in process).
     :param progress: show the ``datasets`` progress bar.
-    :param targets: ``last_turn`` (the reference) or ``every_assistant_turn`` (ours), SPEC 3.1b.
+    :param targets: ``last_turn`` (the reference) or ``every_assistant_turn`` (ours), docs/method.md#targets.
     :return: ``(dataset, report)``: the kept rows (columns of :mod:`tide_plugin.batch`)
         and a :class:`PreprocessReport`.
     """

@@ -41,7 +41,7 @@ class PreprocessReport:
     per-example stats over the kept rows (``chunks``, ``dropped_chunks``,
     ``content_bytes``, ``covered_bytes``, ``pairs``, ``dropped_pairs``,
     ``student_truncated_tokens``, ``teacher_truncated_tokens`` (the teacher is cut
-    after its last chunk / pair, SPEC 3.2-3.3), ...). ``truncated_examples``: kept
+    after its last chunk / pair, docs/method.md#template-alignment, docs/method.md#chunks), ...). ``truncated_examples``: kept
     examples cut at ``max_length``.
     """
 

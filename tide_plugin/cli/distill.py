@@ -131,7 +131,7 @@ def resolve_options(args: argparse.Namespace | Mapping[str, Any]) -> tuple[dict[
     """``(config fields, run options)``: preset < YAML < explicit flags.
 
     The ``demo`` preset is the default only when no model folder is given: a run on real
-    checkpoints starts from the plain defaults (transformers' and SPEC's), as the
+    checkpoints starts from the plain defaults (transformers' and the method's, docs/method.md#recipes), as the
     reference's launch lines do.
     """
     given = dict(vars(args) if isinstance(args, argparse.Namespace) else args)

@@ -1,4 +1,4 @@
-"""``comp_demo``: complementary demonstrations for the teacher (SPEC 4).
+"""``comp_demo``: complementary demonstrations for the teacher (docs/method.md#compdemo).
 ``DistillBatch -> DistillBatch``, after ``noise``.
 
 The masked set ``M`` is split into ``A`` (each element independently with
@@ -34,7 +34,7 @@ class CompDemoConfig:
     """Configuration of ``comp_demo``.
 
     :param demo_ratio: probability ``r`` that a masked element goes to ``A``
-        (SPEC default 0.5); must lie in (0, 1).
+        (default 0.5, docs/method.md#compdemo); must lie in (0, 1).
     :param seed: seed of the stage's random stream.
     """
 

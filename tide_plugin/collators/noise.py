@@ -1,5 +1,5 @@
-"""``noise``: the forward diffusion process of SPEC 1 with the mask propagation
-of SPEC 3.4. ``DistillBatch -> DistillBatch``.
+"""``noise``: the forward diffusion process of docs/method.md#noising with the mask propagation
+of docs/method.md#mask-propagation. ``DistillBatch -> DistillBatch``.
 
 Per example ``t ~ U[eps, 1)``; ``p = 1 - alpha(t)`` from the masking schedule
 (``linear``, ``cosine`` or a third party's, built by name through the registry);
@@ -126,7 +126,7 @@ class NoiseConfig:
         cross pipelines; defaults to ``mask_id`` in the same pipeline).
     :param schedule: masking schedule by registered name (``linear``, the default,
         ``cosine``, or a third party's).
-    :param eps: lower bound of ``t ~ U[eps, 1)`` (SPEC 1.2).
+    :param eps: lower bound of ``t ~ U[eps, 1)`` (docs/method.md#noising).
     :param ce_weighting: ``elbo`` (``w(t) = -alpha'(t)/(1-alpha(t)+1e-6)``) or ``uniform``.
     :param seed: seed of the stage's random stream.
     :param chunk_noise: how the ``cross`` pipeline masks chunks: ``unbiased`` (one

@@ -1,6 +1,6 @@
 """``distill_pad``: the first collator stage. Dataset rows -> :class:`DistillBatch`.
 
-Per example (SPEC 1.1): optional truncation to ``max_length`` and
+Per example (docs/method.md#noising): optional truncation to ``max_length`` and
 ``teacher_max_length`` by the pipeline's rule (:func:`tide_plugin.pipelines.cut_chunks`,
 :func:`~tide_plugin.pipelines.cut_pairs`: chunks / pairs that cross the cut are
 dropped, the teacher is cut after the last kept chunk / pair), then block-EOS padding: ids and labels are padded with the
@@ -25,7 +25,7 @@ Output shapes (``b`` examples, ``L`` a multiple of ``block_size``)::
 ``batch.stats`` counts what the stage changed: ``truncated_examples``,
 ``truncated_teacher_examples``, ``dropped_chunks`` (chunks cut by truncation),
 ``dropped_pairs`` (pairs cut by truncation), ``mismatched_pairs`` (pairs whose
-student and teacher ids differ: dropped, SPEC 3.2), ``block_pad_tokens``,
+student and teacher ids differ: dropped, docs/method.md#template-alignment), ``block_pad_tokens``,
 ``batch_pad_tokens``.
 """
 
@@ -66,7 +66,7 @@ class DistillPadConfig:
     :param eos_id: student EOS id used for block padding (required).
     :param pipeline: ``same`` | ``shared`` | ``cross``; ``None`` infers it from
         the row keys (chunk ids -> cross, pairs -> shared, no teacher ids -> same).
-    :param block_size: BD3LM block size ``B`` (SPEC default 32).
+    :param block_size: BD3LM block size ``B`` (default 32, docs/method.md#notation).
     :param pad_id: student id for batch padding beyond the block padding
         (default: ``eos_id``); these positions have ``attention_mask`` False and
         labels -100, so the value only has to be a valid id.
@@ -93,7 +93,7 @@ class DistillPadConfig:
     def __post_init__(self) -> None:
         if self.eos_id is None:
             raise ValueError(
-                "distill_pad needs eos_id (the student tokenizer's EOS id, used for block-EOS padding, SPEC 1.1); "
+                "distill_pad needs eos_id (the student tokenizer's EOS id, used for block-EOS padding, docs/method.md#noising); "
                 "got None"
             )
         for name in ("eos_id", "teacher_pad_id"):
@@ -165,7 +165,7 @@ class DistillPad:
         cut = n if cfg.max_length is None else min(n, cfg.max_length)
         stats["truncated_examples"] += int(cut < n)
         out = strategy.cut_example(i, row, ids, cut, cfg.teacher_max_length, stats)
-        extra = (-cut) % cfg.block_size  # SPEC 1.1: block-EOS padding, a target
+        extra = (-cut) % cfg.block_size  # docs/method.md#noising: block-EOS padding, a target
         eos = np.full(extra, cfg.eos_id, dtype=np.int64)
         out["input_ids"] = np.concatenate([ids[:cut], eos])
         out["labels"] = np.concatenate([labels[:cut], eos])

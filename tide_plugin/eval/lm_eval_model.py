@@ -87,7 +87,7 @@ def resolve_mask_id(tokenizer: Any, config: Any) -> int:
 
 
 def resolve_block_size(config: Any) -> int:
-    """Block size stored by the trainer in the config, else 32 (SPEC)."""
+    """Block size stored by the trainer in the config, else 32 (docs/method.md#recipes)."""
     value = _config_value(config, ("block_size", "bd3lm_block_size", "tide_block_size"))
     return int(value) if value is not None else DEFAULT_BLOCK_SIZE
 

@@ -12,7 +12,7 @@ nothing in it is masked, or, for a row, as soon as a stop token is committed
 with nothing masked before it (what follows is cut anyway). A finished block
 becomes clean context for the next; the generation ends when every row stopped.
 
-Attention (consistent with the training mask of SPEC 2.1): clean context -
+Attention (consistent with the training mask of docs/method.md#student-forward): clean context -
 the prompt and every finished block - is *block causal* (the ``x0`` half: a
 token sees its own block and earlier blocks); the current noised block sees all
 clean context and itself bidirectionally (the ``x_t`` half). So clean context

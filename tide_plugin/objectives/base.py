@@ -193,7 +193,7 @@ class ComposedObjective(Objective):
         if tidal and reverse:
             warnings.warn(
                 f"composing {tidal} with the reverse objective(s) {reverse}: TIDAL pairs with forward "
-                "objectives only (SPEC 5.3); late in training its (1 - lambda) factor suppresses the "
+                "objectives only (docs/method.md#tidal); late in training its (1 - lambda) factor suppresses the "
                 "self-selection of reverse objectives",
                 UserWarning,
                 stacklevel=3,

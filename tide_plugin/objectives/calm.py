@@ -1,4 +1,4 @@
-"""CALM and Reverse CALM: chunk-level objectives across tokenizers (SPEC 5.2).
+"""CALM and Reverse CALM: chunk-level objectives across tokenizers (docs/method.md#calm).
 
 Registered names:
 

@@ -1,4 +1,4 @@
-"""Token divergences (``kl``, ``reverse_kl``, ``tidal``; SPEC 5.1, 5.3) on the fused
+"""Token divergences (``kl``, ``reverse_kl``, ``tidal``; docs/method.md#token-kl, docs/method.md#tidal) on the fused
 output layer: :func:`token_divergence` takes the arguments of
 :func:`tide_plugin.objectives.functional.token_divergence`, with plain logits or with
 :class:`~tide_plugin.objectives.fused.ProjectedLogits` for student and teacher (see
@@ -20,7 +20,7 @@ __all__ = ["token_divergence"]
 
 
 # ---------------------------------------------------------------------------
-# token-level divergences (SPEC 5.1, 5.3)
+# token-level divergences (docs/method.md#token-kl, docs/method.md#tidal)
 # ---------------------------------------------------------------------------
 class _ProjectedTokenDivergence(torch.autograd.Function):
     """Sum over rows of ``w_i D_i tau^2 / denom`` on the first ``vocab`` ids, from

@@ -1,4 +1,4 @@
-"""KL and reverse KL between student and teacher token distributions (SPEC 5.1).
+"""KL and reverse KL between student and teacher token distributions (docs/method.md#token-kl).
 
 Registered names:
 
@@ -29,7 +29,7 @@ from .fused_token import token_divergence
 
 @dataclass(frozen=True)
 class KLConfig:
-    """:param temperature: tau (SPEC 5.1: 2). :param weight: multiplies the part.
+    """:param temperature: tau (docs/method.md#token-kl: 2). :param weight: multiplies the part.
     :param aligned: read template pairs instead of positions (the ``*_aligned`` aliases)."""
 
     temperature: float = 2.0

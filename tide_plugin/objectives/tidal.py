@@ -1,4 +1,4 @@
-"""TIDAL: dual-axis interpolation between student and teacher (SPEC 5.3).
+"""TIDAL: dual-axis interpolation between student and teacher (docs/method.md#tidal).
 
 Registered names:
 
@@ -10,13 +10,13 @@ Registered names:
   ``m = stopgrad(clamp((1-lam) s + lam q))``, loss ``-(m log s + (1-m) log(1-s)) omega(t)``
   summed over active chunks, divided by their count; ``reverse=True`` (alias
   ``reverse_alm_taid``, the reference mode) ``-(s log m + (1-s) log(1-m)) omega(t)``, with
-  the SPEC 5.3 warning (TIDAL pairs with forward objectives).
+  the docs/method.md#tidal warning (TIDAL pairs with forward objectives).
 
 ``lam`` ``[b]`` and ``omega(t)`` ``[b]`` come from the strength schedule selected by
 name (``schedule``, default ``tidal``: its fields ``lambda_init``, ``lambda_max``,
 ``decay``, ``axis``, ``timestep_weight`` are passed through as keywords or in
 ``schedule_config``), with ``progress = inputs.progress`` and ``t = batch.t``.
-TIDAL pairs with forward objectives (SPEC 5.3).
+TIDAL pairs with forward objectives (docs/method.md#tidal).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ class ChunkTidal(_TidalBase):
         self.direction = "reverse" if self.config.reverse else "forward"
         if self.config.reverse:
             warnings.warn(
-                "reverse chunk TIDAL (reverse_alm_taid): TIDAL pairs with forward objectives only (SPEC 5.3); "
+                "reverse chunk TIDAL (reverse_alm_taid): TIDAL pairs with forward objectives only (docs/method.md#tidal); "
                 "late in training its (1 - lambda) factor suppresses the self-selection of the reverse direction",
                 UserWarning,
                 stacklevel=3,

@@ -1,4 +1,4 @@
-"""Masking schedules ``alpha(t)`` of the forward diffusion process (SPEC 1.3, 1.6),
+"""Masking schedules ``alpha(t)`` of the forward diffusion process (docs/method.md#noising),
 registered as ``linear`` (default) and ``cosine``.
 
 - ``alpha(t)``: probability that a token is kept at time ``t``;
@@ -21,7 +21,7 @@ from torch import Tensor
 from ..hookspecs import PluginSpec, hookimpl
 
 ELBO_EPS = 1e-6
-"""Added to ``1 - alpha(t)`` in the ELBO weight (SPEC 1.6)."""
+"""Added to ``1 - alpha(t)`` in the ELBO weight (docs/method.md#noising)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class MaskingSchedule:
         return 1.0 - self.mask_prob(t)
 
     def elbo_weight(self, t: Tensor | float) -> Tensor:
-        """Per-example CE weight ``w(t) = -alpha'(t) / (1 - alpha(t) + 1e-6)`` (SPEC 1.6)."""
+        """Per-example CE weight ``w(t) = -alpha'(t) / (1 - alpha(t) + 1e-6)`` (docs/method.md#noising)."""
         return -self.alpha_prime(t) / (self.mask_prob(t) + ELBO_EPS)
 
     def __repr__(self) -> str:

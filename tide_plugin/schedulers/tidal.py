@@ -1,4 +1,4 @@
-"""The TIDAL distillation-strength schedule (SPEC 5.3), registered as the
+"""The TIDAL distillation-strength schedule (docs/method.md#tidal), registered as the
 strength schedule ``tidal``.
 
 ``lambda_train = l0 + (l1 - l0) g(p)`` with ``g`` cosine ``(1 - cos(pi p)) / 2`` or
@@ -32,12 +32,12 @@ DECAYS: tuple[str, ...] = ("cosine", "linear")
 AXES: tuple[str, ...] = ("both", "training_only", "timestep_only")
 TIMESTEP_WEIGHTS: tuple[str, ...] = ("uniform", "midrange")
 MIDRANGE_SIGMA = 0.15
-"""Width of the ``midrange`` timestep weight (SPEC 5.3)."""
+"""Width of the ``midrange`` timestep weight (docs/method.md#tidal)."""
 
 
 @dataclass(frozen=True)
 class TidalScheduleConfig:
-    """SPEC 5.3 defaults: ``l0 = 0.1``, ``l1 = 0.9``, cosine decay, both axes,
+    """docs/method.md#tidal defaults: ``l0 = 0.1``, ``l1 = 0.9``, cosine decay, both axes,
     uniform timestep weight (the native recipe uses ``midrange``)."""
 
     lambda_init: float = 0.1
@@ -94,7 +94,7 @@ def tidal_lambda(
     decay: Decay = "cosine",
     axis: Axis = "both",
 ) -> Tensor:
-    """TIDAL interpolation weight per example (SPEC 5.3).
+    """TIDAL interpolation weight per example (docs/method.md#tidal).
 
     :param progress: ``global_step / max(max_steps, 1)`` in ``[0, 1]``.
     :param t: ``[b]`` diffusion timesteps.
@@ -105,7 +105,7 @@ def tidal_lambda(
 
 
 def timestep_weight(t: Tensor, kind: TimestepWeight = "uniform") -> Tensor:
-    """``omega(t)`` per example (SPEC 5.3). :param t: ``[b]``. :return: ``[b]`` float32."""
+    """``omega(t)`` per example (docs/method.md#tidal). :param t: ``[b]``. :return: ``[b]`` float32."""
     return _omega(TidalScheduleConfig(timestep_weight=kind), t)
 
 

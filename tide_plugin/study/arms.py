@@ -57,7 +57,7 @@ ARMS: dict[str, ArmSpec] = {
     "A/X-Token hybrid": ArmSpec("A", "xtoken_hybrid"),
 }
 """Arm name -> spec. Objective names are the registry's (the ``*_aligned`` spellings read
-template pairs, SPEC 3.2). Not in the default table: ``A/CE only``, a diagnostic (CE alone
+template pairs, docs/method.md#template-alignment). Not in the default table: ``A/CE only``, a diagnostic (CE alone
 on pipeline A's batches, whose noise closes every hit chunk), ``A/TIDE-Cross (reference
 noise)``, the paper's setting (the reference's chunk noise, which masks more than ``t``
 asks for), and the full-distribution cross-tokenizer arms (``docs/method.md#projected-kl``,

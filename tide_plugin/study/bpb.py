@@ -3,7 +3,7 @@
 For one conversation, the targets are the tokens that overlap the assistant's content
 (its end-of-turn token included, when the template writes one inside the span; the prompt
 is never noised). With the linear schedule ``alpha(t) = 1 - t`` the NELBO of the targets
-given the prompt is (SPEC 2.1, MDLM / BD3LM)::
+given the prompt is (docs/method.md#student-forward, MDLM / BD3LM)::
 
     NELBO = E_{t ~ U(0,1)} [ 1/t * sum_{i masked at t} -log p(x0_i | x_t) ]
 

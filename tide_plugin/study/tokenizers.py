@@ -27,7 +27,7 @@ ALT_TEMPLATE = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + ' says:\\n' + m['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant says:\\n' }}{% endif %}"
 )
-"""The shared teacher's template: the student's vocabulary, other role headers (SPEC 3.2)."""
+"""The shared teacher's template: the student's vocabulary, other role headers (docs/method.md#template-alignment)."""
 KINDS = ("student", "cross", "shared")
 
 

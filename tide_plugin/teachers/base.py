@@ -1,4 +1,4 @@
-"""Shared machinery of the teacher adapters (SPEC 2.2, 4).
+"""Shared machinery of the teacher adapters (docs/method.md#teacher-adapters, docs/method.md#compdemo).
 
 An adapter wraps a frozen transformers model and turns the noised teacher ids of a
 :class:`~tide_plugin.batch.DistillBatch` into merged teacher logits ``[b, L_T, V_T]``.
@@ -198,7 +198,7 @@ class TeacherAdapter(abc.ABC):
 
 def merge_views(logits: Tensor, view_index: Tensor | None) -> Tensor:
     """Pick each position's view: ``logits`` ``[V, b, L_T, V_T]``, ``view_index``
-    ``[b, L_T]`` long in ``[0, V)`` -> ``[b, L_T, V_T]`` (SPEC 4: view 1 at positions in
+    ``[b, L_T]`` long in ``[0, V)`` -> ``[b, L_T, V_T]`` (docs/method.md#compdemo: view 1 at positions in
     ``A``, view 0 elsewhere). Without an index the first view is used."""
     n_views = logits.shape[0]
     if view_index is None or n_views == 1:

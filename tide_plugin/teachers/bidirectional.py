@@ -1,4 +1,4 @@
-"""``bidirectional`` teacher adapter (SPEC 2.2): LLaDA, LLaDA2 MoE, Dream, any
+"""``bidirectional`` teacher adapter (docs/method.md#teacher-adapters): LLaDA, LLaDA2 MoE, Dream, any
 masked-diffusion LM. Input ``y_t`` ``[b, L_T]``; full bidirectional attention among
 non-pad tokens; pad keys are blocked and pad query rows keep their own position,
 so no logit anywhere is NaN or inf.

@@ -1,9 +1,9 @@
-"""``block`` teacher adapter (SPEC 2.2): WeDLM or any BD3LM teacher. Input
+"""``block`` teacher adapter (docs/method.md#teacher-adapters): WeDLM or any BD3LM teacher. Input
 ``y_t ⊕ y0`` or ``y0 ⊕ y_t`` (``concat_order``; WeDLM uses ``x0_xt``), the block
-mask of SPEC 2.1 with halves in that order, logits read from the ``y_t`` half
+mask of docs/method.md#student-forward with halves in that order, logits read from the ``y_t`` half
 ``[b, L_T, V_T]``.
 
-Block padding (SPEC 1.1, as the reference does for WeDLM): each teacher sequence is
+Block padding (docs/method.md#noising, as the reference does for WeDLM): each teacher sequence is
 padded with the teacher's EOS up to a multiple of ``block_size`` and the teacher sees
 those EOS tokens as real tokens, so its logits in the last block depend on them
 (``block_padding="eos"``). Batch padding beyond that stays blocked. The mask goes to
@@ -94,7 +94,7 @@ def _config_eos(model: torch.nn.Module) -> int | None:
 def pad_to_block(noisy_ids: Tensor, clean_ids: Tensor, valid: Tensor, block_size: int,
                  eos_id: int | None) -> tuple[Tensor, Tensor, Tensor]:
     """Pad ``[n, L]`` teacher rows to a block multiple. With ``eos_id``: each row's real
-    tokens are followed by EOS up to its own block multiple, valid (SPEC 1.1); without:
+    tokens are followed by EOS up to its own block multiple, valid (docs/method.md#noising); without:
     the padding is blocked. Batch padding past that stays invalid."""
     length = noisy_ids.shape[1]
     extra = (-length) % block_size
@@ -129,7 +129,7 @@ class BlockTeacher(TeacherAdapter):
                 warnings.warn(
                     "block teacher: no EOS id is known (pass eos_token_id=<the teacher tokenizer's eos_token_id> or "
                     "set it in the model config); teacher rows are padded to a block multiple with blocked keys, "
-                    "not with the visible EOS tokens of the reference (SPEC 1.1)",
+                    "not with the visible EOS tokens of the reference (docs/method.md#noising)",
                     UserWarning,
                     stacklevel=2,
                 )

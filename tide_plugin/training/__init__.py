@@ -1,7 +1,7 @@
 """Training: configuration, the loss mixin and trainer, builders, the run report.
 
 Only this package, :mod:`tide_plugin.integrations`, :mod:`tide_plugin.study` and
-:mod:`tide_plugin.cli` know a ``transformers.Trainer`` (DESIGN "rules of the house").
+:mod:`tide_plugin.cli` know a ``transformers.Trainer`` (docs/architecture.md#rules-of-the-house).
 """
 
 from .builders import build_collator, build_trainer, dllm_available, run_projection, trainer_class

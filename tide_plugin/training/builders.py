@@ -180,7 +180,7 @@ def build_teacher(config: DistillConfig, teacher_model: torch.nn.Module | str, t
         ("concat_order", config.concat_order),
         ("block_size", int(config.block_size)),
         ("attn_implementation", config.teacher_attn_implementation),
-        ("eos_token_id", teacher_eos),  # the block teacher's EOS padding (SPEC 1.1)
+        ("eos_token_id", teacher_eos),  # the block teacher's EOS padding (docs/method.md#noising)
     ):
         if key in teacher_fields and value is not None:
             teacher_kwargs[key] = value
@@ -275,7 +275,7 @@ def build_trainer(
         warnings.warn(
             "shared_vocab_size is unset: token-level objectives compare the first min(V_S, V_T) ids of both "
             "vocabularies, added tokens included; set shared_vocab_size to the ids both sides share "
-            "(Qwen family: 151646, SPEC 3.1)",
+            "(Qwen family: 151646, docs/method.md#shared-vocabulary)",
             UserWarning,
             stacklevel=2,
         )

@@ -2,7 +2,7 @@
 (``compute_loss``, logging, resume, saving), the DataLoader collate wrapper, and
 :class:`DistillBD3LMTrainer`.
 
-One training step (DESIGN "data flow")::
+One training step (docs/architecture.md#the-training-step)::
 
     DistillBatch (collator chain: distill_pad -> noise [-> comp_demo])
       -> student BD3LM forward on x_t ⊕ x0, logits of the x_t half   [b, L, V_S]
@@ -114,7 +114,7 @@ class DistillLossMixin:
     # -- counting the gradient-accumulation window -----------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
         """Count every term's units (CE's and each objective part's) over the window and
-        all ranks, on the device: no host sync here or per micro-step (SPEC 2.1, ours)."""
+        all ranks, on the device: no host sync here or per micro-step (docs/method.md#normalisation, ours)."""
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
         batches = []
         for sample in batch_samples:
@@ -294,7 +294,7 @@ class DistillLossMixin:
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict=state_dict)
         out = Path(output_dir or self.args.output_dir)
-        apply_layout(out, layout_of(unwrap_model(self.model)))  # A2D stays A2D (SPEC 2.2)
+        apply_layout(out, layout_of(unwrap_model(self.model)))  # A2D stays A2D (docs/method.md#teacher-adapters)
         info = tide_config(self.args, unwrap_model(self.model), getattr(self, "processing_class", None))
         (out / TIDE_CONFIG_NAME).write_text(json.dumps(info, indent=2) + "\n")
 

@@ -1,4 +1,4 @@
-"""One normalisation rule for every loss term (SPEC 2.1, "(ours)").
+"""One normalisation rule for every loss term (docs/method.md#normalisation, "(ours)").
 
 CE and every objective part are sums over the whole gradient-accumulation window and
 all ranks divided by that window's count of the term's units, so that N micro-batches

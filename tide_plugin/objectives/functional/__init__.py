@@ -1,4 +1,4 @@
-"""TIDE losses as pure functions (SPEC 5).
+"""TIDE losses as pure functions (docs/method.md#objectives).
 
 Every function takes tensors positionally and hyperparameters keyword-only, and
 returns a float32 scalar (or a float32 tensor for the helpers). All probability
@@ -19,7 +19,7 @@ Memory. At 150k vocabularies the logits dominate memory, so the token losses and
 
 Extra peak memory is therefore one gradient-sized buffer in the logits' dtype
 (which backward has to produce anyway) plus a few float32 row chunks. The teacher
-side never receives a gradient (the teacher is frozen; SPEC 2.2).
+side never receives a gradient (the teacher is frozen; docs/method.md#teacher-adapters).
 
 The functions live in :mod:`._common` (constants, checks, row chunking),
 :mod:`.token` and :mod:`.chunk`; this module is their public face. Tests that

@@ -16,7 +16,7 @@ ROW_CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
 to ``[b, L, V]`` logits at 150k vocabularies (about 1.2 GiB in bf16 at b=8, L=512)."""
 
 PROB_CLAMP = 1e-7
-"""CALM probabilities are clamped to ``[PROB_CLAMP, 1 - PROB_CLAMP]`` (SPEC 5.2)."""
+"""CALM probabilities are clamped to ``[PROB_CLAMP, 1 - PROB_CLAMP]`` (docs/method.md#calm)."""
 
 _TOKEN_MODES = ("forward", "reverse", "tidal")
 

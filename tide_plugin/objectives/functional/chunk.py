@@ -1,4 +1,4 @@
-"""Chunk-level losses (SPEC 5.2, 5.3): chunk log-probs, CALM and chunk TIDAL."""
+"""Chunk-level losses (docs/method.md#calm, docs/method.md#tidal): chunk log-probs, CALM and chunk TIDAL."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from . import _common as C
 from ._common import PROB_CLAMP, _check_bool, _check_logits, _check_temperature, _per_example, _work_dtype
 
 # ---------------------------------------------------------------------------
-# chunk log-probs (SPEC 5.2)
+# chunk log-probs (docs/method.md#calm)
 # ---------------------------------------------------------------------------
 class _ChunkLogProbs(torch.autograd.Function):
     @staticmethod
@@ -50,7 +50,7 @@ class _ChunkLogProbs(torch.autograd.Function):
 
 
 def chunk_log_probs(logits: Tensor, ids: Tensor, chunk_ids: Tensor, num_chunks: int) -> Tensor:
-    """Per-chunk sums of gold-token log-probs (SPEC 5.2).
+    """Per-chunk sums of gold-token log-probs (docs/method.md#calm).
 
     ``l(i) = z[i, ids_i] - logsumexp(z[i, :])`` over the FULL vocabulary;
     ``out[b, c] = sum_{i: chunk_ids[b, i] == c} l(i)``. Only rows with
@@ -87,7 +87,7 @@ def chunk_log_probs(logits: Tensor, ids: Tensor, chunk_ids: Tensor, num_chunks: 
 
 
 # ---------------------------------------------------------------------------
-# CALM, Reverse CALM, chunk TIDAL (SPEC 5.2, 5.3)
+# CALM, Reverse CALM, chunk TIDAL (docs/method.md#calm, docs/method.md#tidal)
 # ---------------------------------------------------------------------------
 def _check_chunks(student_chunk_lp: Tensor, teacher_chunk_lp: Tensor, chunk_mask: Tensor) -> None:
     for name, x in (("student_chunk_lp", student_chunk_lp), ("teacher_chunk_lp", teacher_chunk_lp)):
@@ -120,7 +120,7 @@ def calm(
     reverse: bool = False,
     bernoulli_kl: bool = False,
 ) -> Tensor:
-    """CALM and Reverse CALM (SPEC 5.2; docs/method.md#calm).
+    """CALM and Reverse CALM (docs/method.md#calm; docs/method.md#calm).
 
     ``s = clamp(exp(lp_S / tau))``, ``q = clamp(exp(lp_T / tau))`` (clamp to
     ``[1e-7, 1 - 1e-7]``, teacher detached). CALM: ``-(q log s + (1-q) log(1-s))``;
@@ -164,7 +164,7 @@ def tidal_calm(
     temperature: float = 2.0,
     reverse: bool = False,
 ) -> Tensor:
-    """Chunk TIDAL (SPEC 5.3).
+    """Chunk TIDAL (docs/method.md#tidal).
 
     ``m = stopgrad(clamp((1 - lam_b) s + lam_b q))``; loss
     ``-(m log s + (1-m) log(1-s)) * omega_b`` summed over active chunks and divided

@@ -1,4 +1,4 @@
-"""Token-level losses (SPEC 5.1, 5.3): rows, the row-indexed divergence engine, KL and TIDAL."""
+"""Token-level losses (docs/method.md#token-kl, docs/method.md#tidal): rows, the row-indexed divergence engine, KL and TIDAL."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ._common import (
 )
 
 # ---------------------------------------------------------------------------
-# token-level losses: KL, reverse KL, TIDAL (SPEC 5.1, 5.3)
+# token-level losses: KL, reverse KL, TIDAL (docs/method.md#token-kl, docs/method.md#tidal)
 # ---------------------------------------------------------------------------
 def masked_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
     """``(batch_index, position_index)`` ``[N]`` each, of the True entries of ``mask`` ``[b, L]``."""
@@ -32,7 +32,7 @@ def masked_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
 def aligned_rows(
     pair_student: Tensor, pair_teacher: Tensor, pair_mask: Tensor, masked: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Rows of template-aligned pairs that count (SPEC 3.2): ``pair_mask`` and the
+    """Rows of template-aligned pairs that count (docs/method.md#template-alignment): ``pair_mask`` and the
     student position is masked.
 
     :param pair_student: ``[b, P]`` long, student positions.
@@ -263,7 +263,7 @@ def token_kl(
     shared_vocab_size: int | None = None,
     reverse: bool = False,
 ) -> Tensor:
-    """Token KL over masked positions (SPEC 5.1).
+    """Token KL over masked positions (docs/method.md#token-kl).
 
     ``P_T = softmax(z_T/tau)``, ``P_S = softmax(z_S/tau)`` on the first
     ``shared_vocab_size`` ids (default: the smaller vocabulary).
@@ -299,7 +299,7 @@ def tidal_kl(
     temperature: float = 2.0,
     shared_vocab_size: int | None = None,
 ) -> Tensor:
-    """Token TIDAL (SPEC 5.3).
+    """Token TIDAL (docs/method.md#tidal).
 
     ``R_i = stopgrad(softmax(((1 - lam_b) z_S,i + lam_b z_T,i) / tau))``;
     loss ``sum_i omega_b KL(R_i || softmax(z_S,i / tau)) / N_masked * tau^2``.
