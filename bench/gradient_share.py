@@ -28,7 +28,7 @@ option, ``name:key=value`` any option (JSON value). Registered ``projected_kl`` 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import json
 import random
 import tempfile
@@ -89,12 +89,40 @@ def demo_rows(assets: dict[str, str], student_tok: Any, teacher_tok: Any, config
     return rows
 
 
+def projection_diagnostics(batch: Any, z_s: Any, z_t: Any, projection: Any, acc: dict[str, float]) -> None:
+    """At each active chunk's first positions: does ``W`` send the teacher's gold token to the
+    student's gold token, and how much of the projected target ``Q`` does that token get?
+    (Where the two sides' first tokens spell different lengths, ``W`` sends the teacher's
+    token to a student token the student's own tokenization does not use there.)"""
+    from tide_plugin.objectives.fused_rows import chunk_first_positions
+
+    c = batch.max_chunks
+    s_first = chunk_first_positions(batch.student_chunk_ids, c)
+    t_first = chunk_first_positions(batch.teacher_chunk_ids, c)
+    use = batch.chunk_active & (s_first >= 0) & (t_first >= 0)
+    b_idx, c_idx = use.nonzero(as_tuple=True)
+    i, j = s_first[b_idx, c_idx], t_first[b_idx, c_idx]
+    v_gold, u_gold = batch.input_ids[b_idx, i], batch.teacher_input_ids[b_idx, j]
+    p_t = torch.softmax(z_t[b_idx, j].float(), -1)
+    mapped = projection.project_rows(p_t[:, : projection.teacher_vocab_size])
+    kept = mapped.sum(-1)
+    q = mapped / kept.clamp_min(1e-12)[:, None]
+    p_s = torch.softmax(z_s[b_idx, i].float(), -1)
+    w = projection.dense()
+    target = w[u_gold].argmax(-1)
+    acc["n"] = acc.get("n", 0.0) + float(len(b_idx))
+    acc["same"] = acc.get("same", 0.0) + float((target == v_gold).sum())
+    acc["other"] = acc.get("other", 0.0) + float(((target != v_gold) & (w[u_gold].sum(-1) > 0)).sum())
+    acc["p_s"] = acc.get("p_s", 0.0) + float(p_s.gather(1, v_gold[:, None]).sum())
+    acc["q"] = acc.get("q", 0.0) + float(q.gather(1, v_gold[:, None]).sum())
+    acc["p_t"] = acc.get("p_t", 0.0) + float(p_t.gather(1, u_gold[:, None]).sum())
+    acc["kept"] = acc.get("kept", 0.0) + float(kept.sum())
+
+
 def projection_for(teacher_tok: Any, student_tok: Any) -> Any:
-    try:
-        module = importlib.import_module("tide_plugin.alignment.projection")
-    except ImportError:
-        return None
-    return module.build_projection(teacher_tok, student_tok)
+    from tide_plugin.alignment.projection_build import build_projection
+
+    return build_projection(teacher_tok, student_tok)
 
 
 def chunk_push(grad: torch.Tensor, logits: torch.Tensor, batch: Any) -> torch.Tensor:
@@ -126,7 +154,8 @@ def main() -> None:
 def measure(args: argparse.Namespace, output_dir: str) -> None:
     start = time.time()
 
-    preset = {k: v for k, v in PRESETS["demo"].items() if k != "output_dir"}
+    fields = {f.name for f in dataclasses.fields(DistillConfig)}  # the preset's run keys (demo_arms, ...) are not config
+    preset = {k: v for k, v in PRESETS["demo"].items() if k in fields and k != "output_dir"}
     assets = demo_assets(PRESET_MODELS["demo"]["study_assets"])
     student_tok = load_tokenizer(assets["student_tokenizer"])
     teacher_tok = load_tokenizer(assets["teacher_tokenizer"])
@@ -148,8 +177,10 @@ def measure(args: argparse.Namespace, output_dir: str) -> None:
     objectives = parse_objectives(args.objectives)
     reg = get_registry()
     if any("projection" in reg.objective_config(n, **o).requirements for _, n, o in objectives):
-        projection = projection_for(teacher_tok, student_tok)
+        # the trainer's own W (padded to the models' output sizes) when its objective needs one
+        projection = getattr(trainer, "projection", None) or projection_for(teacher_tok, student_tok)
     taus = [float(t) for t in args.temperatures.split(",")]
+    diag: dict[str, float] = {}
     sums: dict[tuple[str, float], dict[str, float]] = {}
     bs = int(config.per_device_train_batch_size)
     for k in range(args.batches):
@@ -168,12 +199,17 @@ def measure(args: argparse.Namespace, output_dir: str) -> None:
         lp_t = chunk_log_probs(teacher_logits.float(), batch.teacher_input_ids, batch.teacher_chunk_ids,
                                batch.max_chunks)
         teacher_higher = active & (lp_t > lp_s)
+        if projection is not None:
+            projection_diagnostics(batch, z.detach(), teacher_logits, projection, diag)
         for tau in taus:
             for label, name, options in ([("CE", None, {})] if tau == taus[0] else []) + objectives:
                 if name is None:
                     g = g_ce
                 else:
-                    objective = get_objective(name, **{"temperature": tau, **options})
+                    if "+" in name:  # a composition: every component at this temperature
+                        objective = get_objective(name, **{part: {"temperature": tau} for part in name.split("+")})
+                    else:
+                        objective = get_objective(name, **{"temperature": tau, **options})
                     inputs = DistillInputs(batch=batch, student_logits=z, teacher_logits=teacher_logits,
                                            progress=args.progress, projection=projection)
                     (g,) = torch.autograd.grad(sum(objective(inputs).values()), z)
@@ -199,6 +235,12 @@ def measure(args: argparse.Namespace, output_dir: str) -> None:
               f"{down_hi:>9.1%} {hi_of_down:>9.1%}")
     n_active, n_hi = next(iter(sums.values()))["n"], next(iter(sums.values()))["n_hi"]
     print(f"active chunks {n_active:.0f}, teacher higher (q > s) in {n_hi / max(n_active, 1):.1%} of them")
+    if diag:
+        n = max(diag["n"], 1)
+        print(f"at the chunks' first positions (tau 1): W maps the teacher's gold token to the student's gold token in "
+              f"{diag['same'] / n:.1%} of them (to another student token in {diag['other'] / n:.1%}, the rest to none); mean probability of "
+              f"the student's gold token: student {diag['p_s'] / n:.3f}, projected teacher Q {diag['q'] / n:.3f}, "
+              f"teacher's own gold {diag['p_t'] / n:.3f}; mass W keeps {diag['kept'] / n:.3f}")
 
 
 if __name__ == "__main__":
