@@ -475,3 +475,15 @@ def test_tidal_reports_its_own_lambda():
 def test_direction_selects_the_divergence(name, direction):
     obj = tide_plugin.get_objective(name)
     assert obj.direction == direction
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "tidal"])
+def test_the_suggested_aligned_alias_is_registered_and_reads_pairs(name):
+    """The alias an objective suggests on a template-pair pipeline is a registered name of the
+    same objective that sets aligned=True (so the hint never names something that fails)."""
+    from tide_plugin.registry import get_objective, get_registry
+
+    alias = get_objective(name).aligned_alias
+    resolved = get_registry().resolve("objective", alias)
+    assert resolved.spec.name == name and resolved.spec.alias_config[alias].get("aligned") is True
+    assert get_objective(alias).config.aligned is True

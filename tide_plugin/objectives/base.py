@@ -38,9 +38,11 @@ def check_temperature_weight(temperature: float, weight: float) -> None:
         raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
 
 
-def check_requirements(name: str, requirements: frozenset[str], info: PipelineInfo) -> None:
+def check_requirements(name: str, requirements: frozenset[str], info: PipelineInfo, *,
+                       aligned_alias: str | None = None) -> None:
     """Raise :class:`PipelineMismatchError` naming each of ``requirements`` that
-    the pipeline ``info`` does not provide."""
+    the pipeline ``info`` does not provide; ``aligned_alias`` (the objective's registered
+    name that reads template pairs) is suggested where the pipeline offers pairs."""
     problems = []
     if "chunks" in requirements and not info.has_chunks:
         problems.append(f"chunk alignment (a 'cross' pipeline), got pipeline {info.pipeline!r}")
@@ -50,7 +52,7 @@ def check_requirements(name: str, requirements: frozenset[str], info: PipelineIn
         if info.has_pairs:
             problems.append(
                 f"position-by-position alignment (pipeline 'same'), got pipeline {info.pipeline!r}, whose teacher "
-                f"reads another template{aligned_hint(name)}"
+                f"reads another template{aligned_hint(aligned_alias)}"
             )
         else:
             problems.append(
@@ -67,22 +69,10 @@ def check_requirements(name: str, requirements: frozenset[str], info: PipelineIn
         raise PipelineMismatchError(f"objective {name!r} needs " + "; ".join(problems))
 
 
-def aligned_names(name: str) -> list[str]:
-    """The registered names (aliases) of objective ``name`` that read template pairs
-    (their alias preset sets ``aligned=True``): ``tidal`` -> ``['taid_aligned']``."""
-    from ..registry import UnknownPluginError, get_registry
-
-    try:
-        spec = get_registry().resolve("objective", name).spec
-    except UnknownPluginError:
-        return []
-    return [alias for alias, preset in spec.alias_config.items() if preset.get("aligned") is True]
-
-
-def aligned_hint(name: str) -> str:
-    """``"; use 'taid_aligned' (template pairs)"`` for ``name``, or ``""`` when it has no such name."""
-    names = aligned_names(name)
-    return f"; use {' or '.join(repr(n) for n in names)} (template pairs)" if names else ""
+def aligned_hint(alias: str | None) -> str:
+    """``"; use 'taid_aligned' (template pairs)"`` for an objective whose registered alias
+    ``alias`` reads template pairs, or ``""`` when it has none."""
+    return f"; use {alias!r} (template pairs)" if alias else ""
 
 
 def unit_count(batch: DistillBatch, unit: Unit) -> Tensor:
@@ -117,6 +107,9 @@ class Objective(abc.ABC):
 
     name: ClassVar[str] = "objective"
     direction: ClassVar[Direction] = "forward"
+    aligned_alias: ClassVar[str | None] = None
+    """The registered name of this objective that reads template pairs (``kl_aligned``),
+    suggested when it meets a pipeline whose teacher reads another template."""
     """``reverse`` for student-weighted (mode-seeking) objectives: reverse KL,
     Reverse CALM; the forward and reverse variants share one implementation."""
     interpolates_teacher: ClassVar[bool] = False
@@ -150,7 +143,7 @@ class Objective(abc.ABC):
 
     def check_pipeline(self, info: PipelineInfo) -> None:
         """Raise :class:`PipelineMismatchError` naming what is missing."""
-        check_requirements(self.name, self.requirements, info)
+        check_requirements(self.name, self.requirements, info, aligned_alias=self.aligned_alias)
 
     def metrics(self, inputs: DistillInputs) -> dict[str, Tensor]:  # noqa: ARG002 - a hook for subclasses
         """Extra detached scalars the trainer logs this step (none by default)."""
@@ -237,7 +230,6 @@ __all__ = [
     "Objective",
     "PipelineMismatchError",
     "aligned_hint",
-    "aligned_names",
     "check_requirements",
     "check_temperature_weight",
     "unit_count",

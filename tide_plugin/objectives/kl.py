@@ -50,7 +50,7 @@ class KLConfig:
         return "pairs" if self.aligned else "masked_rows"
 
 
-def token_rows(inputs: DistillInputs, aligned: bool, who: str) -> tuple[Tensor, Tensor, Tensor]:
+def token_rows(inputs: DistillInputs, aligned: bool, who: str, aligned_alias: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(batch_index, student_position, teacher_position)`` ``[N]`` of the rows a
     token-level objective compares (shared by ``kl``, ``reverse_kl`` and ``tidal``)."""
     batch = inputs.batch
@@ -66,7 +66,7 @@ def token_rows(inputs: DistillInputs, aligned: bool, who: str) -> tuple[Tensor, 
     if s_len != t_len:
         raise ValueError(
             f"objective {who!r} compares position by position but student length {s_len} != teacher length "
-            f"{t_len}{aligned_hint(who) or '; set aligned=True (template pairs)'}"
+            f"{t_len}{aligned_hint(aligned_alias) or '; set aligned=True (template pairs)'}"
         )
     b_idx, pos = masked_rows(batch.masked)
     return b_idx, pos, pos
@@ -76,13 +76,14 @@ class TokenKL(Objective):
     """Forward KL. Student logits ``[b, L, V_S]``, teacher logits ``[b, L_T, V_T]``."""
 
     name = "kl"
+    aligned_alias = "kl_aligned"
     supports_projected_logits = True
 
     def __init__(self, **config) -> None:
         self.config = KLConfig(**config)
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
-        b_idx, s_pos, t_pos = token_rows(inputs, self.config.aligned, self.name)
+        b_idx, s_pos, t_pos = token_rows(inputs, self.config.aligned, self.name, self.aligned_alias)
         loss = token_divergence(
             inputs.student_logits,
             inputs.teacher_logits,
@@ -100,6 +101,7 @@ class ReverseTokenKL(TokenKL):
     """Reverse KL ``KL(P_S || P_T)``."""
 
     name = "reverse_kl"
+    aligned_alias = "reverse_kl_aligned"
     direction = "reverse"
 
 

@@ -165,9 +165,10 @@ class TokenTidal(_TidalBase):
     """Token TIDAL. Student logits ``[b, L, V_S]``, teacher logits ``[b, L_T, V_T]``."""
 
     name = "tidal"
+    aligned_alias = "taid_aligned"
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
-        b_idx, s_pos, t_pos = token_rows(inputs, self.config.aligned, self.name)
+        b_idx, s_pos, t_pos = token_rows(inputs, self.config.aligned, self.name, self.aligned_alias)
         lam, w = self.lambda_and_weight(inputs)
         loss = token_divergence(
             inputs.student_logits,
