@@ -177,7 +177,7 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig, code)
     args = [*DEMO, "--max_steps", "400", "--output_dir", str(out)]
     with open(log_path, "w") as log:
         proc = _start(args, log)
-        _wait_for(log_path, "'loss'", proc)  # the first step is logged
+        _wait_for(log_path, "1/400", proc)  # the first step's row of the console table
         proc.send_signal(sig)
         assert proc.wait(timeout=300) == code
     text = log_path.read_text()
