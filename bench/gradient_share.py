@@ -117,6 +117,19 @@ def projection_diagnostics(batch: Any, z_s: Any, z_t: Any, projection: Any, acc:
     acc["q"] = acc.get("q", 0.0) + float(q.gather(1, v_gold[:, None]).sum())
     acc["p_t"] = acc.get("p_t", 0.0) + float(p_t.gather(1, u_gold[:, None]).sum())
     acc["kept"] = acc.get("kept", 0.0) + float(kept.sum())
+    # log-probabilities of the student's gold token, by the example's noise level t
+    lq = q.gather(1, v_gold[:, None]).squeeze(1).clamp_min(1e-30).log()
+    ls = p_s.gather(1, v_gold[:, None]).squeeze(1).clamp_min(1e-30).log()
+    high = batch.t[b_idx] >= 0.5
+    hit = target == v_gold
+    for tag, sel in (("hit", hit), ("miss", ~hit)):
+        acc[f"n_{tag}"] = acc.get(f"n_{tag}", 0.0) + float(sel.sum())
+        acc[f"lq_{tag}"] = acc.get(f"lq_{tag}", 0.0) + float(lq[sel].sum())
+        acc[f"ls_{tag}"] = acc.get(f"ls_{tag}", 0.0) + float(ls[sel].sum())
+    for tag, sel in (("low", ~high), ("high", high)):
+        acc[f"n_{tag}"] = acc.get(f"n_{tag}", 0.0) + float(sel.sum())
+        acc[f"lq_{tag}"] = acc.get(f"lq_{tag}", 0.0) + float(lq[sel].sum())
+        acc[f"ls_{tag}"] = acc.get(f"ls_{tag}", 0.0) + float(ls[sel].sum())
 
 
 def projection_for(teacher_tok: Any, student_tok: Any) -> Any:
@@ -241,6 +254,11 @@ def measure(args: argparse.Namespace, output_dir: str) -> None:
               f"{diag['same'] / n:.1%} of them (to another student token in {diag['other'] / n:.1%}, the rest to none); mean probability of "
               f"the student's gold token: student {diag['p_s'] / n:.3f}, projected teacher Q {diag['q'] / n:.3f}, "
               f"teacher's own gold {diag['p_t'] / n:.3f}; mass W keeps {diag['kept'] / n:.3f}")
+        for tag, what in (("low", "t < 0.5"), ("high", "t >= 0.5"), ("hit", "W sends the teacher's gold to the student's"),
+                          ("miss", "W sends it elsewhere")):
+            k = max(diag[f"n_{tag}"], 1)
+            print(f"  {what}: {diag[f'n_{tag}']:.0f} chunks, mean log-prob of the student's gold token: student "
+                  f"{diag[f'ls_{tag}'] / k:.2f} nats, projected teacher Q {diag[f'lq_{tag}'] / k:.2f} nats")
 
 
 if __name__ == "__main__":
