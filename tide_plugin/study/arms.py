@@ -3,7 +3,7 @@ the same student init, steps, learning rate, data order and noise per seed.
 
 ``BD3LM`` is the trainer with the CE term alone (objective ``none``, the CE-only
 control): no teacher is built and no teacher forward is paid (that is what CE-only
-training costs), while the collators draw the same noise as the distilled arms. ``BD3LM (equal compute)`` is the same given the distilled arms' mean wall-clock.
+training costs), while the collators draw the same noise as the distilled arms. ``BD3LM (equal compute)`` is the same given the distilled arms' mean compute (CPU time on a CPU, wall-clock on a GPU).
 """
 
 from __future__ import annotations
@@ -158,7 +158,9 @@ def run_arm(
     evaluate: Callable[[torch.nn.Module], float] | None = None,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Train ``student`` in place; returns ``{"wall_seconds", "steps", "curve": [(step, bpb)], "log"}``."""
+    """Train ``student`` in place; returns ``{"wall_seconds", "cpu_seconds", "compute_seconds", "steps",
+    "curve": [(step, bpb)], "log"}`` (``compute_seconds``: this process's CPU time on a CPU, which
+    other load on the machine barely changes, unlike the wall-clock; the wall-clock on a GPU)."""
     import transformers
 
     from ..training import build_trainer, run_projection
@@ -166,16 +168,17 @@ def run_arm(
     steps = settings.steps if steps is None else steps
     tok = toks["student"]
     curve: list[tuple[int, float]] = []
-    eval_time = [0.0]
+    eval_time = [0.0, 0.0]  # wall, CPU
 
     class _Curve(transformers.TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ARG002
             if progress is not None:
                 progress.update(1)
             if evaluate is not None and settings.eval_every and state.global_step % settings.eval_every == 0:
-                t0 = time.time()
+                t0, c0 = time.time(), time.process_time()
                 curve.append((state.global_step, evaluate(model)))
                 eval_time[0] += time.time() - t0
+                eval_time[1] += time.process_time() - c0
 
     with tempfile.TemporaryDirectory(prefix="tide-study-") as tmp:
         config = distill_config(spec, settings, seed=seed, steps=steps, output_dir=tmp, shared_vocab=len(tok))
@@ -195,9 +198,14 @@ def run_arm(
         )
         for noisy in (transformers.PrinterCallback, transformers.trainer_callback.ProgressCallback):
             trainer.remove_callback(noisy)  # the study draws its own progress bar
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         trainer.train()
         wall = time.time() - start - eval_time[0]  # training only: the curve's evaluations excluded
+        cpu = time.process_time() - cpu_start - eval_time[1]
+        on_cpu = trainer.args.device.type == "cpu"
         log = [h for h in trainer.state.log_history if "loss" in h]
     student.eval()
-    return {"wall_seconds": wall, "steps": steps, "curve": curve, "log": log}
+    # what the equal-compute arm matches: CPU time on a CPU (other load stretches the wall-clock
+    # of whichever arms it overlaps, CPU time hardly), the wall-clock on an accelerator
+    return {"wall_seconds": wall, "cpu_seconds": cpu, "compute_seconds": cpu if on_cpu else wall, "steps": steps,
+            "curve": curve, "log": log}

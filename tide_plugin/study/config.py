@@ -19,7 +19,7 @@ class StudyConfig:
     """Everything a study run depends on (artifacts are cached by hashes of parts of it).
 
     :param steps: optimizer steps of every arm (``BD3LM (equal compute)`` gets the
-        distilled arms' mean wall-clock instead).
+        distilled arms' mean compute instead: CPU time on a CPU, wall-clock on a GPU).
     :param eval_samples: Monte Carlo times per held-out sequence for the final scores.
     :param curve_rows: held-out sequences scored every ``eval_every`` steps (the plot).
     """

@@ -219,7 +219,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, device: str = "cpu", teac
         final = score(student, "student")
         res.update(bpb=final.bpb, eval_se=final.se, curve=[(0, init_curve)] + res["curve"])
         runs[arm][seed] = res
-        dump({a: {str(k): {x: v[x] for x in ("bpb", "eval_se", "steps", "wall_seconds")} for k, v in per.items()}
+        dump({a: {str(k): {x: v[x] for x in ("bpb", "eval_se", "steps", "wall_seconds", "compute_seconds")} for k, v in per.items()}
               for a, per in runs.items()}, out / "partial_runs.json")  # survives an interrupted run
         bar.set_postfix(arm=arm, seed=seed, bpb=f"{final.bpb:.3f}")
 
@@ -228,12 +228,14 @@ def run_study(cfg: StudyConfig, output: str | Path, *, device: str = "cpu", teac
             one(arm, seed, cfg.steps)
     bar.close()
     if EQUAL_COMPUTE in cfg.arms:
-        distilled = [r["wall_seconds"] for a in plain if ARMS[a].objective for r in runs[a].values()]
-        base = [r["wall_seconds"] for r in runs[BASELINE].values()]
+        # compute_seconds: CPU time on a CPU (other load on a shared machine stretches the
+        # wall-clock of whichever arms it overlaps, the CPU time hardly), wall-clock on a GPU
+        distilled = [r["compute_seconds"] for a in plain if ARMS[a].objective for r in runs[a].values()]
+        base = [r["compute_seconds"] for r in runs[BASELINE].values()]
         factor = (sum(distilled) / len(distilled)) / (sum(base) / len(base)) if distilled else 1.0
         factor = min(max(factor, 1.0), cfg.max_equal_compute_factor)
         steps_ec = int(round(cfg.steps * factor))
-        _log(f"{EQUAL_COMPUTE}: distilled arms took {factor:.2f}x the CE arm's wall-clock -> {steps_ec} steps")
+        _log(f"{EQUAL_COMPUTE}: distilled arms took {factor:.2f}x the CE arm's compute -> {steps_ec} steps")
         bar = tqdm(total=steps_ec * len(cfg.seeds), desc=EQUAL_COMPUTE, disable=not progress, mininterval=2.0)
         for seed in cfg.seeds:
             one(EQUAL_COMPUTE, seed, steps_ec)
