@@ -133,3 +133,15 @@ def window_gradient(trainer, model, batches: list[DistillBatch]) -> torch.Tensor
         trainer.training_step(model, sample)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+
+
+def three_chunk_batch(ids: torch.Tensor) -> DistillBatch:
+    """A cross batch of two rows of six tokens with chunks ``[[0,0,1,2,2,-],[0,1,1,1,-,-]]``, some
+    inactive, teacher ids equal to the student's: for objectives tested on hand-made logits."""
+    b, length = ids.shape
+    chunks = torch.tensor([[0, 0, 1, 2, 2, -1], [0, 1, 1, 1, -1, -1]])
+    return DistillBatch(
+        pipeline="cross", input_ids=ids, labels=ids, attention_mask=torch.ones(b, length, dtype=torch.bool),
+        teacher_input_ids=ids, student_chunk_ids=chunks, teacher_chunk_ids=chunks, num_chunks=torch.tensor([3, 2]),
+        chunk_active=torch.tensor([[True, False, True], [True, True, False]]),
+    )

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import tide_plugin
+from _distill_helpers import three_chunk_batch
 from tide_plugin import hookspecs
 from tide_plugin.hookspecs import HOOKS_BY_KIND, KINDS, PROTOCOL_BY_KIND, PluginSpec, hookimpl
 from tide_plugin.registry import PluginContractError, Registry, get_registry
@@ -218,12 +219,7 @@ def test_readme_chunk_objective_example_works(monkeypatch):
     g = torch.Generator().manual_seed(0)
     b, length, v = 2, 6, 9
     ids = torch.randint(0, v, (b, length), generator=g)
-    chunks = torch.tensor([[0, 0, 1, 2, 2, -1], [0, 1, 1, 1, -1, -1]])
-    batch = tide_plugin.DistillBatch(
-        pipeline="cross", input_ids=ids, labels=ids, attention_mask=torch.ones(b, length, dtype=torch.bool),
-        teacher_input_ids=ids, student_chunk_ids=chunks, teacher_chunk_ids=chunks, num_chunks=torch.tensor([3, 2]),
-        chunk_active=torch.tensor([[True, False, True], [True, True, False]]),
-    )
+    batch = three_chunk_batch(ids)
     zs = torch.randn(b, length, v, generator=g, requires_grad=True)
     zt = torch.randn(b, length, v, generator=g)
     loss = obj(tide_plugin.DistillInputs(batch=batch, student_logits=zs, teacher_logits=zt))["chunk_mse"]
@@ -233,7 +229,7 @@ def test_readme_chunk_objective_example_works(monkeypatch):
         lp_t = zt[i].log_softmax(-1).gather(-1, ids[i, :, None])[:, 0]
         for c in range(3):
             if batch.chunk_active[i, c]:
-                sel = chunks[i] == c
+                sel = batch.student_chunk_ids[i] == c
                 terms.append((torch.exp(lp_s[sel].sum() / 1.5) - torch.exp(lp_t[sel].sum() / 1.5)) ** 2)
     torch.testing.assert_close(loss, torch.stack(terms).mean())
 

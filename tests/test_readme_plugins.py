@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import tide_plugin
+from _distill_helpers import three_chunk_batch
 from tide_plugin.registry import Registry, get_registry
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -76,12 +77,7 @@ def test_the_example_objective_runs_on_projected_logits_as_on_full_logits(monkey
     g = torch.Generator().manual_seed(0)
     b, length, hidden, v = 2, 6, 5, 11
     ids = torch.randint(0, v, (b, length), generator=g)
-    chunks = torch.tensor([[0, 0, 1, 2, 2, -1], [0, 1, 1, 1, -1, -1]])
-    batch = tide_plugin.DistillBatch(
-        pipeline="cross", input_ids=ids, labels=ids, attention_mask=torch.ones(b, length, dtype=torch.bool),
-        teacher_input_ids=ids, student_chunk_ids=chunks, teacher_chunk_ids=chunks, num_chunks=torch.tensor([3, 2]),
-        chunk_active=torch.tensor([[True, False, True], [True, True, False]]),
-    )
+    batch = three_chunk_batch(ids)
     h_s = torch.randn(b, length, hidden, generator=g, requires_grad=True)
     w_s = torch.randn(v, hidden, generator=g, requires_grad=True)
     h_t, w_t = torch.randn(b, length, hidden, generator=g), torch.randn(v, hidden, generator=g)
