@@ -24,7 +24,8 @@ class _Grads(transformers.TrainerCallback):
 
 
 def _one_step(tmp_path, **overrides):
-    student = load_student(demo_assets("A")["model_name_or_path"])  # the shipped init, saved in bfloat16
+    # the shipped init, saved in bfloat16, as transformers 5 loads it by default (4.57 would load float32)
+    student = load_student(demo_assets("A")["model_name_or_path"], dtype="bfloat16")
     assert {p.dtype for p in student.parameters()} == {torch.bfloat16}
     mask, eos = student.config.mask_token_id, student.config.eos_token_id
     cfg = tidal_comp_demo_config(tmp_path / "run", objective="none", use_comp_demo=False, max_steps=1,
