@@ -352,13 +352,19 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     teacher = _teacher(run, teacher_tok, config, reads_teacher or bool(arms))
     init = copy.deepcopy(student) if arms else None
 
+    shared = {"teacher": teacher, "W": projection}  # loaded or built once, for every student of the run
+
     def build(cfg: DistillConfig, model: torch.nn.Module) -> Any:
-        # W for every student whose objective requires it (the run's own was built above)
-        arm_projection = projection if cfg is config else run_projection(cfg, teacher_tok, student_tok, say=None,
-                                                                         data_dir=data_dir)
-        return build_trainer(cfg, student=model, teacher_model=teacher, train_dataset=dataset,
-                             student_tokenizer=student_tok, student_mask_id=student_mask, teacher_tokenizer=teacher_tok,
-                             backend=run.get("backend") or "auto", projection=arm_projection)
+        if shared["W"] is None and cfg is not config:  # W belongs to the tokenizer pair, not the objective
+            shared["W"] = run_projection(cfg, teacher_tok, student_tok, say=None, data_dir=data_dir)
+        built = build_trainer(cfg, student=model, teacher_model=shared["teacher"], train_dataset=dataset,
+                              student_tokenizer=student_tok, student_mask_id=student_mask, teacher_tokenizer=teacher_tok,
+                              backend=run.get("backend") or "auto", projection=shared["W"])
+        if built.teacher is not None and not config.teacher_load_in_4bit:
+            # the frozen teacher is read from its folder once, not once per student (a 4-bit teacher
+            # is quantised while it loads, so the adapter takes only its folder)
+            shared["teacher"] = built.teacher.model
+        return built
 
     trainer = build(config, student)
     objective = canonical_objective(config.objective)
