@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _eval_fixtures import GSM8K, HELLASWAG, MMLU, write_paper_fixtures
+from helpers.eval_fixtures import GSM8K, HELLASWAG, MMLU, write_paper_fixtures
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tide_plugin
-from _distill_helpers import three_chunk_batch
+from helpers.distill import three_chunk_batch
 from tide_plugin.registry import Registry, get_registry
 
 README = Path(__file__).resolve().parents[1] / "README.md"
