@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from helpers.markdown import anchors, dead_links, headings, slug
 
 ROOT = Path(__file__).resolve().parents[1]
