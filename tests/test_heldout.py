@@ -13,6 +13,7 @@ import torch
 
 from tide_plugin.alignment.preprocess import load_jsonl, load_tokenizer
 from tide_plugin.eval.heldout import (
+    BpbResult,
     Encoded,
     Reader,
     encode_heldout,
@@ -205,3 +206,37 @@ def test_bad_settings_fail_in_one_line():
         heldout_bpb(reader, data, mask_id=1, pad_id=0, eps=0)
     with pytest.raises(KeyError, match="unknown masking_schedule 'cosin'"):
         heldout_bpb(reader, data, mask_id=1, pad_id=0, schedule="cosin")
+
+
+def test_the_trainers_scorer_is_the_student_score(shipped):
+    from tide_plugin.training.heldout import heldout_bpb_scorer
+
+    tok = shipped["A"]["student_tok"]
+    model = _tiny(tok)
+    rows = shipped["A"]["rows"][:3]
+    got = heldout_bpb_scorer(rows, tok, block_size=32)(model)
+    assert got.nats == score_student(model, encode_heldout(rows, tok), tok, block_size=32, samples=2, seed=1234).nats
+    with pytest.raises(ValueError, match="need the student tokenizer"):
+        heldout_bpb_scorer(rows, None, block_size=32)
+    with pytest.raises(ValueError, match="held-out set is empty"):
+        heldout_bpb_scorer([], tok, block_size=32)
+
+
+def test_the_curve_callback_scores_every_few_steps_but_the_last():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from tide_plugin.training.heldout import heldout_callback
+
+    scored = []
+
+    def score(model):
+        scored.append(model)
+        return BpbResult(bpb=1.5, se=0.1, nats=[1.0], nbytes=[1])
+
+    curve: list = []
+    callback = heldout_callback(score, 2, curve)
+    state, args = TrainerState(max_steps=6), TrainingArguments(output_dir="unused", report_to=[])
+    for step in range(1, 7):
+        state.global_step = step
+        callback.on_step_end(args, state, TrainerControl(), model="m")
+    assert curve == [(2, 1.5), (4, 1.5)] and scored == ["m", "m"]  # step 6 is the run's own final score
