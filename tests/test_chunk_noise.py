@@ -14,7 +14,7 @@ from tide_plugin.alignment import AlignmentError, chunk_alignment
 from tide_plugin.alignment.preprocess import load_jsonl, load_tokenizer
 from tide_plugin.collators.chain import build_collator_chain
 from tide_plugin.collators.noise import Noise, NoiseConfig, stream_seed
-from tide_plugin.study.demo import demo_assets
+from tide_plugin.shipped import demo_assets
 
 from test_collators import EOS, M_S, M_T, PAD, T_PAD, same_row, shared_rows
 

@@ -125,11 +125,16 @@ def test_errors_are_not_glued_to_a_progress_bar(capsys):
 
 
 def test_make_chat_demo_writes_to_the_working_directory(tmp_path, monkeypatch):
+    import importlib.util
     from pathlib import Path
 
-    from tide_plugin.data import make_chat_demo
+    import tide_plugin
 
-    shipped = Path(make_chat_demo.__file__).with_name("chat_demo.jsonl")
+    root = Path(__file__).resolve().parent.parent  # a development script, not in the package
+    spec = importlib.util.spec_from_file_location("make_chat_demo", root / "scripts" / "make_chat_demo.py")
+    make_chat_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_chat_demo)
+    shipped = Path(tide_plugin.__file__).with_name("data") / "chat_demo.jsonl"
     before = shipped.stat().st_mtime_ns
     monkeypatch.chdir(tmp_path)
     assert make_chat_demo.main(["--count", "5"]) == 0
@@ -137,6 +142,8 @@ def test_make_chat_demo_writes_to_the_working_directory(tmp_path, monkeypatch):
     assert make_chat_demo.main(["--count", "5"]) == 2  # never replaces a file unasked
     assert make_chat_demo.main(["--count", "6", "--overwrite"]) == 0
     assert shipped.stat().st_mtime_ns == before
+    assert make_chat_demo.main(["--out", "all.jsonl"]) == 0
+    assert (tmp_path / "all.jsonl").read_bytes() == shipped.read_bytes()  # it made the shipped file
 
 
 def _preprocessed(tmp_path, pipeline, teacher):

@@ -14,7 +14,7 @@ from helpers.markdown import anchors, dead_links, headings, slug
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
-SCANNED = ("tide_plugin", "bench", "tests", "entry_points", "examples", "docs", "README.md")
+SCANNED = ("tide_plugin", "bench", "tests", "entry_points", "examples", "scripts", "docs", "README.md")
 SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg"}
 
 METHOD_SECTIONS = (

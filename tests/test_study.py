@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from tide_plugin.study.bpb import Encoded, _noise, encode_targets, heldout_bpb, ratio_bpb
+from tide_plugin.eval.heldout import encode_targets, ratio_bpb
 from tide_plugin.study.corpus import CorpusConfig, build_corpus, is_heldout
-from tide_plugin.study.models import ModelSpec
 from tide_plugin.study.report import delta_row, mean_se, summarise
 from tide_plugin.study.tokenizers import train_tokenizers
 
@@ -95,69 +93,7 @@ def test_targets_spell_exactly_the_assistant_content(toks, corpus):
             assert enc.targets[-1] or enc.ids[-1] != tok.eos_token_id  # the end-of-turn token is scored
 
 
-# -- bits per byte ----------------------------------------------------------------------------
-def _tiny(tok, arch="qwen3"):
-    spec = ModelSpec(arch, hidden=32, layers=1, heads=4, kv_heads=2, intermediate=32, experts=2 if arch != "qwen3" else 0,
-                     experts_per_token=1)
-    return spec.build(tok, seed=0).eval()
-
-
-@torch.no_grad()
-def test_bpb_matches_a_hand_computation(toks, corpus):
-    tok = toks["cross"]
-    model = _tiny(tok, "qwen3_moe")
-    data = [encode_targets(tok, r["messages"]) for r in corpus.heldout[:3]]
-    got = heldout_bpb(model, "mdlm", data, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id, samples=3, seed=7)
-    nats = []
-    for i, enc in enumerate(data):
-        t, masked = _noise(i, torch.tensor(enc.targets), 3, 7, 1e-3)
-        total = 0.0
-        for k in range(3):
-            ids = torch.tensor(enc.ids)
-            noisy = torch.where(masked[k], torch.tensor(tok.mask_token_id), ids)
-            full = torch.ones(1, 1, len(ids), len(ids), dtype=torch.bool)  # every token sees every token
-            logits = model(input_ids=noisy[None], attention_mask=full, position_ids=torch.arange(len(ids))[None]).logits[0]
-            logp = torch.log_softmax(logits.double(), -1)
-            total += float(-logp[masked[k], ids[masked[k]]].sum()) / float(t[k])
-        nats.append(total / 3)
-    want = sum(nats) / math.log(2) / sum(e.nbytes for e in data)
-    assert got.bpb == pytest.approx(want, rel=1e-4)
-    assert got.nats == pytest.approx(nats, rel=1e-4)
-
-
-def test_bpb_does_not_depend_on_batching(toks, corpus):
-    tok = toks["student"]
-    model = _tiny(tok)
-    data = [encode_targets(tok, r["messages"]) for r in corpus.heldout[:4]]
-    kw = dict(mask_id=tok.mask_token_id, pad_id=tok.pad_token_id, samples=2, seed=3)
-    one = heldout_bpb(model, "bd3lm", data, max_tokens=1, **kw)
-    many = heldout_bpb(model, "bd3lm", data, max_tokens=100_000, **kw)
-    assert one.nats == pytest.approx(many.nats, rel=1e-4)
-
-
-class _Uniform(torch.nn.Module):
-    """Equal logits everywhere: -log p = log V for every token."""
-
-    def __init__(self, vocab: int):
-        super().__init__()
-        self.vocab = vocab
-        self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.config = type("C", (), {"_attn_implementation": "sdpa"})()
-
-    def forward(self, input_ids, **kwargs):
-        return type("O", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)})()
-
-
-def test_bpb_weighting_is_unbiased_for_a_known_model():
-    """For a uniform model the NELBO is (targets x ln V) exactly; the 1/t-weighted
-    estimate must agree within its standard error."""
-    vocab = 50
-    data = [Encoded(ids=list(range(3, 40)), targets=[j >= 5 for j in range(37)], nbytes=90) for _ in range(40)]
-    got = heldout_bpb(_Uniform(vocab), "mdlm", data, mask_id=1, pad_id=0, samples=16, seed=0)
-    want = 32 * math.log2(vocab) / 90
-    assert abs(got.bpb - want) < 4 * got.se and got.se < 0.05 * want
-
-
+# -- bits per byte (the estimator itself: tests/test_heldout.py) ---------------------------------
 def test_ratio_bpb_standard_error():
     bpb, se = ratio_bpb([10.0, 20.0, 30.0], [10, 10, 10])
     assert bpb == pytest.approx(2.0 / math.log(2))
@@ -165,8 +101,8 @@ def test_ratio_bpb_standard_error():
 
 
 def test_demo_change_is_paired_over_the_same_sequences():
-    from tide_plugin.study.bpb import BpbResult
-    from tide_plugin.study.demo import paired_change
+    from tide_plugin.eval.heldout import BpbResult
+    from tide_plugin.eval.heldout import paired_change
 
     nbytes = [10, 20, 30]
     before = BpbResult(bpb=0.0, se=0.0, nats=[7.0, 15.0, 20.0], nbytes=nbytes)
@@ -179,7 +115,7 @@ def test_demo_change_is_paired_over_the_same_sequences():
 
 
 def test_demo_arms_bring_the_control_once_and_never_repeat_the_run_objective():
-    from tide_plugin.study.demo import comparison_arms
+    from tide_plugin.eval.comparison import comparison_arms
 
     assert comparison_arms(None, "reverse_calm") == [] and comparison_arms(" , ", "reverse_calm") == []
     assert comparison_arms("none,reverse_calm", "reverse_calm") == ["none"]
@@ -188,8 +124,9 @@ def test_demo_arms_bring_the_control_once_and_never_repeat_the_run_objective():
 
 
 def test_students_are_compared_with_the_control_paired_over_sequences():
-    from tide_plugin.study.bpb import BpbResult
-    from tide_plugin.study.demo import paired_change, versus_control
+    from tide_plugin.eval.heldout import BpbResult
+    from tide_plugin.eval.comparison import versus_control
+    from tide_plugin.eval.heldout import paired_change
 
     nbytes = [10, 20, 30]
     control = BpbResult(bpb=1.0, se=0.0, nats=[7.0, 15.0, 20.0], nbytes=nbytes)
@@ -211,21 +148,53 @@ def test_students_are_compared_with_the_control_paired_over_sequences():
     ],
 )
 def test_verdict_says_in_words_whether_a_student_beat_the_control(diff, se, words):
-    from tide_plugin.study.demo import verdict
+    from tide_plugin.eval.comparison import verdict
 
     line = verdict("projected_kl+reverse_calm", {"bpb_after": 3.241, "minus_ce": diff, "minus_ce_se": se})
     assert line == f"projected_kl+reverse_calm: 3.2410 bits/byte, {words}"
 
 
 def test_demo_assets_name_what_is_missing(monkeypatch, tmp_path):
-    from tide_plugin.study import demo
+    import shutil
+
+    from tide_plugin import shipped
 
     with pytest.raises(ValueError, match="demo teacher 'C' is not one of"):
-        demo.demo_assets("C")
-    assert demo.demo_assets("B")["teacher_tokenizer"].endswith("tokenizer")  # shipped: teacher B's own template
-    monkeypatch.setattr(demo, "SHIPPED_DIR", tmp_path)  # a source checkout without the shipped weights
+        shipped.demo_assets("C")
+    assert shipped.demo_assets("B")["teacher_tokenizer"].endswith("tokenizer")  # shipped: teacher B's own template
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path)  # a source checkout without the shipped weights
+    with pytest.raises(FileNotFoundError, match=r"missing \['.*manifest.json'"):
+        shipped.demo_assets("B")
+    shutil.copy(shipped.DEMO_DATA_DIR.parent / shipped.MANIFEST, tmp_path)
     with pytest.raises(FileNotFoundError, match=r"missing \['tokenizers-.*'teacher-B-.*student-init-"):
-        demo.demo_assets("B")
+        shipped.demo_assets("B")
+
+
+def test_the_shipped_manifest_names_what_the_default_study_makes():
+    """The demo finds the study's artifacts through data/study/manifest.json, without study
+    code: the names there must be those the default study config hashes to (a changed
+    config must be re-exported, not silently paired with stale weights)."""
+    import json
+
+    from tide_plugin.shipped import MANIFEST, SHIPPED_DIR
+    from tide_plugin.study.config import StudyConfig
+    from tide_plugin.study.run import init_name, teacher_name, tokenizers_key
+
+    cfg = StudyConfig()
+    key = tokenizers_key(cfg)
+    assert json.loads((SHIPPED_DIR / MANIFEST).read_text()) == {
+        "tokenizers": f"tokenizers-{key}", "teacher_A": teacher_name("A", cfg, key),
+        "teacher_B": teacher_name("B", cfg, key), "student_init": init_name(cfg, key)}
+
+
+def test_export_writes_the_manifest(tmp_path):
+    import json
+
+    from tide_plugin.study.run import export_artifacts
+
+    export_artifacts(["tokenizers-x", "teacher-A-y", "teacher-B-z", "student-init-w"], tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {
+        "tokenizers": "tokenizers-x", "teacher_A": "teacher-A-y", "teacher_B": "teacher-B-z", "student_init": "student-init-w"}
 
 
 # -- report ---------------------------------------------------------------------------------------

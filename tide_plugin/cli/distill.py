@@ -279,7 +279,7 @@ def canonical_objective(objective: str) -> str:
 
 def run_arms(run: Mapping[str, Any], config: DistillConfig) -> list[str]:
     """The comparison students of ``--demo_arms`` (control first), none when it is empty."""
-    from ..study.demo import comparison_arms
+    from ..eval.comparison import comparison_arms
 
     return comparison_arms(run.get("demo_arms"), canonical_objective(config.objective))
 
@@ -301,7 +301,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     if run.get("study_assets") and own_models:  # shipped models only fit the shipped tokenizers
         _say(f"the demo's shipped models are not used: {', '.join('--' + k for k in own_models)} given")
     elif run.get("study_assets"):  # the demos: shipped trained teacher, tokenizers, student init, data
-        from ..study.demo import demo_assets
+        from ..shipped import demo_assets
 
         try:
             assets = demo_assets(str(run["study_assets"]))
@@ -378,14 +378,12 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
     curves: dict[str, list] = {}
     score_student = None
     if run.get("heldout"):
-        from ..study.demo import heldout_scorer
+        from ..eval.heldout import heldout_scorer
 
-        kind = {"bidirectional": "mdlm", "block": "block"}.get(config.teacher)
-        score_student, score_teacher = heldout_scorer(
-            run["heldout"], student_tok, teacher_tok, block_size=int(config.block_size), teacher_kind=kind or "mdlm"
-        )
-        if kind is not None and trainer.teacher is not None:
-            heldout["teacher_bpb"] = score_teacher(trainer.teacher.model).bpb
+        score_student, score_teacher = heldout_scorer(run["heldout"], student_tok, teacher_tok,
+                                                      block_size=int(config.block_size))
+        if trainer.teacher is not None:  # read by its adapter, as the run reads it
+            heldout["teacher_bpb"] = score_teacher(trainer.teacher).bpb
         before = score_student(student.to(trainer.args.device))
         heldout["student_bpb_before"] = before.bpb
 
@@ -396,7 +394,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         own = run_trainer is trainer
         curve: list = saved_curve(resume) if own else []
         if score_student is not None:
-            from ..study.demo import heldout_callback
+            from ..training.heldout import heldout_callback
 
             if not curve:
                 curve.append((0, before.bpb))
@@ -414,13 +412,13 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
 
     after, curves[objective] = train(trainer, objective)
     if heldout:
-        from ..study.demo import paired_change
+        from ..eval.heldout import paired_change
 
         heldout["student_bpb_after"] = after.bpb
         heldout["student_bpb_change"], heldout["student_bpb_change_se"] = paired_change(before, after)
     compared: dict[str, Any] = {}
     if arms:
-        from ..study.demo import CONTROL, versus_control
+        from ..eval.comparison import CONTROL, versus_control
         from .distill_arms import curves_by_label, train_arms
 
         others = train_arms(arms, config, init=init, build=build, train=train, say=_say)
@@ -451,7 +449,7 @@ def distill(options: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any
         )
         _say(f"wrote the student, metrics.json and loss.png to {config.output_dir} in {time.time() - start:.1f} s")
         if compared:
-            from ..study.demo import verdict
+            from ..eval.comparison import verdict
 
             print(f"held-out bits per byte against the CE-only control ({heldout['ce_only_bpb_after']:.4f}; "
                   f"before training {heldout['student_bpb_before']:.4f}), paired over the same sequences and noise:")

@@ -25,7 +25,7 @@ def check_arms(config: DistillConfig, arms: Sequence[str]) -> None:
     model work); the control needs no check."""
     from ..batch import PipelineInfo
     from ..registry import get_objective
-    from ..study.demo import CONTROL
+    from ..eval.comparison import CONTROL
 
     from ..objectives.base import PipelineMismatchError
 
@@ -87,7 +87,7 @@ def train_arms(
     :param build: ``build(config, student) -> trainer`` (the run's teacher, data and tokenizers).
     :param train: ``train(trainer, label) -> (held-out result, curve)``.
     """
-    from ..study.demo import CONTROL
+    from ..eval.comparison import CONTROL
 
     out: dict[str, tuple[Any, list]] = {}
     for k, arm in enumerate(arms, 1):
@@ -102,7 +102,7 @@ def train_arms(
 
 def curves_by_label(main: str, main_curve: list, arms: Mapping[str, tuple[Any, list]]) -> dict[str, list]:
     """Held-out curves for ``loss.png``: the run's own student first, then each arm."""
-    from ..study.demo import CONTROL
+    from ..eval.comparison import CONTROL
 
     curves = {main: main_curve}
     for arm, (_, curve) in arms.items():

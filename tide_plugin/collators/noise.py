@@ -111,6 +111,18 @@ class SeededStage:
         self._generator = torch.Generator()
 
 
+def draw_mask(t: Tensor, maskable: Tensor, schedule: Any, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The forward process's mask (docs/method.md#noising, steps 3 and 4), the one
+    implementation the ``noise`` stage, the held-out score and the study's teacher training
+    share: ``p = 1 - alpha(t)`` ``[b]`` from the masking ``schedule`` and
+    ``masked = (u < p) & maskable`` ``[b, L]``, with one ``u ~ U[0, 1)`` per token drawn
+    from ``generator`` (after any draw the caller made) in ``t``'s dtype. ``masked`` lies
+    on ``maskable``'s device."""
+    p = torch.as_tensor(schedule.mask_prob(t), dtype=t.dtype)
+    u = torch.rand(tuple(maskable.shape), generator=generator, dtype=t.dtype)
+    return p, (u < p.unsqueeze(-1)).to(maskable.device) & maskable
+
+
 def _check_mask_id(name: str, value: Any) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise ValueError(f"{name} must be a non-negative int token id, got {value!r}")
@@ -215,7 +227,7 @@ class Noise(SeededStage):
         cfg = self.config
         g = self.next_generator()
         x0, labels = batch.input_ids, batch.labels
-        b, L = x0.shape
+        b = x0.shape[0]
         dev = x0.device
         m_t = self.teacher_mask_id(batch.pipeline)
         if t is None:
@@ -226,10 +238,8 @@ class Noise(SeededStage):
                 raise ValueError(f"noise: t has {t.numel()} values for a batch of {b}")
             _ = torch.rand(b, generator=g)  # keep the stream aligned with the drawn case
         t = t.to(torch.float32)
-        p = torch.as_tensor(self.scheduler.mask_prob(t), dtype=torch.float32)
-        u = torch.rand((b, L), generator=g)
         maskable = labels != IGNORE_INDEX
-        masked = (u < p.unsqueeze(1)).to(dev) & maskable
+        p, masked = draw_mask(t, maskable, self.scheduler, g)
 
         strategy = get_pipeline(batch.pipeline)
         batch.chunk_active = None

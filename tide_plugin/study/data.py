@@ -1,5 +1,5 @@
 """Aligned training rows for both pipelines, with the same conversations in the same
-order for every arm, and the held-out encodings of every tokenizer.
+order for every arm (the held-out encodings are :func:`tide_plugin.eval.heldout.encode_heldout`).
 
 Alignment goes through the public per-conversation functions that ``tide preprocess``
 maps over a dataset (:func:`~tide_plugin.alignment.chunk_alignment` for
@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bpb import Encoded, encode_targets
 
 SUMMED_STATS = (
     "chunks",
@@ -90,7 +89,3 @@ def align_study_rows(
     }
     return AlignedData(rows=kept, report=report)
 
-
-def encode_heldout(conversations: Sequence[dict[str, Any]], tokenizer: Any) -> list[Encoded]:
-    """Held-out encodings (never truncated: every model is scored on the same bytes)."""
-    return [encode_targets(tokenizer, c["messages"]) for c in conversations]

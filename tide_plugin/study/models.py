@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "study"
+from ..shipped import META_FILE, SHIPPED_DIR
+
 ARCHS = ("qwen3", "qwen3_moe")
 
 
@@ -108,18 +109,18 @@ def find_artifact(name: str) -> Path | None:
     """The shipped or cached folder ``name`` (``<kind>-<hash>``), if complete."""
     for root in (SHIPPED_DIR, cache_root()):
         folder = root / name
-        if (folder / "study_meta.json").is_file():
+        if (folder / META_FILE).is_file():
             return folder
     return None
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
     """Written last: an artifact without it is incomplete and is rebuilt."""
-    (folder / "study_meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "study_meta.json").read_text())
+    return json.loads((folder / META_FILE).read_text())
 
 
 def save_model(model: torch.nn.Module, folder: Path) -> None:

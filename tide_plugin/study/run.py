@@ -14,16 +14,15 @@ from typing import Any
 import torch
 
 from .arms import ARMS, BASELINE, EQUAL_COMPUTE, RunSettings, run_arm
-from .bpb import heldout_bpb
+from ..eval.heldout import encode_heldout, score_student, score_teacher
+from ..shipped import write_manifest
 from .config import StudyConfig
 from .corpus import build_corpus, is_heldout
-from .data import align_study_rows, encode_heldout
+from .data import align_study_rows
 from .models import config_hash, find_artifact, load_model, non_embedding_params, read_meta, save_model, write_meta
 from .models import cache_root
-from .teachers import train_diffusion_lm
+from .teachers import study_teacher, train_diffusion_lm
 from .tokenizers import load_tokenizers, real_tokenizers, save_tokenizer, save_tokenizers, train_tokenizers
-
-TEACHER_KIND = {"A": "mdlm", "B": "block"}
 
 
 def _log(msg: str) -> None:
@@ -78,16 +77,18 @@ def teacher_for(which: str, cfg: StudyConfig, toks: dict[str, Any], tok_key: str
         valid = encode_heldout([r for r in train_rows if is_heldout("valid:" + r["module"], 50)][:128], tok)
         data = encode_heldout(fit, tok)
 
-        def validate(m):  # train-split modules the teacher does not fit on; never held-out ones
-            return heldout_bpb(m, TEACHER_KIND[which], valid, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
-                               block_size=cfg.block_size, samples=2, seed=99).bpb
-
         model = spec.build(tok, seed=cfg.teacher_schedule.seed + (1 if which == "A" else 2))
+        scored = study_teacher(which, model, cfg.block_size)  # as the held-out score reads it
+
+        def validate(m):  # train-split modules the teacher does not fit on; never held-out ones
+            return score_teacher(scored, valid, tok, samples=2, seed=99).bpb
+
         _log(f"training teacher {which} ({name}: {spec.arch}, {non_embedding_params(model) / 1e6:.2f}M non-embedding "
              f"parameters) on {len(data)} train rows")
-        summary = train_diffusion_lm(model, TEACHER_KIND[which], data, cfg.teacher_schedule, mask_id=tok.mask_token_id,
-                                     pad_id=tok.pad_token_id, device=device, time_budget_s=budget_s, progress=progress,
-                                     desc=f"teacher {which}", validate=validate if valid else None)
+        summary = train_diffusion_lm(study_teacher(which, model, cfg.teacher_schedule.block_size), data,
+                                     cfg.teacher_schedule, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
+                                     device=device, time_budget_s=budget_s, progress=progress, desc=f"teacher {which}",
+                                     validate=validate if valid else None)
         folder = cache_root() / name
         save_model(model.cpu(), folder)
         toks_dir = folder / "tokenizer"
@@ -126,11 +127,13 @@ def machine() -> dict[str, Any]:
 
 
 def export_artifacts(names: list[str], dest: str | Path) -> None:
-    """Copy the named artifacts (to ship them under ``tide_plugin/data/study``)."""
+    """Copy the named artifacts (tokenizers, teacher A, teacher B, student init: to ship
+    them under ``tide_plugin/data/study``) and name them in ``manifest.json``."""
     for name in names:
         src = find_artifact(name)
         if src is not None:
             shutil.copytree(src, Path(dest) / name, dirs_exist_ok=True)
+    write_manifest(dest, dict(zip(("tokenizers", "teacher_A", "teacher_B", "student_init"), names)))
 
 
 def run_study(cfg: StudyConfig, output: str | Path, *, device: str = "cpu", teacher_budget_s: float | None = None,
@@ -171,19 +174,18 @@ def run_study(cfg: StudyConfig, output: str | Path, *, device: str = "cpu", teac
         export_artifacts(names, export)
     heldout = {"student": encode_heldout(corpus.heldout, toks["student"]),
                "A": encode_heldout(corpus.heldout, toks["cross"]), "B": encode_heldout(corpus.heldout, toks["shared"])}
-    ev = {"block_size": cfg.block_size, "samples": cfg.eval_samples, "seed": cfg.eval_seed}
+    ev = {"samples": cfg.eval_samples, "seed": cfg.eval_seed}
 
-    def score(model, which: str, rows=None, samples=None):
-        tok = {"student": toks["student"], "A": toks["cross"], "B": toks["shared"]}[which]
-        kind = {"student": "bd3lm", **TEACHER_KIND}[which]
-        data = heldout[which] if rows is None else heldout[which][:rows]
-        return heldout_bpb(model, kind, data, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
-                           **{**ev, "samples": samples or cfg.eval_samples})
+    def score(model, rows=None, samples=None):
+        data = heldout["student"] if rows is None else heldout["student"][:rows]
+        return score_student(model, data, toks["student"], block_size=cfg.block_size,
+                             **{**ev, "samples": samples or cfg.eval_samples})
 
-    teacher_scores = {w: score(teachers[w], w) for w in ("A", "B")}
+    teacher_scores = {w: score_teacher(study_teacher(w, teachers[w], cfg.block_size), heldout[w],
+                                       toks["cross" if w == "A" else "shared"], **ev) for w in ("A", "B")}
     init_model = load_model(init_dir).to(device)
-    init_score = score(init_model, "student")
-    init_curve = score(init_model, "student", rows=cfg.curve_rows, samples=2).bpb
+    init_score = score(init_model)
+    init_curve = score(init_model, rows=cfg.curve_rows, samples=2).bpb
     _log("held-out bits per byte: teacher A {:.3f}, teacher B {:.3f}, student init {:.3f}".format(
         teacher_scores["A"].bpb, teacher_scores["B"].bpb, init_score.bpb))
     timings["teacher_and_init_eval"] = time.time() - t0 - sum(timings.values())
@@ -215,8 +217,8 @@ def run_study(cfg: StudyConfig, output: str | Path, *, device: str = "cpu", teac
         res = run_arm(spec, settings, student=student, teacher=teachers[spec.pipeline],
                       teacher_mask_id=toks["cross"].mask_token_id if spec.pipeline == "A" else None,
                       rows=aligned.rows[spec.pipeline], toks=toks, seed=seed, steps=steps,
-                      evaluate=lambda m: score(m, "student", rows=cfg.curve_rows, samples=2).bpb, progress=bar)
-        final = score(student, "student")
+                      evaluate=lambda m: score(m, rows=cfg.curve_rows, samples=2).bpb, progress=bar)
+        final = score(student)
         res.update(bpb=final.bpb, eval_se=final.se, curve=[(0, init_curve)] + res["curve"])
         runs[arm][seed] = res
         dump({a: {str(k): {x: v[x] for x in ("bpb", "eval_se", "steps", "wall_seconds", "compute_seconds")} for k, v in per.items()}

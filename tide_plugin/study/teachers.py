@@ -7,7 +7,10 @@
   student's vocabulary under another chat template.
 
 Both minimise the loss the held-out metric estimates: the NELBO of the response
-(``1/t``-weighted masked CE, per-target normalised), with ``t`` stratified over the batch.
+(``-alpha'(t)/(1 - alpha(t))``-weighted masked CE, ``1/t`` under the linear schedule,
+per-target normalised), with ``t`` stratified over the batch. Each model is read through
+its registered teacher adapter (:func:`teacher_adapter`), the way a distillation run and
+the held-out score read it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,28 @@ from typing import Any
 
 import torch
 
-from .bpb import Encoded, model_logits
+from ..eval.heldout import Encoded, masking_schedule
+
+
+def teacher_adapter(which: str, block_size: int) -> tuple[str, dict[str, Any]]:
+    """How study teacher ``which`` reads its input: the registered adapter's name and
+    options. Teacher B was trained with blocked block padding, so it is read that way."""
+    adapters = {
+        "A": ("bidirectional", {}),
+        "B": ("block", {"concat_order": "x0_xt", "block_padding": "blocked", "block_size": int(block_size)}),
+    }
+    if which not in adapters:
+        raise ValueError(f"study teacher {which!r} is not one of {tuple(adapters)}")
+    return adapters[which]
+
+
+def study_teacher(which: str, model: torch.nn.Module, block_size: int) -> Any:
+    """The registered adapter over teacher ``which``'s model (it freezes the model and puts
+    it in eval mode)."""
+    from ..registry import get_teacher
+
+    name, options = teacher_adapter(which, block_size)
+    return get_teacher(name, model=model, **options)
 
 
 @dataclass(frozen=True)
@@ -34,6 +58,7 @@ class TrainSchedule:
     weight_decay: float = 0.01
     max_length: int = 256
     block_size: int = 32
+    """Teacher B's block size while it trains (its adapter, :func:`study_teacher`, reads it)."""
     eps: float = 1e-3
     seed: int = 0
     validate_every: int = 0
@@ -54,11 +79,9 @@ class TrainSchedule:
         return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def _batch(data: Sequence[Encoded], idx: list[int], pad_id: int, max_length: int, block: int | None):
+def _batch(data: Sequence[Encoded], idx: list[int], pad_id: int, max_length: int):
     seqs = [(data[i].ids[:max_length], data[i].targets[:max_length]) for i in idx]
-    longest = max(len(s) for s, _ in seqs)
-    if block:
-        longest = -(-longest // block) * block
+    longest = max(len(s) for s, _ in seqs)  # a block adapter pads to its block multiple itself
     clean = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
     targets = torch.zeros(len(seqs), longest, dtype=torch.bool)
     valid = torch.zeros(len(seqs), longest, dtype=torch.bool)
@@ -70,8 +93,7 @@ def _batch(data: Sequence[Encoded], idx: list[int], pad_id: int, max_length: int
 
 
 def train_diffusion_lm(
-    model: torch.nn.Module,
-    kind: str,
+    teacher: Any,
     data: Sequence[Encoded],
     schedule: TrainSchedule,
     *,
@@ -82,17 +104,25 @@ def train_diffusion_lm(
     progress: bool = True,
     desc: str = "teacher",
     validate: Callable[[torch.nn.Module], float] | None = None,
+    noise_schedule: str | Any = "linear",
 ) -> dict[str, Any]:
-    """Train ``model`` (``mdlm`` or ``block``) on ``data``; returns a summary
-    (steps done, wall seconds, loss trace). The schedule is shortened to fit
-    ``time_budget_s``. With ``validate`` (lower is better) and ``schedule.validate_every``,
-    the best-scoring weights are kept (a small model trained long on a small corpus overfits)."""
+    """Train the model of ``teacher`` (a registered adapter over it,
+    :func:`study_teacher`: the adapter decides how it reads the noised ids) on ``data``;
+    returns a summary (steps done, wall seconds, loss trace). The schedule is shortened to
+    fit ``time_budget_s``. With ``validate`` (lower is better, called in eval mode) and
+    ``schedule.validate_every``, the best-scoring weights are kept (a small model trained
+    long on a small corpus overfits). ``noise_schedule``: the masking schedule (registered
+    name or built). The model is left in eval mode with gradients off."""
     from tqdm.auto import tqdm
+
+    from ..collators.noise import draw_mask
 
     if not data:
         raise ValueError("no training sequences")
+    sched = masking_schedule(noise_schedule)
     gen = torch.Generator().manual_seed(schedule.seed)
-    model.to(device).train()
+    model = teacher.model
+    model.to(device).requires_grad_(True).train()  # the adapter froze it
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -120,20 +150,21 @@ def train_diffusion_lm(
         if not order:
             order = torch.randperm(len(data), generator=gen).tolist()
         idx, order = order[: schedule.batch_size], order[schedule.batch_size :]
-        clean, targets, valid = _batch(data, idx, pad_id, schedule.max_length, schedule.block_size if kind != "mdlm" else None)
+        clean, targets, valid = _batch(data, idx, pad_id, schedule.max_length)
         b = clean.shape[0]
         u = torch.rand(1, generator=gen).item()
         t = schedule.eps + (1 - schedule.eps) * (torch.arange(b, dtype=torch.float32) + u) / b  # stratified
         t = t[torch.randperm(b, generator=gen)]
-        masked = (torch.rand(clean.shape, generator=gen) < t[:, None]) & targets
-        clean, targets, valid, masked, t = (x.to(device) for x in (clean, targets, valid, masked, t))
+        p, masked = draw_mask(t, targets, sched, gen)
+        rate = -torch.as_tensor(sched.alpha_prime(t), dtype=torch.float32)
+        clean, targets, valid, masked, p, rate = (x.to(device) for x in (clean, targets, valid, masked, p, rate))
         noisy = torch.where(masked, torch.full_like(clean, mask_id), clean)
         for group in opt.param_groups:
             group["lr"] = schedule.lr_at(step, total)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            logits = model_logits(model, kind, noisy, clean, valid, schedule.block_size)
+            logits = teacher.forward_view(noisy, clean, valid)
         nll = torch.nn.functional.cross_entropy(logits[masked].float(), clean[masked], reduction="none")
-        weight = (1.0 / t)[:, None].expand_as(masked)[masked]
+        weight = (rate / p)[:, None].expand_as(masked)[masked]  # -alpha'(t) / (1 - alpha(t)): 1/t if linear
         loss = (nll * weight).sum() / targets.sum().clamp_min(1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -144,6 +175,7 @@ def train_diffusion_lm(
         running = value if running is None else 0.98 * running + 0.02 * value
         bar.update(1)
         if validate is not None and schedule.validate_every and (done % schedule.validate_every == 0 or done == total):
+            model.eval()
             score = validate(model)
             model.train()
             valid_trace.append((done, score))
@@ -153,7 +185,7 @@ def train_diffusion_lm(
             trace.append((done, running))
             bar.set_postfix(nelbo_per_token=f"{running:.3f}")
     bar.close()
-    model.eval()
+    model.eval().requires_grad_(False)
     kept = done
     if best is not None:
         model.load_state_dict(best[2])

@@ -16,6 +16,7 @@ One training step (docs/architecture.md#the-training-step)::
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,28 @@ class DistillCollator:
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, DistillBatch]:
         return {"distill_batch": self.chain(rows)}
+
+
+def eval_collator(collator: Any) -> Any:
+    """The collate function for evaluation: ``collator`` with a fresh copy of every stage
+    that has a random stream (noise, CompDemo), restarted at batch 0.
+
+    Evaluation then draws its own noise: evaluating mid-run does not advance the training
+    stream (a run with evaluation trains on the same noise as one without and resumes
+    bit-exactly), and every evaluation of a run scores the same noise (its ``eval_loss``
+    values compare like with like). Stages without a stream are shared, not copied."""
+    chain = getattr(collator, "chain", None)
+    if chain is None or not hasattr(chain, "stages"):
+        return collator
+    stages = []
+    for stage in chain.stages:
+        if isinstance(stage, ResumableStageProtocol):
+            stage = copy.deepcopy(stage)
+            stage.resume(0)
+        stages.append(stage)
+    twin = copy.copy(chain)
+    twin.stages = stages
+    return type(collator)(twin)
 
 
 class DistillLossMixin:
@@ -232,6 +255,16 @@ class DistillLossMixin:
     # -- evaluation -------------------------------------------------------------------------
     heldout_scorer: Any = None
     """``score(model) -> BpbResult``, run by :meth:`evaluate` (``build_trainer(heldout=...)``)."""
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """``Trainer.get_eval_dataloader`` with :func:`eval_collator`: evaluation batches
+        never draw from the training noise stream."""
+        train_collator = self.data_collator
+        self.data_collator = eval_collator(train_collator)
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: ARG002
         """Evaluation step: the loss on the batch (CE and the objective, as in training,

@@ -2,13 +2,16 @@
 prose and Python code, some multi-turn, some with non-ASCII text) for the
 offline demo and the ``tide preprocess`` tests.
 
-Deterministic: the same script always writes the same file::
+Deterministic: the same script always writes the same file. A development script, run
+from a source checkout (it is not part of the installed package; the file it made ships
+as ``tide_plugin/data/chat_demo.jsonl``)::
 
-    python -m tide_plugin.data.make_chat_demo            # writes ./chat_demo.jsonl
-    python -m tide_plugin.data.make_chat_demo --out x.jsonl --count 50
+    python scripts/make_chat_demo.py            # writes ./chat_demo.jsonl
+    python scripts/make_chat_demo.py --out x.jsonl --count 50
+    python scripts/make_chat_demo.py --out tide_plugin/data/chat_demo.jsonl --overwrite
 
-It never writes into the installed package unless asked (``--out`` pointing there), and
-never replaces an existing file without ``--overwrite``.
+It never writes into the package unless asked (``--out`` pointing there), and never
+replaces an existing file without ``--overwrite``.
 
 Each line is ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``.
 """
