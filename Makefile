@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install install-compat test test-latest test-compat demo demo-shared bench clean
+.PHONY: install install-compat test test-latest test-compat test-fast demo demo-shared bench clean
 
 $(VENV)/.installed: pyproject.toml entry_points/tide-plugin-example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-latest: install
 
 test-compat: install-compat
 	$(VENV_COMPAT)/bin/python -m pytest -q
+
+# The edit-test loop: the tests not marked slow, newest transformers only. `make test`
+# stays the command that says a change is done.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	$(VENV)/bin/tide distill --overwrite_output_dir True

@@ -1,8 +1,9 @@
 """A check against real dllm (it is not on PyPI, so the test suite cannot install it).
 
 Given a dllm source folder, whose dependencies are installed in the running
-environment (transformers 4.57.x, peft, torchmetrics, trl: see README), this script
-installs nothing; it puts the folder first on ``sys.path``, imports dllm and runs:
+environment (transformers 4.57.x, peft, torchmetrics, trl: see
+docs/training.md#in-a-dllm-script), this script installs nothing; it puts the folder
+first on ``sys.path``, imports dllm and runs:
 
 1. ``examples/dllm_distill.py`` for a few steps on a tiny ``a2d-qwen3`` student built
    with dllm's own classes (the shipped study student init, converted the way dllm's

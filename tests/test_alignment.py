@@ -226,8 +226,8 @@ def test_truncation_rules_fuzz(qwen, mistral, qwen_bytes, mistral_bytes, message
 
 
 def test_coverage_on_demo_chats(qwen, mistral, qwen_bytes, mistral_bytes):
-    """Share of content bytes in chunks on the shipped demo chats (reported in the
-    README); bytes are lost only where a token spans template and content text."""
+    """Share of content bytes in chunks on the shipped demo chats (reported in
+    docs/data.md); bytes are lost only where a token spans template and content text."""
     lines = resources.files("tide_plugin").joinpath("data/chat_demo.jsonl").read_text(encoding="utf-8").splitlines()
     content = covered = chunks = tokens = 0
     for line in lines[:80]:

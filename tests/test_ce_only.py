@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from _distill_helpers import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config
+from helpers.distill import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config
 
 import tide_plugin
 from tide_plugin.training import build_trainer

@@ -1,7 +1,7 @@
 """Student checkpoints in both layouts (docs/method.md#teacher-adapters): plain transformers folders and dllm's
 A2D folders load, keep their layout when saved, and give the same logits.
 
-``a2d_registration`` (tests/_a2d_helpers.py) gives dllm's own A2D classes where dllm
+``a2d_registration`` (tests/helpers/a2d.py) gives dllm's own A2D classes where dllm
 imports, and stand-ins registered the same way (undone afterwards) where it does not.
 """
 
@@ -13,9 +13,9 @@ import json
 import pytest
 import torch
 import transformers
-from _a2d_helpers import BASES, V, a2d_registration, a2d_unregistered
-from _a2d_helpers import tiny_plain as _tiny_plain
-from _a2d_helpers import write_a2d_folder as _write_a2d_folder
+from helpers.a2d import BASES, V, a2d_registration, a2d_unregistered
+from helpers.a2d import tiny_plain as _tiny_plain
+from helpers.a2d import write_a2d_folder as _write_a2d_folder
 
 from tide_plugin.bd3lm import block_diffusion_logits
 from tide_plugin.checkpoints import LAYOUT_ATTR, checkpoint_layout, load_student, save_student
@@ -83,7 +83,7 @@ def test_plain_student_stays_plain(tmp_path):
 
 
 def test_trainer_saves_an_a2d_student_as_a2d(tmp_path):
-    from _distill_helpers import EOS, MASK, synthetic_rows
+    from helpers.distill import EOS, MASK, synthetic_rows
 
     from tide_plugin.tiny import tiny_qwen3_moe
     from tide_plugin.training import DistillConfig, build_trainer

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from _distill_helpers import EOS, MASK, V, synthetic_rows
+from helpers.distill import EOS, MASK, V, synthetic_rows
 
 import tide_plugin
 from tide_plugin.integrations.dllm_schedulers import DllmAlphaSchedule, dllm_scheduler_names, registry_name

@@ -1,17 +1,20 @@
 """The repository's own documents: every ``docs/<page>.md#<anchor>`` cited from the code,
-the tests, the benchmarks or the README is a heading of that page, the method page has
-every section the code relies on, and the pages' own links resolve."""
+the tests, the benchmarks, the README or the docs pages is a heading of that page, the
+method page has every section the code relies on, every relative link of the README and
+the pages resolves, and the README stays the front page (its sections, its commands, a
+link to every page under docs/)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import pytest
+from helpers.markdown import anchors, dead_links, headings, slug
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-SCANNED = ("tide_plugin", "bench", "tests", "entry_points", "README.md")
+README = ROOT / "README.md"
+SCANNED = ("tide_plugin", "bench", "tests", "entry_points", "examples", "scripts", "docs", "README.md")
 SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg"}
 
 METHOD_SECTIONS = (
@@ -21,9 +24,11 @@ METHOD_SECTIONS = (
 )
 """The sections of docs/method.md that code cites by name."""
 
+FRONT_PAGE_SECTIONS = ("Set-up: the two commands", "Quick use", "Documentation", "Plugins")
+"""The README's sections: what a user needs first. Reference material and measured reports
+belong on a page under docs/, linked from the Documentation table."""
+
 CITATION = re.compile(r"docs/([\w.-]+\.md)#([\w-]+)")
-FENCE = re.compile(r"^\s*(```|~~~)")
-HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 # Citations of documents that are not in the repository (written split so that this
 # file does not match itself).
 EXTERNAL = re.compile(
@@ -31,35 +36,6 @@ EXTERNAL = re.compile(
     r"|\bDES" r"IGN(?:\.md)?\s+\""  # the external design notes, by section
     r"|\b[Ii]ss" r"ue\s+#?\d+\b"  # an issue tracker entry
 )
-
-
-def slug(text: str) -> str:
-    """GitHub's anchor for a heading: lower case, markup and punctuation removed
-    (letters, digits, ``_``, ``-`` and spaces kept), spaces turned into ``-``."""
-    text = re.sub(r"`([^`]*)`", r"\1", text)
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
-    text = re.sub(r"[^\w\- ]", "", text.strip().lower())
-    return text.replace(" ", "-")
-
-
-def anchors(page: Path) -> set[str]:
-    """Every heading anchor of a Markdown page (duplicates get ``-1``, ``-2``, ... as on
-    GitHub); headings inside fenced code blocks do not count."""
-    seen: dict[str, int] = {}
-    out: set[str] = set()
-    fenced = False
-    for line in page.read_text(encoding="utf-8").splitlines():
-        if FENCE.match(line):
-            fenced = not fenced
-            continue
-        m = None if fenced else HEADING.match(line)
-        if m is None:
-            continue
-        base = slug(m.group(2))
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        out.add(base if n == 0 else f"{base}-{n}")
-    return out
 
 
 def scanned_files(root: Path) -> list[Path]:
@@ -119,14 +95,46 @@ def test_a_dead_citation_is_found(tmp_path):
     assert [d.split(": ", 1)[1] for d in dead] == ["docs/method.md#not-a-heading", "docs/gone.md#x"]
 
 
-def test_the_pages_links_resolve():
-    dead = []
-    for page in sorted(DOCS.glob("*.md")):
-        for target, anchor in re.findall(r"\]\(([\w.-]*\.md)?#([\w-]+)\)", page.read_text(encoding="utf-8")):
-            linked = DOCS / target if target else page
-            if not linked.is_file() or anchor not in anchors(linked):
-                dead.append(f"{page.name}: {target}#{anchor}")
-    assert not dead, "links to missing headings:\n" + "\n".join(dead)
+def test_the_links_of_the_readme_and_the_pages_resolve():
+    dead = dead_links([README, *sorted(DOCS.glob("*.md"))])
+    assert not dead, "links to missing files or headings:\n" + "\n".join(dead)
+
+
+def test_a_dead_link_is_found(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A\n\n## Kept\n\n```\n## Not a heading\n```\n")
+    page = tmp_path / "README.md"
+    page.write_text(
+        "[ok](docs/a.md) [ok](docs/a.md#kept) [web](https://example.org/x.md) `[code](gone.md)`\n"
+        "[bad](docs/a.md#not-a-heading) [gone](docs/gone.md)\n[self](#nowhere)\n"
+        "```\n[in code](gone.md)\n```\n"
+    )
+    assert dead_links([page]) == [
+        "README.md:2: docs/a.md#not-a-heading", "README.md:2: docs/gone.md", "README.md:3: #nowhere",
+    ]
+
+
+def test_the_readme_is_the_front_page():
+    sections = [title for _, level, title in headings(README.read_text(encoding="utf-8")) if level == 2]
+    assert tuple(sections) == FRONT_PAGE_SECTIONS, (
+        f"README sections {sections}, expected {list(FRONT_PAGE_SECTIONS)}: put reference material and "
+        "measured reports on a page under docs/ and link it from the README's Documentation table"
+    )
+    text = README.read_text(encoding="utf-8")
+    unlinked = [p.name for p in sorted(DOCS.glob("*.md")) if f"](docs/{p.name})" not in text]
+    assert not unlinked, f"pages under docs/ that the README does not link: {unlinked}"
+
+
+def test_the_readme_commands_are_make_targets_and_ci_runs_its_test_command():
+    text = README.read_text(encoding="utf-8")
+    assert re.search(r"^make test +# ", text, re.M), "the README's set-up block lost its one test command"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert [line for line in ci.splitlines() if line.startswith("make ")] == ["make test"]
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M))
+    named = set(re.findall(r"`make ([\w-]+)`|^make ([\w-]+)", text, re.M))
+    named = {a or b for a, b in named}
+    assert {"demo", "test", "test-fast"} <= named
+    assert named <= targets, f"the README names make targets the Makefile lacks: {sorted(named - targets)}"
 
 
 def test_no_citation_of_a_document_outside_the_repository():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _distill_helpers import EOS, MASK, V, synthetic_rows
+from helpers.distill import EOS, MASK, V, synthetic_rows
 
 from tide_plugin.tiny import tiny_qwen3
 from tide_plugin.training import DistillConfig, build_trainer

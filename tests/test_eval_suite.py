@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _eval_fixtures import GSM8K, HELLASWAG, MMLU, write_paper_fixtures
+from helpers.eval_fixtures import GSM8K, HELLASWAG, MMLU, write_paper_fixtures
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -243,6 +243,7 @@ def partial_data_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_offline_the_suite_skips_tasks_without_data_and_writes_a_partial_table(
         student_dir, partial_data_dir, tmp_path, capsys, monkeypatch):
     from tide_plugin.cli import main
@@ -294,6 +295,7 @@ def test_lm_eval_notes_go_to_our_logger_below_warning(caplog):
     assert [r.name for r in caplog.records] == ["lm_eval.api.task"]
 
 
+@pytest.mark.slow
 def test_tide_eval_prints_no_lm_eval_notes_or_cache_warnings(student_dir, tmp_path, capsys, caplog, recwarn):
     import logging
 
@@ -353,6 +355,7 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_an_unknown_task_gets_did_you_mean_and_the_choices(student_dir):
     line = _one_line(_cli("eval", "--model", str(student_dir), "--tasks", "gsm8k_cott"))
     assert "unknown task 'gsm8k_cott'; did you mean 'gsm8k_cot'" in line and "mmlu_generative_dream" in line
@@ -364,11 +367,13 @@ def test_a_folder_that_is_no_checkpoint_says_so(tmp_path):
     assert "is not a checkpoint: it has no config.json" in line and "sentencepiece" not in line
 
 
+@pytest.mark.slow
 def test_a_likelihood_task_names_the_generative_variants_before_any_download(student_dir):
     line = _one_line(_cli("eval", "--model", str(student_dir), "--tasks", "hellaswag"))
     assert "'hellaswag' (hellaswag) is a multiple_choice task" in line and "hellaswag_gen" in line
 
 
+@pytest.mark.slow
 def test_a_missing_dataset_names_the_task_and_the_dataset(student_dir, tmp_path):
     line = _one_line(_cli("eval", "--model", str(student_dir), "--tasks", "gsm8k_cot", "--data-dir", str(tmp_path),
                           "--no-skip-missing-data"))

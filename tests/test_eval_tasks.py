@@ -1,6 +1,6 @@
 """The paper suite's eight tasks, each through its real definition on a tiny local
 fixture in its dataset's own schema: prompt, shots, stop rule, answer extraction and
-metric (planted right and wrong replies). No hub: the data come from tests/_eval_fixtures."""
+metric (planted right and wrong replies). No hub: the data come from tests/helpers/eval_fixtures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from _eval_fixtures import write_paper_fixtures
+from helpers.eval_fixtures import write_paper_fixtures
 
 THINK = "<think>\n\n</think>\n\n"
 

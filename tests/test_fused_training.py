@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from _distill_helpers import EOS, MASK, V, synthetic_rows
+from helpers.distill import EOS, MASK, V, synthetic_rows
 
 from tide_plugin.objectives.base import Objective
 from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import tide_plugin
-from _distill_helpers import three_chunk_batch
+from helpers.distill import three_chunk_batch
 from tide_plugin import hookspecs
 from tide_plugin.hookspecs import HOOKS_BY_KIND, KINDS, PROTOCOL_BY_KIND, PluginSpec, hookimpl
 from tide_plugin.registry import PluginContractError, Registry, get_registry

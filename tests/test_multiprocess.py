@@ -31,7 +31,7 @@ def _free_port() -> int:
 def test_two_cpu_processes_train_in_sync(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     # the reference: one plain process, the whole batch in one window
-    proc = subprocess.run([sys.executable, str(HERE / "_mp_distill.py"), str(tmp_path), "reference"],
+    proc = subprocess.run([sys.executable, str(HERE / "helpers" / "mp_distill.py"), str(tmp_path), "reference"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cmd = [
@@ -39,7 +39,7 @@ def test_two_cpu_processes_train_in_sync(tmp_path):
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()),
-        str(HERE / "_mp_distill.py"), str(tmp_path),
+        str(HERE / "helpers" / "mp_distill.py"), str(tmp_path),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

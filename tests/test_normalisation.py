@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from _distill_helpers import (
+from helpers.distill import (
     EOS, MASK, ROWS, V, normalisation_config, split_batch, synthetic_rows, window_gradient,
 )
 

@@ -236,6 +236,7 @@ def test_non_string_content_names_file_line_and_field(tmp_path, capsys, message,
         preprocess([CHAT, {"messages": [message]}], None, None, progress=False)
 
 
+@pytest.mark.slow
 def test_dataset_records_its_tokenizers_and_is_not_overwritten(tmp_path, capsys, qwen, mistral):
     from tide_plugin.alignment import dataset_tokenizers, tokenizer_fingerprint
 

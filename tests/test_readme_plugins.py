@@ -14,15 +14,15 @@ import pytest
 import torch
 
 import tide_plugin
-from _distill_helpers import three_chunk_batch
+from helpers.distill import three_chunk_batch
+from helpers.markdown import section
 from tide_plugin.registry import Registry, get_registry
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def plugin_section() -> str:
-    text = README.read_text(encoding="utf-8")
-    return text[text.index("## Plugins") : text.index("<!-- section: objectives -->")]
+    return section(README, "Plugins")  # up to the next level-2 heading or the end of the page
 
 
 def python_blocks() -> list[str]:

@@ -82,7 +82,7 @@ def test_reference_weights_decays_and_names_are_mapped(tmp_path):
 
 
 def test_teacher_ids_and_attention_reach_the_collator_and_adapter(tmp_path):
-    from _distill_helpers import EOS, MASK, V, synthetic_rows
+    from helpers.distill import EOS, MASK, V, synthetic_rows
 
     from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
     from tide_plugin.training import build_trainer

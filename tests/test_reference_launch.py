@@ -19,7 +19,7 @@ import copy
 import json
 
 import pytest
-from _a2d_helpers import write_a2d_folder
+from helpers.a2d import write_a2d_folder
 
 from tide_plugin import cli
 from tide_plugin.cli.distill import ALT_TEMPLATE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import transformers
-from _distill_helpers import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config
+from helpers.distill import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config
 
 from tide_plugin.training import build_trainer
 from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _distill_helpers import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config
+from helpers.distill import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config
 
 from tide_plugin import cli
 from tide_plugin.cli.distill_run import RUN_FILE, check_resume, check_writable, clear_previous_run, resume_command

@@ -246,7 +246,7 @@ def test_third_party_schedules_drive_a_training_run(third_party_schedules, tmp_p
     """Through ``DistillConfig`` and the trainer: the masking schedule named by
     ``masking_schedule`` noises the batches, the strength schedule named in the
     objective's configuration sets the lambda the run logs."""
-    from _distill_helpers import EOS, MASK, V, synthetic_rows
+    from helpers.distill import EOS, MASK, V, synthetic_rows
 
     from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
     from tide_plugin.training import DistillConfig, build_trainer

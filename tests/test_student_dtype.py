@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from _distill_helpers import synthetic_rows, tidal_comp_demo_config
+from helpers.distill import synthetic_rows, tidal_comp_demo_config
 
 from tide_plugin.checkpoints import load_student, training_dtype
 from tide_plugin.study.demo import demo_assets

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from _distill_helpers import EOS, MASK, V, split_batch, synthetic_rows
+from helpers.distill import EOS, MASK, V, split_batch, synthetic_rows
 
 from tide_plugin.objectives.base import PipelineMismatchError
 from tide_plugin.checkpoints import TIDE_CONFIG_NAME

@@ -1,4 +1,4 @@
-"""Run by tests/test_multiprocess.py under `accelerate launch --num_processes 2` (two CPU
+"""Run as a script by tests/test_multiprocess.py under `accelerate launch --num_processes 2` (two CPU
 processes): a tiny distillation, after which each rank writes a checksum of its student
 parameters; then one window's gradient with every objective part, each rank on its half
 of a batch. With the argument ``reference`` (one plain process) it writes the gradient of
@@ -12,10 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for helpers
 
 import torch  # noqa: E402
-from _distill_helpers import (  # noqa: E402
+from helpers.distill import (  # noqa: E402
     EOS, MASK, ROWS, V, normalisation_config, split_batch, synthetic_rows, tidal_comp_demo_config, window_gradient,
 )
 
