@@ -1,4 +1,4 @@
-"""``tide study``: the paper's comparison in miniature (issue "evidence that it distils").
+"""``tide study``: the paper's comparison in miniature.
 
     tide study --quick --output runs/study-quick       # smoke size, <= 10 minutes on 2 cores
     tide study --output runs/study                     # docs/study.md's table, <= 1 hour on 2 cores
