@@ -1,12 +1,15 @@
 """The whole plugin contract of tide-plugin: the hooks, and what each kind builds.
 
 A plugin is a Python module (or object) that implements one or more of the hooks
-below with :data:`hookimpl`. It is found through the entry-point group
-``tide_plugin``; the package's own built-ins are registered that way too.
+below, each a function marked with :func:`hookimpl`. It is found through the
+entry-point group ``tide_plugin``; the package's own built-ins are registered that
+way too.
 
-Each registration hook returns the :class:`PluginSpec` objects the module offers;
-the registry (:mod:`tide_plugin.registry`) stores them by kind and name, and
-checks that what a spec's factory builds fits the kind's protocol below
+There is one hook per kind, and each takes nothing and returns the
+:class:`PluginSpec` objects the plugin offers of that kind: the hook's name says
+the kind. The registry (:mod:`tide_plugin.registry`) is the one place plugins are
+registered: it calls each hook of a plugin once, stores the specs by kind and name,
+and checks that what a spec's factory builds fits the kind's protocol below
 (:data:`PROTOCOL_BY_KIND`). Nothing is registered as a side effect of importing
 or subclassing.
 
@@ -30,18 +33,39 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import pluggy
-
 if TYPE_CHECKING:  # the contract module itself imports no torch
     from torch import Tensor
 
     from .batch import DistillBatch, DistillInputs, PipelineInfo
 
 PROJECT_NAME = "tide_plugin"
-"""The pluggy project name and the entry-point group."""
+"""The entry-point group, and the prefix of the hook names and markers."""
 
-hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+IMPL_MARK = f"{PROJECT_NAME}_impl"
+"""The attribute :func:`hookimpl` sets on a hook implementation (the one
+``pluggy.HookimplMarker("tide_plugin")`` sets, so a plugin marked that way is read too)."""
+SPEC_MARK = f"{PROJECT_NAME}_spec"
+"""The attribute :func:`hookspec` sets on a hook declaration."""
+
+
+def hookimpl(function: Callable[..., Any] | None = None, /) -> Any:
+    """Mark ``function`` as a plugin's implementation of the hook it is named after;
+    ``@hookimpl`` and ``@hookimpl()`` both work. The registry calls every marked
+    function of a plugin whose name is a hook (:data:`HOOKS_BY_KIND`), and refuses the
+    plugin if a marked name is none."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, IMPL_MARK, True)
+        return fn
+
+    return mark if function is None else mark(function)
+
+
+def hookspec(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a hook declaration (the functions below): its name, signature and docstring
+    are the hook's contract."""
+    setattr(function, SPEC_MARK, True)
+    return function
 
 PluginKind = Literal["objective", "collator", "masking_schedule", "strength_schedule", "teacher", "decoder"]
 KINDS: tuple[PluginKind, ...] = ("objective", "collator", "masking_schedule", "strength_schedule", "teacher", "decoder")
