@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # the contract module itself imports no torch
@@ -154,6 +155,23 @@ class RunContext:
 
 
 # -- what each kind's factory builds ------------------------------------------------------
+# A protocol's members without a value are required: the registry refuses a built plugin
+# that lacks one. Members with a value are optional: the value is the default the trainer
+# assumes when a plugin leaves the member out, and the kind's base class sets the same.
+
+
+class Itself:
+    """The default of :attr:`ObjectiveProtocol.components`: read on an objective, the
+    tuple of the objective alone. A composed objective sets its own ``components``
+    (an instance attribute, which hides this)."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else (obj,)
+
+    def __repr__(self) -> str:
+        return "(the objective itself,)"
+
+
 @runtime_checkable
 class ObjectiveConfigProtocol(Protocol):
     """An objective's config class (``PluginSpec.config_cls``): built from the same
@@ -172,13 +190,33 @@ class ObjectiveProtocol(Protocol):
     ``__call__(inputs)`` reads a :class:`~tide_plugin.batch.DistillInputs` (student
     logits ``[b, L, V_S]``, teacher logits ``[b, L_T, V_T]``, the batch, progress)
     and returns named scalar loss parts, already weighted; the trainer adds them to
-    the CE term and logs each.
+    the CE term and logs each. The members with a value are optional: the base class
+    sets each to the default shown, which is what the trainer assumes when one is
+    left out (read them with :func:`member`).
     """
 
     name: str
     requirements: frozenset[str]
     units: Mapping[str, str]
     """Part name -> the :data:`Unit` it averages over."""
+
+    reads_teacher: bool = True
+    """False for an objective that never reads ``inputs.teacher_logits`` (the CE-only
+    control): the trainer then builds no teacher and runs no teacher forward."""
+    supports_projected_logits: bool = False
+    """True when ``__call__`` also takes ``inputs.student_logits`` / ``teacher_logits``
+    as projected logits (hidden states and the output layer, read only through the
+    package's row functions): the trainer's fused output layer is used only when the
+    objective says so; otherwise it gets full ``[b, L, V]`` logits."""
+    interpolates_teacher: bool = False
+    """True when the target mixes student and teacher by a strength schedule (TIDAL):
+    the reference's ``taid_weight`` applies to it, and composing it with a reverse
+    objective is warned about. Read on the spec's factory (the class) too."""
+    direction: Literal["forward", "reverse"] = "forward"
+    """``reverse`` for a student-weighted (mode-seeking) objective (reverse KL, Reverse CALM)."""
+    components: Sequence[ObjectiveProtocol] = Itself()
+    """The objectives this one is made of: the parts of a composed objective (``a+b``),
+    the objective alone otherwise."""
 
     def __call__(self, inputs: DistillInputs) -> dict[str, Tensor]: ...
 
@@ -196,16 +234,17 @@ class CollatorStageProtocol(Protocol):
     :class:`~tide_plugin.batch.DistillBatch` (``"batch"``). ``requires`` and
     ``provides`` name chain capabilities (``padded``, ``noised``, ``comp_demo``)
     checked when the chain is built. A stage that draws random numbers also has
-    ``resume(batches_done)`` (:class:`ResumableStageProtocol`).
-
-    Optionally, the stage's class (the spec's factory) declares ``run_context``, a
-    mapping from its configuration keys to :class:`RunContext` fields, e.g.
-    ``{"mask_id": "student_mask_id", "seed": "seed"}``: the trainer fills those
-    keys from the run, whichever plugin provides the stage."""
+    ``resume(batches_done)`` (:class:`ResumableStageProtocol`)."""
 
     stage_input: str
     requires: frozenset[str]
     provides: frozenset[str]
+
+    run_context: Mapping[str, str] = MappingProxyType({})
+    """Declared on the stage's class (the spec's factory, read before the stage is
+    built): a mapping from its configuration keys to :class:`RunContext` fields, e.g.
+    ``{"mask_id": "student_mask_id", "seed": "seed"}``; the trainer fills those keys
+    from the run, whichever plugin provides the stage (explicit configuration wins)."""
 
     def __call__(self, data: Any) -> DistillBatch: ...
 
@@ -225,6 +264,15 @@ class TeacherProtocol(Protocol):
     views merged; ``mask_token_id`` is ``m_T`` (or ``None`` when unknown)."""
 
     mask_token_id: int | None
+
+    model: Any = None
+    """The wrapped model (a ``torch.nn.Module``), read for the size of its output layer
+    (``V_T``) and whether that layer can be fused; ``None``: not known."""
+    projected_logits: Callable[[DistillBatch], Any] | None = None
+    """The fused output layer's teacher side: ``projected_logits(batch)`` returns
+    ``ProjectedLogits``, the merged hidden states with the output layer (no
+    ``[b, L_T, V_T]`` logits), or ``None`` when this teacher's head cannot be fused;
+    ``None`` as the member: this teacher never can."""
 
     def __call__(self, batch: DistillBatch) -> Tensor: ...
 
@@ -307,7 +355,8 @@ PROTOCOL_BY_KIND: dict[str, type] = {
 
 
 def protocol_members(protocol: type) -> tuple[str, ...]:
-    """The attribute and method names a runtime-checkable protocol asks for."""
+    """The attribute and method names a runtime-checkable protocol declares, required
+    and optional (``isinstance`` against the protocol checks them all)."""
     names = getattr(protocol, "__protocol_attrs__", None)
     if names is None:  # Python < 3.12
         from typing import _get_protocol_attrs  # type: ignore[attr-defined]
@@ -316,9 +365,30 @@ def protocol_members(protocol: type) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def member_defaults(protocol: type) -> dict[str, Any]:
+    """The optional members of ``protocol``, each with the default a plugin that leaves
+    it out gets (the members the protocol declares with a value, not a method)."""
+    own = {k: v for cls in reversed(protocol.__mro__) for k, v in vars(cls).items()}
+    return {name: own[name] for name in protocol_members(protocol) if name in own and not callable(own[name])}
+
+
+def required_members(protocol: type) -> tuple[str, ...]:
+    """The members of ``protocol`` every plugin of its kind must have."""
+    optional = member_defaults(protocol)
+    return tuple(name for name in protocol_members(protocol) if name not in optional)
+
+
+def member(obj: object, protocol: type, name: str) -> Any:
+    """``obj.name``, or the default ``protocol`` declares for that optional member."""
+    default = member_defaults(protocol)[name]
+    if isinstance(default, Itself):
+        default = default.__get__(obj, type(obj))
+    return getattr(obj, name, default)
+
+
 def missing_members(obj: object, protocol: type) -> list[str]:
-    """The members of ``protocol`` that ``obj`` lacks (empty when it fits)."""
-    return [name for name in protocol_members(protocol) if not hasattr(obj, name)]
+    """The required members of ``protocol`` that ``obj`` lacks (empty when it fits)."""
+    return [name for name in required_members(protocol) if not hasattr(obj, name)]
 
 
 # -- the hooks ------------------------------------------------------------------------------
