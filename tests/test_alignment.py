@@ -277,6 +277,17 @@ def test_worked_example(qwen, mistral):
     )
 
 
+def test_each_aligner_reports_the_stats_it_declares(qwen, mistral, qwen_custom):
+    """Preprocessing builds its stat columns from CHUNK_STATS / PAIR_STATS / SAME_STATS:
+    each aligner's ``stats`` hold exactly those keys."""
+    from tide_plugin.alignment.aligners import CHUNK_STATS, PAIR_STATS, SAME_STATS, same_tokens
+
+    msgs = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, you."}]
+    assert set(chunk_alignment(mistral, qwen, msgs).stats) == set(CHUNK_STATS)
+    assert set(template_pairs(qwen_custom, qwen, msgs).stats) == set(PAIR_STATS)
+    assert set(same_tokens(qwen, qwen, msgs).stats) == set(SAME_STATS)
+
+
 FIRST_WORD_TEMPLATES = {
     # SentencePiece's dummy prefix: the content opens a text segment, "▁Hi" spells "Hi"
     "dummy_prefix": ("mistral", "{% for m in messages %}{{ m['content'] + '</s>' }}{% endfor %}"),

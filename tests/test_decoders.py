@@ -266,7 +266,7 @@ def test_a_third_party_decoder_is_selected_by_name(third_party_decoder, student)
 def test_the_lm_eval_model_decodes_with_the_named_decoder_and_reports_it(student_dir):
     from lm_eval.api.instance import Instance
 
-    from tide_plugin.eval.lm_eval_model import TideBD3LM, sampler_summary
+    from tide_plugin.eval.lm_eval_model import TideBD3LM
 
     with pytest.raises(ValueError, match="unknown option 'threshold' for decoder 'fixed_k'"):
         TideBD3LM(pretrained=str(student_dir), decoder="fixed_k", threshold=0.5)
@@ -274,7 +274,7 @@ def test_the_lm_eval_model_decodes_with_the_named_decoder_and_reports_it(student
     req = Instance(request_type="generate_until", doc={}, arguments=("def f(x):\n", {"until": [], "max_gen_toks": 32}),
                    idx=0)
     lm.generate_until([req, req], disable_tqdm=True)
-    summary = sampler_summary()
+    summary = lm.sampler_stats.as_dict()
     assert summary["decoder"] == "fixed_k" and summary["k"] == 4
     assert summary["tokens_per_call"] == 4.0 and summary["model_calls"] == 8  # one batch of 2, 32 tokens in 8 calls
 

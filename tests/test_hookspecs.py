@@ -51,6 +51,11 @@ class _Fits:
     units = {"fits": "masked_rows"}
     stage_input, requires, provides = "batch", frozenset(), frozenset()
     mask_token_id = None
+    # the optional members, so that isinstance against each protocol holds
+    reads_teacher, supports_projected_logits, interpolates_teacher, direction = True, False, False, "forward"
+    components = ()
+    run_context: dict = {}
+    model = projected_logits = None
 
     def __init__(self, **config):
         self.config = config
@@ -98,7 +103,7 @@ def test_what_a_factory_builds_is_checked_against_its_kind(kind):
     """A factory whose product misses a member of the kind's protocol is refused
     when built, naming the plugin, its distribution and every missing member."""
     protocol = PROTOCOL_BY_KIND[kind]
-    members = hookspecs.protocol_members(protocol)
+    members = hookspecs.required_members(protocol)
     dropped = members[0]
     lacking = type("Lacking", (_Fits,), {})
     reg = Registry()
@@ -119,8 +124,9 @@ def _without(obj, member):
 
 
 def test_protocols_ask_for_what_the_trainer_uses():
-    """The members each protocol declares (a change here is a change of the contract)."""
-    expected = {
+    """The members each protocol declares, required and optional (a change here is a
+    change of the contract)."""
+    required = {
         "objective": ("__call__", "check_pipeline", "metrics", "name", "requirements", "units"),
         "collator": ("__call__", "provides", "requires", "stage_input"),
         "masking_schedule": ("alpha", "alpha_prime", "elbo_weight", "mask_prob"),
@@ -128,7 +134,79 @@ def test_protocols_ask_for_what_the_trainer_uses():
         "teacher": ("__call__", "mask_token_id", "to"),
         "decoder": ("calls", "describe", "name", "select"),
     }
-    assert {k: hookspecs.protocol_members(p) for k, p in PROTOCOL_BY_KIND.items()} == expected
+    optional = {
+        "objective": {"components": "(the objective itself,)", "direction": "'forward'", "interpolates_teacher": "False",
+                      "reads_teacher": "True", "supports_projected_logits": "False"},
+        "collator": {"run_context": "mappingproxy({})"},
+        "teacher": {"model": "None", "projected_logits": "None"},
+    }
+    assert {k: hookspecs.required_members(p) for k, p in PROTOCOL_BY_KIND.items()} == required
+    assert {k: {n: repr(v) for n, v in hookspecs.member_defaults(p).items()}
+            for k, p in PROTOCOL_BY_KIND.items() if hookspecs.member_defaults(p)} == optional
+    for kind, p in PROTOCOL_BY_KIND.items():
+        assert set(hookspecs.protocol_members(p)) == set(required[kind]) | set(optional.get(kind, ()))
+
+
+# Every member of a plugin the trainer reads (training/, heads.py, objectives/base.py,
+# cli/): each must be declared by its kind's protocol.
+PROBED = {
+    "objective": ("name", "units", "reads_teacher", "supports_projected_logits", "interpolates_teacher", "direction",
+                  "components"),
+    "teacher": ("to", "model", "projected_logits"),
+    "collator": ("run_context", "stage_input", "requires", "provides"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PROBED))
+def test_every_member_the_trainer_reads_is_declared(kind):
+    assert set(PROBED[kind]) <= set(hookspecs.protocol_members(PROTOCOL_BY_KIND[kind]))
+
+
+def test_base_classes_carry_the_declared_defaults():
+    from tide_plugin import Objective, TeacherAdapter
+
+    class Plain(Objective):
+        name = "plain"
+
+        def forward(self, inputs):
+            return {}
+
+    plain = Plain()
+    for name, default in hookspecs.member_defaults(hookspecs.ObjectiveProtocol).items():
+        if name != "components":
+            assert getattr(plain, name) == default, name
+    assert plain.components == (plain,)
+    composed = tide_plugin.get_objective("calm+reverse_calm")
+    assert [c.name for c in composed.components] == ["calm", "reverse_calm"]
+    assert [c.components for c in composed.components] == [(c,) for c in composed.components]
+    assert callable(TeacherAdapter.projected_logits) and "model" in TeacherAdapter.__annotations__
+
+
+def test_optional_members_are_not_required_and_read_with_their_defaults():
+    """A plugin that implements only the required members still builds; reading an
+    optional member it lacks gives the protocol's default."""
+
+    class Bare:
+        name = "bare"
+        requirements = frozenset()
+        units = {"bare": "masked_rows"}
+
+        def __init__(self, **config): ...
+        def __call__(self, inputs): return {}
+        def check_pipeline(self, info): ...
+        def metrics(self, inputs): return {}
+
+    reg = Registry()
+    reg.register(_plugin("objective", Bare), distribution="bare-dist")
+    built = reg.build("objective", "local_objective")
+    assert not isinstance(built, hookspecs.ObjectiveProtocol)  # isinstance checks every member
+    protocol = hookspecs.ObjectiveProtocol
+    assert hookspecs.member(built, protocol, "reads_teacher") is True
+    assert hookspecs.member(built, protocol, "supports_projected_logits") is False
+    assert hookspecs.member(built, protocol, "direction") == "forward"
+    assert hookspecs.member(built, protocol, "components") == (built,)
+    built.direction = "reverse"
+    assert hookspecs.member(built, protocol, "direction") == "reverse"
 
 
 def test_objective_spec_without_declared_requirements_is_refused():

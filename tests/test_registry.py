@@ -195,7 +195,34 @@ def test_duplicate_name_names_both_distributions_and_registers_nothing():
     # all or nothing: the clashing plugin's other spec and its hooks are gone too
     assert set(reg.available("objective")) == {"twin"}
     assert reg.available("objective")["twin"].distribution == "dist-one"
-    assert [reg.pm.get_name(p) for p in reg.pm.get_plugins()] == ["dist-one:Plugin"]
+    assert list(reg.plugins) == ["dist-one:Plugin"]
+
+
+def test_a_plugin_is_registered_once_under_its_name():
+    reg = Registry()
+    reg.register(_spec_plugin("once"), distribution="dist-one")
+    with pytest.raises(DuplicatePluginError, match="'dist-one:Plugin'.* registered already"):
+        reg.register(_spec_plugin("other"), distribution="dist-one")
+    assert set(reg.available("objective")) == {"once"}
+
+
+def test_hooks_marked_by_pluggys_own_marker_still_register():
+    """A plugin written against the pluggy marker of the project name (what
+    ``tide_plugin.hookimpl`` was) is read the same way."""
+    pluggy = pytest.importorskip("pluggy")
+    mark = pluggy.HookimplMarker("tide_plugin")
+
+    class Old:
+        @mark
+        def tide_plugin_objectives(self):
+            return [PluginSpec(name="old_style", factory=dict, config_cls=_Cfg)]
+
+        def tide_plugin_collators(self):  # not marked: not a hook implementation
+            raise AssertionError("an unmarked function is never called")
+
+    reg = Registry()
+    reg.register(Old(), distribution="old-dist")
+    assert reg.available("objective")["old_style"].distribution == "old-dist"
 
 
 def test_alias_colliding_with_a_name_is_a_duplicate():
@@ -323,7 +350,7 @@ def test_broken_plugins_are_reported_and_the_rest_load(installed):
     assert BUILTIN_OBJECTIVES <= set(objectives)
     assert "jensen_shannon" in objectives
     # A plugin whose hook failed leaves nothing half-registered.
-    assert not [p for p in reg.pm.get_plugins() if getattr(p, "__name__", "") == "tide_test_bad_hook"]
+    assert not [p for p in reg.plugins.values() if getattr(p, "__name__", "") == "tide_test_bad_hook"]
 
 
 def test_clashing_distributions_skip_the_later_one_whole_and_the_rest_load(installed):
@@ -371,7 +398,7 @@ def test_clashing_distributions_skip_the_later_one_whole_and_the_rest_load(insta
     assert objectives["calm"].distribution == "tide-plugin"  # built-ins win
     assert "b_only" not in objectives and "aaa_only" not in objectives  # nothing half-registered
     assert "b_schedule" not in reg.available("strength_schedule")
-    names = {reg.pm.get_name(p) for p in reg.pm.get_plugins()}
+    names = set(reg.plugins)
     assert "clash-c:third" in names and "clash-b:second" not in names and "aaa-steals-calm:steal" not in names
     assert tide_plugin.get_objective("twin_loss").name == "twin_loss"
 

@@ -1,12 +1,15 @@
 """The whole plugin contract of tide-plugin: the hooks, and what each kind builds.
 
 A plugin is a Python module (or object) that implements one or more of the hooks
-below with :data:`hookimpl`. It is found through the entry-point group
-``tide_plugin``; the package's own built-ins are registered that way too.
+below, each a function marked with :func:`hookimpl`. It is found through the
+entry-point group ``tide_plugin``; the package's own built-ins are registered that
+way too.
 
-Each registration hook returns the :class:`PluginSpec` objects the module offers;
-the registry (:mod:`tide_plugin.registry`) stores them by kind and name, and
-checks that what a spec's factory builds fits the kind's protocol below
+There is one hook per kind, and each takes nothing and returns the
+:class:`PluginSpec` objects the plugin offers of that kind: the hook's name says
+the kind. The registry (:mod:`tide_plugin.registry`) is the one place plugins are
+registered: it calls each hook of a plugin once, stores the specs by kind and name,
+and checks that what a spec's factory builds fits the kind's protocol below
 (:data:`PROTOCOL_BY_KIND`). Nothing is registered as a side effect of importing
 or subclassing.
 
@@ -28,9 +31,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
-
-import pluggy
 
 if TYPE_CHECKING:  # the contract module itself imports no torch
     from torch import Tensor
@@ -38,10 +40,33 @@ if TYPE_CHECKING:  # the contract module itself imports no torch
     from .batch import DistillBatch, DistillInputs, PipelineInfo
 
 PROJECT_NAME = "tide_plugin"
-"""The pluggy project name and the entry-point group."""
+"""The entry-point group, and the prefix of the hook names and markers."""
 
-hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+IMPL_MARK = f"{PROJECT_NAME}_impl"
+"""The attribute :func:`hookimpl` sets on a hook implementation (the one
+``pluggy.HookimplMarker("tide_plugin")`` sets, so a plugin marked that way is read too)."""
+SPEC_MARK = f"{PROJECT_NAME}_spec"
+"""The attribute :func:`hookspec` sets on a hook declaration."""
+
+
+def hookimpl(function: Callable[..., Any] | None = None, /) -> Any:
+    """Mark ``function`` as a plugin's implementation of the hook it is named after;
+    ``@hookimpl`` and ``@hookimpl()`` both work. The registry calls every marked
+    function of a plugin whose name is a hook (:data:`HOOKS_BY_KIND`), and refuses the
+    plugin if a marked name is none."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, IMPL_MARK, True)
+        return fn
+
+    return mark if function is None else mark(function)
+
+
+def hookspec(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a hook declaration (the functions below): its name, signature and docstring
+    are the hook's contract."""
+    setattr(function, SPEC_MARK, True)
+    return function
 
 PluginKind = Literal["objective", "collator", "masking_schedule", "strength_schedule", "teacher", "decoder"]
 KINDS: tuple[PluginKind, ...] = ("objective", "collator", "masking_schedule", "strength_schedule", "teacher", "decoder")
@@ -130,6 +155,23 @@ class RunContext:
 
 
 # -- what each kind's factory builds ------------------------------------------------------
+# A protocol's members without a value are required: the registry refuses a built plugin
+# that lacks one. Members with a value are optional: the value is the default the trainer
+# assumes when a plugin leaves the member out, and the kind's base class sets the same.
+
+
+class Itself:
+    """The default of :attr:`ObjectiveProtocol.components`: read on an objective, the
+    tuple of the objective alone. A composed objective sets its own ``components``
+    (an instance attribute, which hides this)."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else (obj,)
+
+    def __repr__(self) -> str:
+        return "(the objective itself,)"
+
+
 @runtime_checkable
 class ObjectiveConfigProtocol(Protocol):
     """An objective's config class (``PluginSpec.config_cls``): built from the same
@@ -148,13 +190,33 @@ class ObjectiveProtocol(Protocol):
     ``__call__(inputs)`` reads a :class:`~tide_plugin.batch.DistillInputs` (student
     logits ``[b, L, V_S]``, teacher logits ``[b, L_T, V_T]``, the batch, progress)
     and returns named scalar loss parts, already weighted; the trainer adds them to
-    the CE term and logs each.
+    the CE term and logs each. The members with a value are optional: the base class
+    sets each to the default shown, which is what the trainer assumes when one is
+    left out (read them with :func:`member`).
     """
 
     name: str
     requirements: frozenset[str]
     units: Mapping[str, str]
     """Part name -> the :data:`Unit` it averages over."""
+
+    reads_teacher: bool = True
+    """False for an objective that never reads ``inputs.teacher_logits`` (the CE-only
+    control): the trainer then builds no teacher and runs no teacher forward."""
+    supports_projected_logits: bool = False
+    """True when ``__call__`` also takes ``inputs.student_logits`` / ``teacher_logits``
+    as projected logits (hidden states and the output layer, read only through the
+    package's row functions): the trainer's fused output layer is used only when the
+    objective says so; otherwise it gets full ``[b, L, V]`` logits."""
+    interpolates_teacher: bool = False
+    """True when the target mixes student and teacher by a strength schedule (TIDAL):
+    the reference's ``taid_weight`` applies to it, and composing it with a reverse
+    objective is warned about. Read on the spec's factory (the class) too."""
+    direction: Literal["forward", "reverse"] = "forward"
+    """``reverse`` for a student-weighted (mode-seeking) objective (reverse KL, Reverse CALM)."""
+    components: Sequence[ObjectiveProtocol] = Itself()
+    """The objectives this one is made of: the parts of a composed objective (``a+b``),
+    the objective alone otherwise."""
 
     def __call__(self, inputs: DistillInputs) -> dict[str, Tensor]: ...
 
@@ -172,16 +234,17 @@ class CollatorStageProtocol(Protocol):
     :class:`~tide_plugin.batch.DistillBatch` (``"batch"``). ``requires`` and
     ``provides`` name chain capabilities (``padded``, ``noised``, ``comp_demo``)
     checked when the chain is built. A stage that draws random numbers also has
-    ``resume(batches_done)`` (:class:`ResumableStageProtocol`).
-
-    Optionally, the stage's class (the spec's factory) declares ``run_context``, a
-    mapping from its configuration keys to :class:`RunContext` fields, e.g.
-    ``{"mask_id": "student_mask_id", "seed": "seed"}``: the trainer fills those
-    keys from the run, whichever plugin provides the stage."""
+    ``resume(batches_done)`` (:class:`ResumableStageProtocol`)."""
 
     stage_input: str
     requires: frozenset[str]
     provides: frozenset[str]
+
+    run_context: Mapping[str, str] = MappingProxyType({})
+    """Declared on the stage's class (the spec's factory, read before the stage is
+    built): a mapping from its configuration keys to :class:`RunContext` fields, e.g.
+    ``{"mask_id": "student_mask_id", "seed": "seed"}``; the trainer fills those keys
+    from the run, whichever plugin provides the stage (explicit configuration wins)."""
 
     def __call__(self, data: Any) -> DistillBatch: ...
 
@@ -201,6 +264,15 @@ class TeacherProtocol(Protocol):
     views merged; ``mask_token_id`` is ``m_T`` (or ``None`` when unknown)."""
 
     mask_token_id: int | None
+
+    model: Any = None
+    """The wrapped model (a ``torch.nn.Module``), read for the size of its output layer
+    (``V_T``) and whether that layer can be fused; ``None``: not known."""
+    projected_logits: Callable[[DistillBatch], Any] | None = None
+    """The fused output layer's teacher side: ``projected_logits(batch)`` returns
+    ``ProjectedLogits``, the merged hidden states with the output layer (no
+    ``[b, L_T, V_T]`` logits), or ``None`` when this teacher's head cannot be fused;
+    ``None`` as the member: this teacher never can."""
 
     def __call__(self, batch: DistillBatch) -> Tensor: ...
 
@@ -283,7 +355,8 @@ PROTOCOL_BY_KIND: dict[str, type] = {
 
 
 def protocol_members(protocol: type) -> tuple[str, ...]:
-    """The attribute and method names a runtime-checkable protocol asks for."""
+    """The attribute and method names a runtime-checkable protocol declares, required
+    and optional (``isinstance`` against the protocol checks them all)."""
     names = getattr(protocol, "__protocol_attrs__", None)
     if names is None:  # Python < 3.12
         from typing import _get_protocol_attrs  # type: ignore[attr-defined]
@@ -292,9 +365,30 @@ def protocol_members(protocol: type) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def member_defaults(protocol: type) -> dict[str, Any]:
+    """The optional members of ``protocol``, each with the default a plugin that leaves
+    it out gets (the members the protocol declares with a value, not a method)."""
+    own = {k: v for cls in reversed(protocol.__mro__) for k, v in vars(cls).items()}
+    return {name: own[name] for name in protocol_members(protocol) if name in own and not callable(own[name])}
+
+
+def required_members(protocol: type) -> tuple[str, ...]:
+    """The members of ``protocol`` every plugin of its kind must have."""
+    optional = member_defaults(protocol)
+    return tuple(name for name in protocol_members(protocol) if name not in optional)
+
+
+def member(obj: object, protocol: type, name: str) -> Any:
+    """``obj.name``, or the default ``protocol`` declares for that optional member."""
+    default = member_defaults(protocol)[name]
+    if isinstance(default, Itself):
+        default = default.__get__(obj, type(obj))
+    return getattr(obj, name, default)
+
+
 def missing_members(obj: object, protocol: type) -> list[str]:
-    """The members of ``protocol`` that ``obj`` lacks (empty when it fits)."""
-    return [name for name in protocol_members(protocol) if not hasattr(obj, name)]
+    """The required members of ``protocol`` that ``obj`` lacks (empty when it fits)."""
+    return [name for name in required_members(protocol) if not hasattr(obj, name)]
 
 
 # -- the hooks ------------------------------------------------------------------------------

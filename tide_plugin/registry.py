@@ -1,14 +1,15 @@
-"""Plugin manager, entry-point discovery and lookup by name.
+"""The registry of plugins: entry-point discovery, registration and lookup by name.
 
-Loading happens in one function, :meth:`Registry.load`, in a fixed order:
+It is the one place plugins are registered. Loading happens in one function,
+:meth:`Registry.load`, in a fixed order:
 
-1. add the hook specifications (:mod:`tide_plugin.hookspecs`);
-2. read the block-list ``TIDE_DISABLE_PLUGINS`` (comma-separated distribution names);
-3. load this package's own entry points (the built-ins);
-4. load every other distribution's entry points, sorted by distribution name;
-   each plugin is registered all or nothing (its hooks checked against the specs,
-   the :class:`PluginSpec` objects it returns collected and their names checked);
-5. ``check_pending()``.
+1. read the block-list ``TIDE_DISABLE_PLUGINS`` (comma-separated distribution names);
+2. load this package's own entry points (the built-ins);
+3. load every other distribution's entry points, sorted by distribution name;
+   each plugin is registered all or nothing by :meth:`Registry.register`: every
+   function it marks with :func:`~tide_plugin.hookspecs.hookimpl` must be a hook,
+   each hook is called once, and the :class:`PluginSpec` objects it returns are
+   checked and stored under the hook's kind.
 
 A plugin whose import or registration fails - a broken module, a bad hook, a
 name that an earlier distribution already registered (built-ins load first and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
 import threading
 import warnings
@@ -31,10 +33,16 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-import pluggy
-
-from . import hookspecs
-from .hookspecs import HOOKS_BY_KIND, KINDS, PROJECT_NAME, PROTOCOL_BY_KIND, PluginKind, PluginSpec, missing_members
+from .hookspecs import (
+    HOOKS_BY_KIND,
+    IMPL_MARK,
+    KINDS,
+    PROJECT_NAME,
+    PROTOCOL_BY_KIND,
+    PluginKind,
+    PluginSpec,
+    missing_members,
+)
 
 OWN_DISTRIBUTION = "tide-plugin"
 DISABLE_ENV = "TIDE_DISABLE_PLUGINS"
@@ -99,6 +107,19 @@ class LoadFailure:
     error: str
 
 
+def _implementations(plugin: object) -> dict[str, Any]:
+    """Name -> each function of ``plugin`` marked with :func:`~tide_plugin.hookspecs.hookimpl`."""
+    found = {}
+    for name in dir(plugin):
+        try:
+            member = getattr(plugin, name)
+        except Exception:  # a property of a plugin object that fails: not a hook
+            continue
+        if inspect.isroutine(member) and getattr(member, IMPL_MARK, None):
+            found[name] = member
+    return found
+
+
 def _blocked_distributions() -> set[str]:
     raw = os.environ.get(DISABLE_ENV, "")
     return {_normalise(d) for d in raw.split(",") if d.strip()}
@@ -112,8 +133,8 @@ class Registry:
     """Holds every plugin by kind and name. Build one with :meth:`load`."""
 
     def __init__(self) -> None:
-        self.pm = pluggy.PluginManager(PROJECT_NAME)
-        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, object] = {}
+        """``"distribution:entry_point"`` -> each plugin registered (whole)."""
         self._plugins: dict[str, dict[str, PluginInfo]] = {k: {} for k in KINDS}
         self._aliases: dict[str, dict[str, str]] = {k: {} for k in KINDS}
         self.failures: list[LoadFailure] = []
@@ -141,7 +162,6 @@ class Registry:
                 reg.register(plugin, distribution=dist, version=version, entry_point=ep.name, target=ep.value)
             except Exception as exc:  # any failure of a third-party module: report it, load the rest
                 reg._report(dist, ep.name, ep.value, exc)
-        reg.pm.check_pending()
         return reg
 
     def register(
@@ -153,49 +173,46 @@ class Registry:
         entry_point: str | None = None,
         target: str | None = None,
     ) -> None:
-        """Register a plugin object (module or instance with hookimpls) and collect
-        its specs, all or nothing: if a hook fails, returns something other than
-        :class:`PluginSpec` objects, or claims a name already taken (by an earlier
-        distribution; built-ins load first and win), nothing of the plugin stays
-        registered and the error is raised (:meth:`load` reports it and goes on).
-        Used by :meth:`load` and by users who define plugins in a script."""
+        """Register a plugin object (a module, or an object whose methods implement
+        hooks) and collect its specs, all or nothing: if it marks a function that is no
+        hook, a hook fails or returns something other than :class:`PluginSpec`
+        objects, or a spec claims a name already taken (by an earlier distribution;
+        built-ins load first and win), nothing of the plugin is registered and the
+        error is raised (:meth:`load` reports it and goes on). Used by :meth:`load`
+        and by users who define plugins in a script."""
         entry_point = entry_point or getattr(plugin, "__name__", type(plugin).__name__)
         pname = f"{distribution}:{entry_point}"
-        self.pm.register(plugin, name=pname)
-        try:
-            self._check_hooks(plugin)
-            collected = self._collect(pname)
-            self._check_new(collected, distribution, entry_point)
-        except Exception:
-            self.pm.unregister(name=pname)
-            raise
+        if pname in self.plugins:
+            raise DuplicatePluginError(f"plugin {pname!r} (distribution:entry point) is registered already")
+        collected = self._collect(plugin)
+        self._check_new(collected, distribution, entry_point)
+        self.plugins[pname] = plugin
         for kind, spec in collected:
             info = PluginInfo(kind, spec.name, tuple(spec.aliases), distribution, version, spec.summary, spec)
             self._plugins[kind][spec.name] = info
             for alias in spec.aliases:
                 self._aliases[kind][alias] = spec.name
 
-    def _check_hooks(self, plugin: object) -> None:
-        """pluggy's ``check_pending`` for one plugin: a hook that no spec declares
-        (a misspelt or retired hook name) fails this plugin only."""
-        for caller in self.pm.get_hookcallers(plugin) or ():
-            if not caller.has_spec():
-                raise PluginContractError(
-                    f"implements the unknown hook {caller.name!r}; hooks: {', '.join(HOOKS_BY_KIND.values())}"
-                )
-
-    def _collect(self, pname: str) -> list[tuple[PluginKind, PluginSpec]]:
+    def _collect(self, plugin: object) -> list[tuple[PluginKind, PluginSpec]]:
+        """Call each hook ``plugin`` implements, in :data:`~tide_plugin.hookspecs.KINDS`
+        order; a marked function that no hook is named after (a misspelt or retired
+        hook) fails the plugin."""
+        hooks = _implementations(plugin)
+        unknown = sorted(set(hooks) - set(HOOKS_BY_KIND.values()))
+        if unknown:
+            raise PluginContractError(
+                f"implements the unknown hook {unknown[0]!r}; hooks: {', '.join(HOOKS_BY_KIND.values())}"
+            )
         collected: list[tuple[PluginKind, PluginSpec]] = []
         for kind, hook_name in HOOKS_BY_KIND.items():
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                if impl.plugin_name != pname:
-                    continue
-                for spec in impl.function() or ():
-                    if not isinstance(spec, PluginSpec):
-                        raise TypeError(f"{hook_name} returned {spec!r}, expected PluginSpec")
-                    if kind == "objective":
-                        _check_objective_config(spec)
-                    collected.append((kind, spec))
+            if hook_name not in hooks:
+                continue
+            for spec in hooks[hook_name]() or ():
+                if not isinstance(spec, PluginSpec):
+                    raise TypeError(f"{hook_name} returned {spec!r}, expected PluginSpec")
+                if kind == "objective":
+                    _check_objective_config(spec)
+                collected.append((kind, spec))
         return collected
 
     def _check_new(self, collected: list[tuple[PluginKind, PluginSpec]], dist: str, entry_point: str) -> None:
@@ -294,8 +311,6 @@ def accepted_options(spec: PluginSpec, config: Mapping[str, Any] | None = None) 
     else (token TIDAL's to its strength schedule) names what it accepts, given the
     configuration, with a classmethod ``option_names(config)``. ``None`` when the
     options cannot be known (no config dataclass, a factory that takes ``**kwargs``)."""
-    import inspect
-
     def parameters(fn: Any) -> list[inspect.Parameter]:
         try:
             return list(inspect.signature(fn).parameters.values())

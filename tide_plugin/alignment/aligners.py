@@ -12,25 +12,78 @@ import numpy as np
 from ..batch import AlignedExample
 from ..pipelines import cut_chunks, cut_pairs
 from .bytetable import ByteTable, byte_table
-from .checks import (
-    IGNORE_INDEX,
-    AlignmentError,
-    PromptTooLongError,
-    UnrenderableError,
-    _check_length,
-    _check_messages,
-    _check_roles,
-    _check_targets,
-    _require_fast,
-)
+from .checks import IGNORE_INDEX, AlignmentError, PromptTooLongError, UnrenderableError, check_targets, require_fast
 from .chunks import align_chunks
-from .encode import SideEncoding, _prepare, _Side, encode_side
+from .encode import SideBytes, SideEncoding, encode_side, side_bytes
+
+CHUNK_STATS: tuple[str, ...] = (
+    "chunks",
+    "dropped_chunks",
+    "dropped_chunks_student_cut",
+    "dropped_chunks_teacher_cap",
+    "content_bytes",
+    "covered_bytes",
+    "kept_bytes",
+    "unmatched_messages",
+    "normalised_differ_messages",
+    "student_truncated_tokens",
+    "teacher_truncated_tokens",
+)
+"""The ``stats`` keys :func:`chunk_alignment` reports for every example."""
+PAIR_STATS: tuple[str, ...] = (
+    "pairs",
+    "dropped_pairs",
+    "unpaired_tokens",
+    "truncated_pairs",
+    "unmatched_messages",
+    "student_truncated_tokens",
+    "teacher_truncated_tokens",
+)
+"""The ``stats`` keys :func:`template_pairs` reports for every example."""
+SAME_STATS: tuple[str, ...] = ("student_truncated_tokens",)
+"""The ``stats`` key :func:`same_tokens` reports for every example."""
+
+
+# input checks of a conversation
+
+
+def _check_messages(messages: Any) -> list[Mapping[str, Any]]:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise AlignmentError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    if len(messages) == 0:
+        raise AlignmentError("empty conversation: messages must hold at least one {'role', 'content'} dict")
+    for k, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise AlignmentError(
+                f"message {k} must be a dict with str 'role' and str 'content', got {m!r:.200}"
+            )
+    return list(messages)
+
+
+def _check_roles(messages: Sequence[Mapping[str, Any]], roles: Sequence[str] | None) -> list[bool]:
+    present = [m["role"] for m in messages]
+    if roles is None:
+        return [True] * len(messages)
+    if isinstance(roles, str):
+        roles = (roles,)
+    wanted = set(roles)
+    if not wanted.intersection(present):
+        raise AlignmentError(
+            f"conversation has no message with a role in roles={sorted(wanted)}; roles present: {sorted(set(present))}"
+        )
+    return [r in wanted for r in present]
+
+
+def _check_length(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
 
 # labels and truncation shared by both aligners
 
 
 def _labels(
-    tok: Any, table: ByteTable, side: _Side, enc: SideEncoding, messages: Sequence[Mapping[str, Any]], targets: str
+    tok: Any, table: ByteTable, side: SideBytes, enc: SideEncoding, messages: Sequence[Mapping[str, Any]], targets: str
 ) -> np.ndarray:
     """Student labels by ``targets`` (:data:`~tide_plugin.alignment.checks.TARGETS`), ``-100`` elsewhere."""
     if targets == "last_turn":
@@ -61,7 +114,7 @@ def _prompt_tokens(tok: Any, enc: SideEncoding, messages: Sequence[Mapping[str, 
     return min(len(tok.backend_tokenizer.encode(prompt, add_special_tokens=False).ids), n)
 
 
-def _assistant_labels(table: ByteTable, side: _Side, messages: Sequence[Mapping[str, Any]]) -> np.ndarray:
+def _assistant_labels(table: ByteTable, side: SideBytes, messages: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """``every_assistant_turn``: ids on tokens overlapping assistant content and on the
     end-of-turn token right after it."""
     spans = [sp for m, sp in zip(messages, side.spans) if m["role"] == "assistant" and sp is not None]
@@ -88,9 +141,9 @@ def _prepare_inputs(
     teacher_max_length: int | None,
     targets: str,
 ) -> tuple[list[Mapping[str, Any]], list[bool]]:
-    _check_targets(targets)
-    _require_fast(teacher_tokenizer, "teacher")
-    _require_fast(student_tokenizer, "student")
+    check_targets(targets)
+    require_fast(teacher_tokenizer, "teacher")
+    require_fast(student_tokenizer, "student")
     _check_length("max_length", max_length)
     _check_length("teacher_max_length", teacher_max_length)
     msgs = _check_messages(messages)
@@ -217,8 +270,8 @@ def template_pairs(
     student = encode_side(student_tokenizer, msgs, "student")
     teacher = encode_side(teacher_tokenizer, msgs, "teacher")
     contents = [m["content"] for m in msgs]
-    S = _prepare(s_table, student, [s_table.encode_text(c) for c in contents])
-    T = _prepare(t_table, teacher, [t_table.encode_text(c) for c in contents])
+    S = side_bytes(s_table, student, [s_table.encode_text(c) for c in contents])
+    T = side_bytes(t_table, teacher, [t_table.encode_text(c) for c in contents])
     s_pos: list[np.ndarray] = []
     t_pos: list[np.ndarray] = []
     unmatched = unpaired = 0
@@ -288,7 +341,7 @@ def same_tokens(
     msgs, _ = _prepare_inputs(student_tokenizer, student_tokenizer, messages, roles, max_length, None, targets)
     table = byte_table(student_tokenizer)
     enc = encode_side(student_tokenizer, msgs, "student")
-    side = _prepare(table, enc, [table.encode_text(m["content"]) for m in msgs])
+    side = side_bytes(table, enc, [table.encode_text(m["content"]) for m in msgs])
     labels = _labels(student_tokenizer, table, side, enc, msgs, targets)
     cut = _cut_student(labels, max_length)
     ids = side.ids[:cut].tolist()

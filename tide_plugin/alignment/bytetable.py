@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..offline import bytes_to_unicode
-from .checks import AlignmentError, _require_fast, _tokenizer_name
+from .checks import AlignmentError, require_fast, tokenizer_name
 
 # per-vocabulary byte tables
 
@@ -95,7 +95,7 @@ class ByteTable:
             kind = "metaspace"
         else:
             raise AlignmentError(
-                f"tokenizer {_tokenizer_name(tok)!r}: unsupported token convention (decoder {decoder[:120]!r}); "
+                f"tokenizer {tokenizer_name(tok)!r}: unsupported token convention (decoder {decoder[:120]!r}); "
                 "supported: byte-level BPE (Ġ) and SentencePiece-style (▁, byte fallback)"
             )
         tokens = tok.convert_ids_to_tokens(list(range(size)))
@@ -193,7 +193,7 @@ _TABLES_BY_ID: dict[int, tuple[Any, ByteTable]] = {}
 
 def byte_table(tok: Any) -> ByteTable:
     """The cached :class:`ByteTable` of a fast tokenizer (rebuilt when its size changes)."""
-    _require_fast(tok, "the")
+    require_fast(tok, "the")
     try:
         table = _TABLES.get(tok)
     except TypeError:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bytetable import ByteTable
-from .encode import SideEncoding, _prepare, _Side
+from .encode import SideBytes, SideEncoding, side_bytes
 
 # the chunk walk
 
@@ -24,7 +24,11 @@ class ChunkAlignment:
     :ivar student_last: ``[C]`` index of each chunk's last student token.
     :ivar teacher_last: ``[C]`` index of each chunk's last teacher token.
     :ivar chunk_bytes: ``[C]`` bytes spelled by each chunk.
-    :ivar student_spans: per message, content byte range in the student's encoded bytes (or None).
+    :ivar student_side: the student's :class:`~tide_plugin.alignment.encode.SideBytes`
+        (token byte ranges, encoded bytes, each content's span).
+    :ivar teacher_side: the teacher's.
+    :ivar stats: ``content_bytes``, ``covered_bytes``, ``unmatched_messages``,
+        ``normalised_differ_messages``.
     """
 
     student_chunk_ids: np.ndarray
@@ -33,8 +37,8 @@ class ChunkAlignment:
     student_last: np.ndarray
     teacher_last: np.ndarray
     chunk_bytes: np.ndarray
-    student_side: _Side
-    teacher_side: _Side
+    student_side: SideBytes
+    teacher_side: SideBytes
     stats: dict[str, float]
 
 
@@ -48,7 +52,7 @@ def _assign(starts: np.ndarray, ends: np.ndarray, c0: np.ndarray, c1: np.ndarray
     return np.where(ok, j, -1)
 
 
-def _lead_tokens(side: _Side, pos: list[int], floor: list[int]) -> tuple[list[int], list[int]]:
+def _lead_tokens(side: SideBytes, pos: list[int], floor: list[int]) -> tuple[list[int], list[int]]:
     """Tokens that hold the template's space and the first bytes of a content (docs/method.md#chunks,
     last paragraph: ``▁Hi`` after ``[INST]``, ``ĠHi`` after a newline): the token starts
     one byte before the content start ``pos``, that byte is a space that belongs to no
@@ -84,8 +88,8 @@ def align_chunks(
         aligned = [True] * len(contents)
     s_content = [student_table.encode_text(c) for c in contents]
     t_content = [teacher_table.encode_text(c) for c in contents]
-    S = _prepare(student_table, student, s_content)
-    T = _prepare(teacher_table, teacher, t_content)
+    S = side_bytes(student_table, student, s_content)
+    T = side_bytes(teacher_table, teacher, t_content)
     ps: list[int] = []
     pt: list[int] = []
     nn: list[int] = []

@@ -1,4 +1,6 @@
-"""One side of a conversation: rendering, tokenization, encoded bytes, content spans."""
+"""One side of a conversation: rendering and tokenization (:func:`encode_side`), then
+its encoded bytes and where each content lies in them (:func:`side_bytes`), what the
+chunk walk and the aligners read."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .bytetable import ByteTable
-from .checks import AlignmentError, UnrenderableError, _require_fast, _tokenizer_name
+from .checks import AlignmentError, UnrenderableError, require_fast, tokenizer_name
 
 # one side: rendering, tokenization, encoded bytes
 
@@ -40,7 +42,7 @@ class SideEncoding:
 def _render(tok: Any, messages: Sequence[Mapping[str, Any]], side: str) -> str:
     if not getattr(tok, "chat_template", None):
         raise AlignmentError(
-            f"{side} tokenizer {_tokenizer_name(tok)!r} has no chat template; set tokenizer.chat_template"
+            f"{side} tokenizer {tokenizer_name(tok)!r} has no chat template; set tokenizer.chat_template"
         )
     try:
         text = tok.apply_chat_template(list(messages), tokenize=False)
@@ -76,23 +78,42 @@ def _content_chars(tok: Any, messages: Sequence[Mapping[str, Any]], text: str) -
 
 def encode_side(tok: Any, messages: Sequence[Mapping[str, Any]], side: str = "student") -> SideEncoding:
     """Render ``messages`` with ``tok``'s chat template and tokenize with offsets."""
-    _require_fast(tok, side)
+    require_fast(tok, side)
     text = _render(tok, messages, side)
     enc = tok.backend_tokenizer.encode(text, add_special_tokens=False)
     return SideEncoding(text=text, ids=enc.ids, offsets=enc.offsets, content_chars=_content_chars(tok, messages, text))
 
 
 @dataclass
-class _Side:
-    ids: np.ndarray  # [n] int64
-    starts: np.ndarray  # [n] byte start in E
-    ends: np.ndarray  # [n] byte end in E
-    encoded: bytes  # E
+class SideBytes:
+    """One side as bytes: its *encoded bytes* ``E`` (its tokens' bytes laid end to end,
+    :mod:`tide_plugin.alignment`), each token's byte range in ``E``, and each content's.
+
+    :ivar ids: ``[n]`` int64 token ids.
+    :ivar starts: ``[n]`` byte start of each token in ``E``.
+    :ivar ends: ``[n]`` byte end of each token in ``E`` (``starts == ends``: no bytes).
+    :ivar encoded: ``E``.
+    :ivar encoded_len: ``len(E)``.
+    :ivar spans: per message, the ``(start, end)`` byte range of its content in ``E``,
+        or ``None`` when the content was not found.
+    """
+
+    ids: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    encoded: bytes
     encoded_len: int
-    spans: list[tuple[int, int] | None]  # per message: content byte range in E
+    spans: list[tuple[int, int] | None]
 
 
-def _prepare(table: ByteTable, enc: SideEncoding, contents: Sequence[bytes]) -> _Side:
+def side_bytes(table: ByteTable, enc: SideEncoding, contents: Sequence[bytes]) -> SideBytes:
+    """``enc`` as bytes through ``table``: the dummy-prefix space SentencePiece adds to a
+    text segment removed, and each of ``contents`` (the messages' contents as
+    ``table.encode_text`` gives them, in order) searched in ``E`` forward from the
+    previous match, no earlier than the token holding the content's first character.
+
+    :raises AlignmentError: a token id outside ``table``'s vocabulary.
+    """
     ids_list = enc.ids
     n = len(ids_list)
     ids = np.fromiter(ids_list, dtype=np.int64, count=n)
@@ -136,4 +157,4 @@ def _prepare(table: ByteTable, enc: SideEncoding, contents: Sequence[bytes]) -> 
             continue
         spans.append((p, p + len(content)))
         pos = p + len(content)
-    return _Side(ids=ids, starts=starts, ends=ends, encoded=encoded, encoded_len=len(encoded), spans=spans)
+    return SideBytes(ids=ids, starts=starts, ends=ends, encoded=encoded, encoded_len=len(encoded), spans=spans)

@@ -8,14 +8,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..pipelines import IGNORE_INDEX, ROW_LABELS, ROW_STUDENT_IDS, ROW_TEACHER_IDS, get_pipeline
-from .aligners import chunk_alignment, same_tokens, template_pairs
+from .aligners import CHUNK_STATS, PAIR_STATS, SAME_STATS, chunk_alignment, same_tokens, template_pairs
 from .checks import AlignmentError, PromptTooLongError, UnrenderableError
-from .report import _CROSS_STATS, _SAME_STATS, _SHARED_STATS, PreprocessReport
+from .report import PreprocessReport
 
 ALIGNERS = {
-    "cross": (chunk_alignment, _CROSS_STATS),
-    "shared": (template_pairs, _SHARED_STATS),
-    "same": (same_tokens, _SAME_STATS),
+    "cross": (chunk_alignment, CHUNK_STATS),
+    "shared": (template_pairs, PAIR_STATS),
+    "same": (same_tokens, SAME_STATS),
 }
 """Per pipeline: the aligner (``same``: the student's ids and labels) and the stats it reports."""
 STATUS, ERROR, STAT_PREFIX = "_status", "_error", "_stat_"

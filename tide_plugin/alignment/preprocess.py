@@ -50,7 +50,7 @@ from typing import Any
 
 from ..jsonio import describe_error
 from ..pipelines import ALIGNED_PIPELINES, get_pipeline
-from .checks import TARGETS, _check_targets
+from .checks import TARGETS, check_targets
 from .mapper import STATUS, Aligner, features, summarise
 from .metadata import REPORT_FILE, check_output_dir, tokenizer_record
 from .projection import PROJECTION_FILE
@@ -152,7 +152,7 @@ def preprocess(
 
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline {pipeline!r} is not one of {PIPELINES}")
-    _check_targets(targets)
+    check_targets(targets)
     if pipeline == "same" and teacher_tokenizer is not student_tokenizer:
         from .metadata import tokenizer_fingerprint
 

@@ -5,30 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-_CROSS_STATS = (
-    "chunks",
-    "dropped_chunks",
-    "dropped_chunks_student_cut",
-    "dropped_chunks_teacher_cap",
-    "content_bytes",
-    "covered_bytes",
-    "kept_bytes",
-    "unmatched_messages",
-    "normalised_differ_messages",
-    "student_truncated_tokens",
-    "teacher_truncated_tokens",
-)
-_SAME_STATS = ("student_truncated_tokens",)
-_SHARED_STATS = (
-    "pairs",
-    "dropped_pairs",
-    "unpaired_tokens",
-    "truncated_pairs",
-    "unmatched_messages",
-    "student_truncated_tokens",
-    "teacher_truncated_tokens",
-)
-
 
 @dataclass
 class PreprocessReport:

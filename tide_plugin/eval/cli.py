@@ -129,7 +129,8 @@ def _warn_code(tasks: list[str], args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any] | None:
     """``--tasks``: lm-eval on the named tasks with one protocol; lm-eval's results
-    dict on rank 0, ``None`` on the others."""
+    dict on rank 0, with the sampler's statistics under ``"sampler"`` (decoder and
+    options, ``tokens_per_call``, model calls), ``None`` on the others."""
     from .runner import make_lm, set_exec_limits, simple_evaluate
     from .taskdefs import TaskCatalog
 
@@ -162,6 +163,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     if results is not None:
         results["tide_skipped"] = skipped
+        results["sampler"] = lm.sampler_stats.as_dict()
         mark_limited(results)
     return results
 
@@ -224,9 +226,6 @@ def _run(args: argparse.Namespace) -> int:
     results = evaluate(args)
     if results is None:  # not the main process
         return 0
-    from .lm_eval_model import sampler_summary
-
-    results["sampler"] = sampler_summary()
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))

@@ -43,14 +43,6 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "tide_bd3lm"
 DEFAULT_BLOCK_SIZE = 32
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_LAST_STATS: list[SamplingStats] = []  # the sampler statistics of the latest model built in this process
-
-
-def sampler_summary() -> dict[str, Any] | None:
-    """``{"decoder": ..., <options>, "tokens_per_call": ..., "model_calls": ...}`` of
-    the latest ``tide_bd3lm`` model of this process (``None`` if none was built);
-    ``tide eval`` adds it to the results as ``"sampler"``."""
-    return _LAST_STATS[-1].as_dict() if _LAST_STATS else None
 
 
 def _config_value(config: Any, names: tuple[str, ...]) -> Any:
@@ -115,6 +107,9 @@ class TideBD3LM(LM):
         default; ``threshold``; ``fixed_k``; a plugin's).
     :param threshold: ``--decoder threshold``'s confidence tau; ``k``: ``fixed_k``'s
         tokens per call; ``decoder_args``: other options (mapping or ``"a=1,b=2"``).
+
+    :ivar sampler_stats: a :class:`~tide_plugin.eval.sampler.SamplingStats` summed over
+        every request this model generated (``tide eval`` reports it as ``"sampler"``).
     """
 
     def __init__(
@@ -159,8 +154,6 @@ class TideBD3LM(LM):
             options["k"] = int(k)
         self.decoder = get_decoder(str(decoder), **options)  # bad names and options fail before loading
         self.sampler_stats = SamplingStats()
-        _LAST_STATS.append(self.sampler_stats)
-        del _LAST_STATS[:-1]
         if dtype != "auto" and dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {('auto', *_DTYPES)}")
         self._rank, self._world_size = _distributed_rank()

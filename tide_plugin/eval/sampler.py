@@ -47,20 +47,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .block_cache import (
-    SUPPORTED_ATTENTION,
-    _attention_kind,
-    _block_mask,
-    _cache_drop_last,
-    _cache_select_rows,
-    _model_device,
-    _model_dtype,
-    _new_cache,
-    cache_keyword,
-)
+from .block_cache import SUPPORTED_ATTENTION, BlockCanvas
 from .decoders import DEFAULT_DECODER, describe, get_decoder, top_k_commit, transfer_schedule
-
-from .stops import _settled, _stopped, _trim, default_stop_token_ids
+from .stops import Stops, default_stop_token_ids
 
 __all__ = ["REMASKING", "SUPPORTED_ATTENTION", "SamplingConfig", "SamplingStats", "default_stop_token_ids", "generate", "transfer_schedule"]
 
@@ -242,18 +231,8 @@ def generate(
     :return: one list of generated ids per prompt, at most ``max_new_tokens``
         long (after the prompt, unchanged, if ``include_prompt``).
     """
-    if stop_strings and tokenizer is None:
-        raise ValueError(f"stop_strings {list(stop_strings)!r} need a tokenizer to decode the generated ids")
-    if stop_token_ids is None:
-        stop_token_ids = default_stop_token_ids(model, tokenizer)
-    if mask_id in stop_token_ids:
-        raise ValueError(f"stop_token_ids {list(stop_token_ids)} contain the mask token id {mask_id}")
-    if isinstance(decoder, str):
-        dec = get_decoder(decoder, **dict(decoder_options or {}))
-    elif decoder_options:
-        raise ValueError(f"decoder_options {dict(decoder_options)} go with a decoder name, not a built decoder")
-    else:
-        dec = decoder
+    stop_token_ids = _stop_ids(model, tokenizer, mask_id, stop_token_ids, stop_strings)
+    dec = _decoder(decoder, decoder_options)
     if stats is not None:
         stats.decoder = describe(dec)
     cfg = SamplingConfig(
@@ -264,13 +243,55 @@ def generate(
         steps_per_block=steps_per_block,
         remasking=remasking,
         temperature=temperature,
-        stop_token_ids=tuple(stop_token_ids),
+        stop_token_ids=stop_token_ids,
         stop_strings=tuple(stop_strings),
         use_cache=use_cache,
     )
     prompts = [list(p) for p in prompts]
     if not prompts:
         return []
+    _check_prompts(model, prompts, mask_id)
+    canvas = BlockCanvas(model, prompts, mask_id=mask_id, block_size=cfg.block_size,
+                         max_new_tokens=cfg.max_new_tokens, use_cache=cfg.use_cache)
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=canvas.device).manual_seed(seed)
+    stops = Stops(cfg.stop_token_ids, cfg.stop_strings, tokenizer, canvas.device)
+    outputs: list[list[int] | None] = [None] * len(prompts)
+    tally = _Tally(committed=torch.zeros((), dtype=torch.long, device=canvas.device))
+    for j, budget in enumerate(cfg.block_steps):
+        _denoise_block(canvas, j, budget, dec, cfg, stops, generator, on_forward, tally)
+        if not _retire_rows(canvas, j, stops, outputs):
+            break
+    if stats is not None:
+        stats.calls += tally.calls
+        stats.row_calls += tally.row_calls
+        stats.tokens += int(tally.committed)
+    done = [o if o is not None else [] for o in outputs]
+    return [p + o for p, o in zip(prompts, done)] if include_prompt else done
+
+
+def _decoder(decoder: str | Any, options: Mapping[str, Any] | None) -> Any:
+    """The decoder :func:`generate` uses: a registered name built with ``options``, or a built one."""
+    if isinstance(decoder, str):
+        return get_decoder(decoder, **dict(options or {}))
+    if options:
+        raise ValueError(f"decoder_options {dict(options)} go with a decoder name, not a built decoder")
+    return decoder
+
+
+def _stop_ids(model: torch.nn.Module, tokenizer: Any, mask_id: int, stop_token_ids: Sequence[int] | None,
+              stop_strings: Sequence[str]) -> tuple[int, ...]:
+    """The stop ids :func:`generate` uses (``None``: the EOS ids), checked with the stop strings."""
+    if stop_strings and tokenizer is None:
+        raise ValueError(f"stop_strings {list(stop_strings)!r} need a tokenizer to decode the generated ids")
+    if stop_token_ids is None:
+        stop_token_ids = default_stop_token_ids(model, tokenizer)
+    if mask_id in stop_token_ids:
+        raise ValueError(f"stop_token_ids {list(stop_token_ids)} contain the mask token id {mask_id}")
+    return tuple(stop_token_ids)
+
+
+def _check_prompts(model: torch.nn.Module, prompts: list[list[int]], mask_id: int) -> None:
     vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else None
     if not 0 <= mask_id < (vocab or mask_id + 1):
         raise ValueError(f"mask_id {mask_id} is outside the model's vocabulary of {vocab}")
@@ -278,107 +299,74 @@ def generate(
         if mask_id in p:
             raise ValueError(f"prompt {i} contains the mask token id {mask_id}; prompts must be clean text")
 
-    device = _model_device(model)
-    attention = _attention_kind(model)
-    dtype = _model_dtype(model)
-    if generator is None and seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    bs = cfg.block_size
-    stop_ids = set(cfg.stop_token_ids)
 
-    # Columns: [left pad | prompt] (a multiple of B) then the generated blocks.
-    b = len(prompts)
-    lengths = [len(p) for p in prompts]
-    t0 = -(-max(lengths) // bs) * bs
-    total = t0 + cfg.max_new_tokens
-    x = torch.full((b, total), mask_id, dtype=torch.long, device=device)
-    valid = torch.ones((b, total), dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        valid[i, : t0 - len(p)] = False
-        if p:
-            x[i, t0 - len(p) : t0] = torch.tensor(p, dtype=torch.long, device=device)
-    positions = (valid.long().cumsum(dim=1) - 1).clamp_min(0)
+@dataclass
+class _Tally:
+    """The counts of one generation (``committed`` stays on the device: no sync per call)."""
 
-    rows = torch.arange(b, device=device)  # original index of each active row
-    outputs: list[list[int] | None] = [None] * b
-    cache = _new_cache(model) if cfg.use_cache else None
-    cache_key = cache_keyword(model)
-    cached = 0  # columns whose keys/values are in the cache
+    committed: Tensor
+    calls: int = 0
+    row_calls: int = 0
 
-    stop_tensor = torch.tensor(sorted(stop_ids), device=device) if stop_ids else None
-    calls, row_calls, committed = 0, 0, torch.zeros((), dtype=torch.long, device=device)
-    for j, budget in enumerate(cfg.block_steps):
-        start = t0 + j * bs
-        end = min(start + bs, total)
-        planned = dec.calls(end - start, budget)
-        call = 0
-        while True:
-            q_start = cached if cfg.use_cache else 0
-            mask = _block_mask(valid, q_start, end, bs, attention, dtype)
-            kwargs: dict[str, Any] = dict(
-                input_ids=x[:, q_start:end],
-                attention_mask=mask,
-                position_ids=positions[:, q_start:end],
-                logits_to_keep=end - start,
+
+def _denoise_block(
+    canvas: BlockCanvas,
+    j: int,
+    budget: int,
+    dec: Any,
+    cfg: SamplingConfig,
+    stops: Stops,
+    generator: torch.Generator | None,
+    on_forward: Callable[[int], None] | None,
+    tally: _Tally,
+) -> None:
+    """Denoise block ``j`` until nothing in it is masked or every row's output is
+    settled by a stop token; ``budget``: the calls the steps schedule gives it."""
+    start, end = canvas.block(j)
+    planned = dec.calls(end - start, budget)
+    call = 0
+    while True:
+        logits = canvas.logits(start, end, on_forward)
+        logits[..., cfg.mask_id] = -math.inf
+        block = canvas.x[:, start:end]
+        masked = block == cfg.mask_id
+        pred, conf = _predict(logits, masked, remasking=cfg.remasking, temperature=cfg.temperature, generator=generator)
+        commit = dec.select(conf, masked, call=call, budget=budget) & masked
+        canvas.x[:, start:end] = torch.where(commit, pred, block)
+        call += 1
+        tally.calls += 1
+        tally.row_calls += canvas.x.shape[0]
+        tally.committed += commit.sum()
+        if planned is not None and call < planned and stops.id_tensor is None:
+            continue  # a fixed schedule needs no look at the tokens (no device sync)
+        remaining = canvas.x[:, start:end] == cfg.mask_id
+        stalled = masked.any(dim=-1) & ~commit.any(dim=-1)
+        finished = ~remaining.any(dim=-1) | stops.settled(canvas.x[:, start:end], remaining)
+        flags = torch.stack([stalled.any(), finished.all()]).tolist()
+        if flags[0]:
+            raise RuntimeError(
+                f"decoder {describe(dec)} committed nothing in a row with masked positions "
+                f"(block {j}, call {call}); a decoder must commit at least one per row"
             )
-            if cfg.use_cache:
-                kwargs.update({cache_key: cache, "use_cache": True})
-            else:
-                kwargs.update(use_cache=False)
-            if on_forward is not None:
-                on_forward(end - q_start)
-            logits = model(**kwargs).logits[:, -(end - start) :]
-            if cfg.use_cache:
-                _cache_drop_last(cache, end - start)  # keep clean columns only
-                cached = start
-            logits[..., mask_id] = -math.inf
-            block = x[:, start:end]
-            masked = block == mask_id
-            pred, conf = _predict(
-                logits, masked, remasking=cfg.remasking, temperature=cfg.temperature, generator=generator
+        if flags[1]:
+            return
+        if planned is not None and call >= planned:
+            raise RuntimeError(
+                f"decoder {describe(dec)} planned {planned} calls for block {j} but left positions masked after them"
             )
-            commit = dec.select(conf, masked, call=call, budget=budget) & masked
-            x[:, start:end] = torch.where(commit, pred, block)
-            call += 1
-            calls += 1
-            row_calls += x.shape[0]
-            committed += commit.sum()
-            if planned is not None and call < planned and stop_tensor is None:
-                continue  # a fixed schedule needs no look at the tokens (no device sync)
-            remaining = x[:, start:end] == mask_id
-            stalled = masked.any(dim=-1) & ~commit.any(dim=-1)
-            finished = ~remaining.any(dim=-1) | _settled(x[:, start:end], remaining, stop_tensor)
-            flags = torch.stack([stalled.any(), finished.all()]).tolist()
-            if flags[0]:
-                raise RuntimeError(
-                    f"decoder {describe(dec)} committed nothing in a row with masked positions "
-                    f"(block {j}, call {call}); a decoder must commit at least one per row"
-                )
-            if flags[1]:
-                break
-            if planned is not None and call >= planned:
-                raise RuntimeError(
-                    f"decoder {describe(dec)} planned {planned} calls for block {j} "
-                    f"but left positions masked after them"
-                )
-        # The block is finished: rows that hit a stop leave the batch.
-        keep: list[int] = []
-        gen = x[:, t0:end].tolist()
-        for r, row in enumerate(gen):
-            if end == total or _stopped(row, stop_ids, cfg.stop_strings, tokenizer):
-                outputs[int(rows[r])] = _trim(row, stop_ids)
-            else:
-                keep.append(r)
-        if not keep:
-            break
-        if len(keep) < len(gen):
-            sel = torch.tensor(keep, device=device)
-            x, valid, positions, rows = x[sel], valid[sel], positions[sel], rows[sel]
-            if cache is not None:
-                _cache_select_rows(cache, sel)
-    if stats is not None:
-        stats.calls += calls
-        stats.row_calls += row_calls
-        stats.tokens += int(committed)
-    done = [o if o is not None else [] for o in outputs]
-    return [p + o for p, o in zip(prompts, done)] if include_prompt else done
+
+
+def _retire_rows(canvas: BlockCanvas, j: int, stops: Stops, outputs: list[list[int] | None]) -> bool:
+    """Block ``j`` is finished: the rows that hit a stop (every row after the last block)
+    leave the canvas, their output trimmed into ``outputs``. Whether any row is left."""
+    _, end = canvas.block(j)
+    keep: list[int] = []
+    gen = canvas.x[:, canvas.t0 : end].tolist()
+    for r, row in enumerate(gen):
+        if end == canvas.total or stops.stopped(row):
+            outputs[int(canvas.rows[r])] = stops.trim(row)
+        else:
+            keep.append(r)
+    if keep and len(keep) < len(gen):
+        canvas.keep_rows(keep)
+    return bool(keep)

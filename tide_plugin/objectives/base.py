@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor
 
 from ..batch import DistillBatch, DistillInputs, PipelineInfo
-from ..hookspecs import Requirement, Unit
+from ..hookspecs import Itself, Requirement, Unit
 
 Direction = Literal["forward", "reverse"]
 
@@ -122,6 +122,8 @@ class Objective(abc.ABC):
     reads_teacher: ClassVar[bool] = True
     """False for an objective that never reads ``inputs.teacher_logits`` (the CE-only
     control, ``none``): the trainer then builds no teacher and runs no teacher forward."""
+    components: Sequence[Objective] = Itself()
+    """The objectives this one is made of: ``(self,)``; a composed objective lists its parts."""
     config: Any
 
     @property

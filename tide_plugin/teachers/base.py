@@ -91,11 +91,14 @@ def load_teacher_model(path: str, config: TeacherConfig) -> torch.nn.Module:
 class TeacherAdapter(abc.ABC):
     """Base class: frozen teacher, eval mode, ``no_grad``, view batching and merging.
 
-    Subclasses implement :meth:`forward_view`.
+    Subclasses implement :meth:`forward_view`. Every member of
+    :class:`~tide_plugin.hookspecs.TeacherProtocol` is here: ``model`` (the frozen
+    model), ``mask_token_id``, ``__call__``, ``to`` and ``projected_logits``.
     """
 
     name: str = "teacher"
     config_cls: type[TeacherConfig] = TeacherConfig
+    model: torch.nn.Module
 
     def __init__(self, model: torch.nn.Module | str, **config):
         self.config = self.config_cls(**config)
@@ -132,6 +135,14 @@ class TeacherAdapter(abc.ABC):
         for p in self.model.parameters():
             return p.device
         return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the teacher computes in: its first floating-point parameter's."""
+        for p in unwrap_model(self.model).parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
 
     def to(self, device: torch.device | str) -> TeacherAdapter:
         """Place the teacher (the trainer puts it on the student's device unless told otherwise)."""
