@@ -16,18 +16,13 @@ from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
 from ..jsonio import loads as json_loads
 from ..pipelines import CHUNK_NOISE_RULES, PIPELINES, get_pipeline
 from .compat import one_config_mixed_precision, settle_warmup_ratio
+from .reference_flags import reference_notes, reference_objective_options, translate_reference_flags, truth
+
 LOSS_WEIGHT_TYPES = ("elbo", "uniform")
 LOSS_WEIGHT_ALIASES = {"scheduler": "elbo"}
 """dllm's name for the ELBO weighting. It stays the field's default and is kept as
 typed, because dllm's own config checks the field against its names; the code reads
 :attr:`DistillArguments.ce_weighting`, which speaks the ``noise`` stage's names."""
-TIDAL_FIELDS = {
-    "taid_lambda_init": "lambda_init",
-    "taid_lambda_max": "lambda_max",
-    "taid_decay": "decay",
-    "taid_axis_mode": "axis",
-    "taid_timestep_weight": "timestep_weight",
-}
 
 
 def _parse_mapping(value: Any, name: str) -> dict[str, Any]:
@@ -46,12 +41,6 @@ def _not_one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"{name} {value!r} is not one of {tuple(allowed)}{hint}"
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "y", "on")
-    return bool(value)
 
 
 def implied_pipeline(objective: str, **objective_kwargs: Any) -> str | None:
@@ -180,13 +169,7 @@ class DistillArguments:
 
     # -- validation and resolution ------------------------------------------------
     def _distill_post_init(self) -> None:
-        self._resolve_reference_names()
-        for name in ("alm_weight", "kl_weight", "taid_weight"):
-            value = getattr(self, name)
-            if value is not None and float(value) < 0:
-                raise ValueError(f"{name} {value} must be >= 0")
-        if self.distill_mode:
-            self.objective = self.distill_mode
+        translate_reference_flags(self)  # the reference's names and flat flags (reference_flags)
         parts = [p.strip() for p in str(self.objective).split("+")]
         if not parts or any(not p for p in parts):
             raise ValueError(f"objective {self.objective!r} has an empty component; write names joined by '+'")
@@ -194,9 +177,9 @@ class DistillArguments:
         self.objective_config = _parse_mapping(self.objective_config, "objective_config")
         self.collator_config = _parse_mapping(self.collator_config, "collator_config")
         self.teacher_config = _parse_mapping(self.teacher_config, "teacher_config")
-        self.use_comp_demo = _bool(self.use_comp_demo)
-        self.sequential_views = _bool(self.sequential_views)
-        self.fused_output_layer = _bool(self.fused_output_layer)
+        self.use_comp_demo = truth(self.use_comp_demo)
+        self.sequential_views = truth(self.sequential_views)
+        self.fused_output_layer = truth(self.fused_output_layer)
         if self.pipeline is None:
             self.pipeline = self.implied_pipeline()
         if self.pipeline is not None and self.pipeline not in PIPELINES:
@@ -229,48 +212,16 @@ class DistillArguments:
             raise ValueError(f"demo_ratio {self.demo_ratio} must lie in (0, 1)")
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight {self.ce_weight} must be >= 0")
-        if _bool(self.right_shift_logits):
+        if truth(self.right_shift_logits):
             raise ValueError("right_shift_logits=True is not supported: BD3LM predicts x0 at the x_t position")
         for name in ("max_length", "teacher_max_length"):
             value = getattr(self, name, None)
             if value is not None and int(value) <= 0:
                 raise ValueError(f"{name} {value} must be a positive integer (or unset)")
 
-    def _resolve_reference_names(self) -> None:
-        """The reference's names for fields we also name otherwise: the reference name
-        wins when only it is given; both given with different values is an error."""
-        pairs = (
-            ("use_complementary_demo", "use_comp_demo", False),
-            ("taid_lambda_decay", "taid_decay", None),
-            ("max_teacher_length", "teacher_max_length", None),
-        )
-        for ref, ours, default in pairs:
-            ref_value, our_value = getattr(self, ref), getattr(self, ours)
-            if ref_value is None:
-                continue
-            if ref == "use_complementary_demo":
-                ref_value, our_value = _bool(ref_value), _bool(our_value)
-            if our_value not in (default, None) and our_value != ref_value:
-                raise ValueError(f"{ref}={ref_value!r} and {ours}={our_value!r} disagree; give one of them")
-            setattr(self, ours, ref_value)
-        self.pad_to_max_length = _bool(self.pad_to_max_length)
-
     def reference_notes(self) -> list[str]:
         """One line per reference option given that has no effect here, saying why."""
-        notes = []
-        if self.pad_to_max_length:
-            notes.append(
-                "pad_to_max_length has no effect on the result: rows are padded to a block multiple with EOS "
-                "(as the reference does first), and padding beyond that starts a new block that no target attends "
-                "to and carries no target; the reference pads for fixed-length flex attention"
-            )
-        for name in ("teacher_byteify_spec", "student_byteify_spec"):
-            if getattr(self, name):
-                notes.append(
-                    f"{name} has no effect: byte tables come from each tokenizer itself (tide_plugin alignment), "
-                    "not from a byteify spec"
-                )
-        return notes
+        return reference_notes(self)
 
     # -- what the pieces are built from -------------------------------------------------
     @property
@@ -299,26 +250,10 @@ class DistillArguments:
             cls = info.spec.config_cls
             names = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else set()
             explicit = dict(self.objective_config.get(p, {}) or self.objective_config.get(info.name, {}))
-            cfg: dict[str, Any] = {}
             chunk_level = "chunks" in reg.objective_config(p, **explicit).requirements
-            temp = self.alm_temperature if chunk_level else self.kl_temperature
-            if temp is not None and "temperature" in names:
-                cfg["temperature"] = float(temp)
-            # the reference's weights: alm_weight for every chunk mode (alm, reverse_alm,
-            # alm_taid, reverse_alm_taid), taid_weight for token TIDAL, kl_weight for KL
-            if chunk_level:
-                weight = self.alm_weight
-            elif getattr(info.spec.factory, "interpolates_teacher", False):
-                weight = self.taid_weight
-            else:
-                weight = self.kl_weight
-            if weight is not None and "weight" in names:
-                cfg["weight"] = float(weight)
-            if "schedule_config" in names:
-                for flag, key in TIDAL_FIELDS.items():
-                    value = getattr(self, flag)
-                    if value is not None and key not in explicit.get("schedule_config", {}):
-                        cfg[key] = value
+            interpolates = bool(getattr(info.spec.factory, "interpolates_teacher", False))
+            cfg = reference_objective_options(self, chunk_level=chunk_level, interpolates_teacher=interpolates,
+                                              fields=names, explicit=explicit)
             cfg.update(explicit)
             out[p] = cfg
         unknown = set(self.objective_config) - set(parts) - {reg.resolve("objective", p).name for p in parts}
@@ -365,7 +300,7 @@ class DistillConfig(DistillArguments, transformers.TrainingArguments):
         with one_config_mixed_precision():
             super().__post_init__()
         self._distill_post_init()
-        self.group_by_length = _bool(self.group_by_length)
+        self.group_by_length = truth(self.group_by_length)
         if self.group_by_length and hasattr(self, "train_sampling_strategy"):
             self.train_sampling_strategy = "group_by_length"
 
