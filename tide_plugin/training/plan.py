@@ -1,4 +1,4 @@
-"""A run resolved once (docs/architecture.md): :func:`plan_run` turns a config into a
+"""A run resolved once (docs/architecture.md#who-owns-each-run-level-value): :func:`plan_run` turns a config into a
 frozen :class:`RunPlan`, and everything that builds the run reads the plan.
 
 - The objective is built from ``config.objective_kwargs()`` once and checked against
@@ -20,11 +20,9 @@ fields (:class:`~tide_plugin.training.DistillArguments`) and nowhere else.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -191,24 +189,6 @@ def plan_run(config: Any) -> RunPlan:
 
 
 # -- ids --------------------------------------------------------------------------------------
-def model_mask_id(model: torch.nn.Module | str | None) -> int | None:
-    """The ``mask_token_id`` a model's config records: a built module's, or a checkpoint
-    folder's ``config.json`` (read, not loaded); ``None`` when it records none."""
-    if model is None:
-        return None
-    if isinstance(model, str):
-        try:
-            fields = json.loads((Path(model) / "config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        value = fields.get("mask_token_id") if isinstance(fields, dict) else None
-    else:
-        from ..bd3lm import unwrap_model
-
-        value = getattr(getattr(unwrap_model(model), "config", None), "mask_token_id", None)
-    return None if value is None else int(value)
-
-
 def resolve_mask_ids(
     pipeline: str,
     *,
@@ -239,6 +219,8 @@ def resolve_mask_ids(
     if teacher_mask is None:
         teacher_mask = getattr(teacher_tokenizer, "mask_token_id", None)
     if teacher_mask is None and reads_teacher:
+        from ..teachers.base import model_mask_id
+
         teacher_mask = model_mask_id(teacher_model)
     if teacher_mask is None and not reads_teacher:
         teacher_mask = mask_id
