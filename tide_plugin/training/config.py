@@ -16,7 +16,13 @@ from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
 from ..jsonio import loads as json_loads
 from ..pipelines import CHUNK_NOISE_RULES, PIPELINES, get_pipeline
 from .compat import one_config_mixed_precision, settle_warmup_ratio
-from .reference_flags import reference_notes, reference_objective_options, translate_reference_flags, truth
+from .reference_flags import (
+    ReferenceFlags,
+    reference_notes,
+    reference_objective_options,
+    translate_reference_flags,
+    truth,
+)
 
 LOSS_WEIGHT_TYPES = ("elbo", "uniform")
 LOSS_WEIGHT_ALIASES = {"scheduler": "elbo"}
@@ -58,7 +64,7 @@ def implied_pipeline(objective: str, **objective_kwargs: Any) -> str | None:
 
 
 @dataclass
-class DistillArguments:
+class DistillArguments(ReferenceFlags):
     """The distillation options (a mixin of dataclass fields; see :class:`DistillConfig`).
 
     Reference launch flags are accepted as aliases: ``distill_mode`` (``alm``,
@@ -74,6 +80,9 @@ class DistillArguments:
     ``max_teacher_length`` (reference names of ours), ``teacher_attn_implementation``,
     ``teacher_eos_token_id``, ``teacher_pad_token_id``; options without an
     effect here are listed by :meth:`reference_notes`, unsupported values refused.
+    The flags that only translate (or have no effect) are the fields of
+    :class:`~tide_plugin.training.reference_flags.ReferenceFlags`, translated by that
+    module in front of the run's plan.
 
     No field shares a name with dllm's ``ModelArguments``, ``DataArguments`` or
     ``TrainingArguments``, so these parse beside them in one ``HfArgumentParser``
@@ -133,25 +142,9 @@ class DistillArguments:
         metadata={"help": "cross pipeline chunk masking: unbiased (one Bernoulli(1-alpha(t)) draw per chunk, keeps "
                   "CE's w(t) unbiased) | reference (the paper's: a chunk is masked when any of its tokens is)"},
     )
-    # ---- reference launch flags (aliases) ----
-    distill_mode: str | None = field(default=None, metadata={"help": "reference mode string (alias of --objective)"})
+    # CompDemo and the teacher's ids and attention (the reference's flags, ours too)
     use_comp_demo: bool = field(default=False, metadata={"help": "CompDemo: two complementary teacher views"})
     demo_ratio: float = field(default=0.5, metadata={"help": "CompDemo split probability r"})
-    alm_temperature: float | None = field(default=None, metadata={"help": "temperature of chunk objectives"})
-    kl_temperature: float | None = field(default=None, metadata={"help": "temperature of token objectives"})
-    taid_lambda_init: float | None = field(default=None, metadata={"help": "TIDAL l0"})
-    taid_lambda_max: float | None = field(default=None, metadata={"help": "TIDAL l1"})
-    taid_decay: str | None = field(default=None, metadata={"help": "TIDAL g: cosine | linear"})
-    taid_axis_mode: str | None = field(default=None, metadata={"help": "both | training_only | timestep_only"})
-    taid_timestep_weight: str | None = field(default=None, metadata={"help": "uniform | midrange"})
-    # the rest of the reference trainer config (DistillBD3LMConfig)
-    use_complementary_demo: bool | None = field(default=None, metadata={"help": "reference name of use_comp_demo"})
-    taid_lambda_decay: str | None = field(default=None, metadata={"help": "reference name of taid_decay"})
-    alm_weight: float | None = field(default=None, metadata={"help": "weight of chunk objectives (alm, *_alm_taid)"})
-    kl_weight: float | None = field(default=None, metadata={"help": "weight of token KL / reverse KL objectives"})
-    taid_weight: float | None = field(default=None, metadata={"help": "weight of token TIDAL (taid, taid_aligned)"})
-    # the reference entry points' model / teacher / data arguments that shape a run
-    max_teacher_length: int | None = field(default=None, metadata={"help": "reference name of teacher_max_length"})
     teacher_attn_implementation: str | None = field(
         default=None, metadata={"help": "teacher attention when loading a teacher folder: sdpa | eager | flex_attention"}
     )
@@ -161,11 +154,6 @@ class DistillArguments:
     teacher_pad_token_id: int | None = field(
         default=None, metadata={"help": "teacher batch-padding id (default: the teacher tokenizer's pad, else EOS)"}
     )
-    pad_to_max_length: bool = field(
-        default=False, metadata={"help": "pad student rows to max_length (accepted; changes only tensor shapes)"}
-    )
-    teacher_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
-    student_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
 
     # -- validation and resolution ------------------------------------------------
     def _distill_post_init(self) -> None:

@@ -1,5 +1,6 @@
-"""A run resolved once (docs/architecture.md#who-owns-each-run-level-value): :func:`plan_run` turns a config into a
-frozen :class:`RunPlan`, and everything that builds the run reads the plan.
+"""A run resolved once (docs/architecture.md#who-owns-each-run-level-value):
+:func:`plan_run` turns a config into a frozen :class:`RunPlan`, and everything that
+builds the run reads the plan.
 
 - The objective is built from ``config.objective_kwargs()`` once and checked against
   the pipeline once; whether it reads a teacher or needs the projection ``W`` is read
@@ -13,8 +14,8 @@ frozen :class:`RunPlan`, and everything that builds the run reads the plan.
   :meth:`RunPlan.student_config`, applied once by :func:`configure_student`.
 
 Nothing here changes the config: a value the run decides (``shared_vocab_size`` of a
-demo, say) is decided before the config is built. Defaults live on the config's
-fields (:class:`~tide_plugin.training.DistillArguments`) and nowhere else.
+demo, say) is decided before the config is built. The run's defaults are the config's
+field defaults (:class:`~tide_plugin.training.DistillArguments`); the plan states none.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..batch import PipelineInfo
 from ..hookspecs import RunContext
 from ..pipelines import get_pipeline
+
+if TYPE_CHECKING:
+    from .config import DistillConfig
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,8 @@ class TeacherSettings:
 class RunPlan:
     """Everything a run decides before any model work. Built by :func:`plan_run`."""
 
-    config: Any
-    """The :class:`~tide_plugin.training.DistillConfig` the plan was made from (read only)."""
+    config: DistillConfig
+    """The config the plan was made from (read, never written)."""
     objective: Any
     """Built once from :attr:`objective_kwargs` and checked against :attr:`pipeline_info`."""
     objective_name: str
@@ -140,7 +145,7 @@ def canonical_objective(objective: str) -> str:
     return "+".join(reg.resolve("objective", p).name for p in objective.split("+"))
 
 
-def plan_run(config: Any) -> RunPlan:
+def plan_run(config: DistillConfig) -> RunPlan:
     """The run of ``config`` resolved once: the objective built and checked against the
     pipeline, the teacher adapter's settings, the shared vocabulary. Raises before any
     model work when the objective and the pipeline disagree."""
@@ -177,12 +182,13 @@ def plan_run(config: Any) -> RunPlan:
             if key in fields and value is not None:
                 options[key] = value
         options.update(config.teacher_config)
-        teacher = TeacherSettings(adapter=config.teacher, options=options, takes_eos="eos_token_id" in fields)
+        teacher = TeacherSettings(adapter=config.teacher, options=MappingProxyType(options),
+                                  takes_eos="eos_token_id" in fields)
     return RunPlan(
         config=config,
         objective=objective,
         objective_name=canonical_objective(config.objective),
-        objective_kwargs=objective_kwargs,
+        objective_kwargs=MappingProxyType(objective_kwargs),
         pipeline_info=info,
         teacher=teacher,
     )
@@ -248,7 +254,7 @@ def teacher_special_ids(tok: Any) -> dict[str, int]:
 
 
 def run_context(
-    config: Any,
+    config: DistillConfig,
     *,
     student_eos_id: int,
     student_mask_id: int,

@@ -15,6 +15,7 @@ stay on :class:`~tide_plugin.training.DistillArguments`, so every launch line pa
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 REFERENCE_RENAMES: tuple[tuple[str, str, Any], ...] = (
@@ -35,6 +36,35 @@ TIDAL_FIELDS = {
 }
 """``taid_*`` flag -> strength-schedule key, for objectives with a ``schedule_config``."""
 UNUSED_REFERENCE_OPTIONS = ("teacher_byteify_spec", "student_byteify_spec")
+
+
+@dataclass
+class ReferenceFlags:
+    """The reference's launch flags that only translate into our fields or objective
+    keywords, or have no effect here (a mixin of
+    :class:`~tide_plugin.training.DistillArguments`, so every launch line parses)."""
+
+    distill_mode: str | None = field(default=None, metadata={"help": "reference mode string (alias of --objective)"})
+    alm_temperature: float | None = field(default=None, metadata={"help": "temperature of chunk objectives"})
+    kl_temperature: float | None = field(default=None, metadata={"help": "temperature of token objectives"})
+    taid_lambda_init: float | None = field(default=None, metadata={"help": "TIDAL l0"})
+    taid_lambda_max: float | None = field(default=None, metadata={"help": "TIDAL l1"})
+    taid_decay: str | None = field(default=None, metadata={"help": "TIDAL g: cosine | linear"})
+    taid_axis_mode: str | None = field(default=None, metadata={"help": "both | training_only | timestep_only"})
+    taid_timestep_weight: str | None = field(default=None, metadata={"help": "uniform | midrange"})
+    # the rest of the reference trainer config (DistillBD3LMConfig)
+    use_complementary_demo: bool | None = field(default=None, metadata={"help": "reference name of use_comp_demo"})
+    taid_lambda_decay: str | None = field(default=None, metadata={"help": "reference name of taid_decay"})
+    alm_weight: float | None = field(default=None, metadata={"help": "weight of chunk objectives (alm, *_alm_taid)"})
+    kl_weight: float | None = field(default=None, metadata={"help": "weight of token KL / reverse KL objectives"})
+    taid_weight: float | None = field(default=None, metadata={"help": "weight of token TIDAL (taid, taid_aligned)"})
+    # the reference entry points' teacher / data arguments
+    max_teacher_length: int | None = field(default=None, metadata={"help": "reference name of teacher_max_length"})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "pad student rows to max_length (accepted; changes only tensor shapes)"}
+    )
+    teacher_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
+    student_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
 
 
 def truth(value: Any) -> bool:
