@@ -198,13 +198,13 @@ def build_trainer(
         raise ValueError("build_trainer got a config and a plan made from another config; pass one of them")
     config = plan.config
     tok = student_tokenizer
-    if plan.context is None:
-        plan = plan.with_ids(student_tokenizer=tok, teacher_tokenizer=teacher_tokenizer, student_mask_id=student_mask_id,
-                             student_eos_id=student_eos_id, teacher_model=teacher_model)
     if not plan.needs_projection:
         projection = None  # nothing built, nothing moved
     elif projection is None:
         projection = run_projection(plan, teacher_tokenizer, tok, say=lambda m: print(f"tide: {m}", flush=True))
+    if plan.context is None:
+        plan = plan.with_ids(student_tokenizer=tok, teacher_tokenizer=teacher_tokenizer, student_mask_id=student_mask_id,
+                             student_eos_id=student_eos_id, teacher_model=teacher_model)
     teacher = build_teacher(plan, teacher_model) if plan.reads_teacher else None
     collator = build_collator(config, plan.context)
     if projection is not None:
