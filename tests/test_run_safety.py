@@ -61,12 +61,12 @@ def test_an_unwritable_output_dir_is_one_line_before_any_loading(tmp_path, capsy
     blocker.write_text("x")
     with pytest.raises(PermissionError, match=r"output_dir '.*file/run' cannot be written: Not a directory \(ENOTDIR\)"):
         check_writable(str(blocker / "run"))
-    import tide_plugin.cli.distill as distill_cli
+    import tide_plugin.cli.distill_models as distill_models
 
     def no_tokenizers(spec):  # the check runs before any tokenizer loads
         raise AssertionError(f"tokenizer {spec} loaded before the output check")
 
-    monkeypatch.setattr(distill_cli, "_tokenizer", no_tokenizers)
+    monkeypatch.setattr(distill_models, "load_tokenizer", no_tokenizers)
     assert cli.main(["distill", "--output_dir", str(blocker / "run"), "--max_steps", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be written: Not a directory (ENOTDIR)" in err
@@ -83,9 +83,9 @@ def test_negative_values_reach_the_option_check():
 def test_not_a_model_folder_is_one_line_before_any_tokenizer(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TIDE_DEBUG", raising=False)
     (tmp_path / "teacher").mkdir()
-    import tide_plugin.cli.distill as distill_cli
+    import tide_plugin.cli.distill_models as distill_models
 
-    monkeypatch.setattr(distill_cli, "_tokenizer", lambda spec: pytest.fail(f"tokenizer {spec} loaded"))
+    monkeypatch.setattr(distill_models, "load_tokenizer", lambda spec: pytest.fail(f"tokenizer {spec} loaded"))
     argv = ["distill", "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--objective", "calm",
             "--output_dir", str(tmp_path / "out")]
     assert cli.main(argv) == 2

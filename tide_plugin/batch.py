@@ -193,10 +193,12 @@ class DistillInputs:
 @dataclass(frozen=True)
 class PipelineInfo:
     """What a built pipeline offers; objectives check their needs against it when
-    they are built, not at step 1."""
+    they are built, not at step 1 (a run's :class:`~tide_plugin.training.RunPlan` holds it)."""
 
     pipeline: Pipeline
     shared_vocab_size: int | None = None
+    """``V_shared`` of the run (``None``: the smaller vocabulary); the plan warns when a
+    token-level objective runs without it."""
     has_timestep: bool = True
     has_progress: bool = True
     has_projection: bool = False

@@ -8,7 +8,6 @@ sequences. They are not saved: their held-out numbers and curves go into the run
 from __future__ import annotations
 
 import copy
-import dataclasses
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -16,28 +15,23 @@ from typing import Any
 import torch
 
 from ..training import DistillConfig
+from ..training.plan import RunPlan, plan_run
 
 CONTROL_LABEL = "CE only (control)"
 
 
-def check_arms(config: DistillConfig, arms: Sequence[str]) -> None:
-    """Every arm's objective is registered and runs on the run's pipeline (before any
-    model work); the control needs no check."""
-    from ..batch import PipelineInfo
-    from ..registry import get_objective
-    from ..eval.comparison import CONTROL
-
+def check_arms(config: DistillConfig, arms: Sequence[str]) -> dict[str, RunPlan]:
+    """Every arm's plan (before any model work): its objective registered, built and
+    checked against the run's pipeline; the control's too (``none``, CE only)."""
     from ..objectives.base import PipelineMismatchError
 
-    info = PipelineInfo(pipeline=config.pipeline, shared_vocab_size=config.shared_vocab_size)
+    plans = {}
     for arm in arms:
-        if arm == CONTROL:
-            continue
-        objective = get_objective(arm, **arm_config(config, arm).objective_kwargs())
         try:
-            objective.check_pipeline(dataclasses.replace(info, has_projection="projection" in objective.requirements))
+            plans[arm] = plan_run(arm_config(config, arm))
         except PipelineMismatchError as exc:
             raise ValueError(f"--demo_arms {arm!r} cannot train beside this run: {exc}") from exc
+    return plans
 
 
 def arm_config(config: DistillConfig, objective: str, output_dir: str | None = None) -> DistillConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 _DEMO_RUN: dict[str, Any] = {
-    # What both embedded demos share: the study's lengths and block, and the schedule a
+    # What both embedded demos share: the study's lengths (its block is the default one), and the schedule a
     # practitioner uses to fine-tune a trained model: linear warm-up over the first 10% of
     # the steps, then cosine decay (the alignment-handbook's SFT recipes), at a peak rate a
     # tenth of the one the student init was trained with (2e-3; Llama 2 fine-tuned at 2e-5
@@ -13,7 +13,6 @@ _DEMO_RUN: dict[str, Any] = {
     # distill's default: the init ships in bfloat16, where small updates round away).
     "max_length": 192,
     "teacher_max_length": 256,
-    "block_size": 32,
     "max_steps": 60,
     "learning_rate": 2e-4,
     "warmup_ratio": 0.1,

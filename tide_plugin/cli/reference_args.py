@@ -12,15 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..training import DistillConfig
+from ..training.reference_flags import truth
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LORA_OPTIONS = ("target_modules", "r", "lora_alpha", "lora_dropout", "bias", "modules_to_save")
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "y", "on")
-    return bool(value)
 
 
 @dataclass
@@ -41,8 +36,8 @@ class ReferenceModelArguments:
 
     def check_model_arguments(self) -> None:
         """Refuse what ``tide distill`` cannot do, each with one line."""
-        self.lora = _bool(self.lora)
-        self.load_in_4bit = _bool(self.load_in_4bit)
+        self.lora = truth(self.lora)
+        self.load_in_4bit = truth(self.load_in_4bit)
         if self.dtype not in (None, *DTYPES):
             raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
         if self.lora:

@@ -65,8 +65,8 @@ def read_tide_config(path: Path) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
-def resolve_mask_id(tokenizer: Any, config: Any) -> int:
-    """The mask token id: the tokenizer's ``mask_token_id``, else the config's."""
+def checkpoint_mask_id(tokenizer: Any, config: Any) -> int:
+    """A saved student's mask token id: its tokenizer's ``mask_token_id``, else its config's."""
     mask_id = getattr(tokenizer, "mask_token_id", None)
     if mask_id is None:
         mask_id = _config_value(config, ("mask_token_id", "mask_id"))
@@ -169,7 +169,7 @@ class TideBD3LM(LM):
             mask_id = saved.get("mask_token_id")
         if block_size is None:
             block_size = saved.get("block_size")
-        self.mask_id = int(mask_id) if mask_id is not None else resolve_mask_id(self.tokenizer, self.model.config)
+        self.mask_id = int(mask_id) if mask_id is not None else checkpoint_mask_id(self.tokenizer, self.model.config)
         self.block_size = int(block_size) if block_size is not None else resolve_block_size(self.model.config)
         self.steps = int(steps) if steps is not None else None
         self.steps_per_block = int(steps_per_block) if steps_per_block is not None else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -88,6 +89,22 @@ def load_teacher_model(path: str, config: TeacherConfig) -> torch.nn.Module:
     )
 
 
+def model_mask_id(model: torch.nn.Module | str | None) -> int | None:
+    """The ``mask_token_id`` a teacher's model config records: a built module's, or a
+    checkpoint folder's ``config.json`` (read, not loaded); ``None`` when it records none."""
+    if model is None:
+        return None
+    if isinstance(model, str):
+        try:
+            fields = json.loads((Path(model) / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        value = fields.get("mask_token_id") if isinstance(fields, dict) else None
+    else:
+        value = getattr(getattr(unwrap_model(model), "config", None), "mask_token_id", None)
+    return None if value is None else int(value)
+
+
 class TeacherAdapter(abc.ABC):
     """Base class: frozen teacher, eval mode, ``no_grad``, view batching and merging.
 
@@ -118,8 +135,8 @@ class TeacherAdapter(abc.ABC):
         self.model = model
         self.vocab_size = self._vocab_size()
         mask_id = self.config.mask_token_id
-        if mask_id is None:
-            mask_id = getattr(getattr(unwrap_model(model), "config", None), "mask_token_id", None)
+        if mask_id is None:  # what a run's plan resolves too (training.plan.resolve_mask_ids)
+            mask_id = model_mask_id(model)
         if mask_id is not None and self.vocab_size is not None and not 0 <= int(mask_id) < self.vocab_size:
             raise ValueError(
                 f"teacher mask_token_id {mask_id} is outside the teacher vocabulary [0, {self.vocab_size})"

@@ -16,18 +16,19 @@ from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
 from ..jsonio import loads as json_loads
 from ..pipelines import CHUNK_NOISE_RULES, PIPELINES, get_pipeline
 from .compat import one_config_mixed_precision, settle_warmup_ratio
+from .reference_flags import (
+    ReferenceFlags,
+    reference_notes,
+    reference_objective_options,
+    translate_reference_flags,
+    truth,
+)
+
 LOSS_WEIGHT_TYPES = ("elbo", "uniform")
 LOSS_WEIGHT_ALIASES = {"scheduler": "elbo"}
 """dllm's name for the ELBO weighting. It stays the field's default and is kept as
 typed, because dllm's own config checks the field against its names; the code reads
 :attr:`DistillArguments.ce_weighting`, which speaks the ``noise`` stage's names."""
-TIDAL_FIELDS = {
-    "taid_lambda_init": "lambda_init",
-    "taid_lambda_max": "lambda_max",
-    "taid_decay": "decay",
-    "taid_axis_mode": "axis",
-    "taid_timestep_weight": "timestep_weight",
-}
 
 
 def _parse_mapping(value: Any, name: str) -> dict[str, Any]:
@@ -48,12 +49,6 @@ def _not_one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return f"{name} {value!r} is not one of {tuple(allowed)}{hint}"
 
 
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "y", "on")
-    return bool(value)
-
-
 def implied_pipeline(objective: str, **objective_kwargs: Any) -> str | None:
     """The pipeline an objective's declared requirements imply (third-party objectives
     included; read from their config classes, nothing is built): chunks -> ``cross``,
@@ -69,7 +64,7 @@ def implied_pipeline(objective: str, **objective_kwargs: Any) -> str | None:
 
 
 @dataclass
-class DistillArguments:
+class DistillArguments(ReferenceFlags):
     """The distillation options (a mixin of dataclass fields; see :class:`DistillConfig`).
 
     Reference launch flags are accepted as aliases: ``distill_mode`` (``alm``,
@@ -85,6 +80,9 @@ class DistillArguments:
     ``max_teacher_length`` (reference names of ours), ``teacher_attn_implementation``,
     ``teacher_eos_token_id``, ``teacher_pad_token_id``; options without an
     effect here are listed by :meth:`reference_notes`, unsupported values refused.
+    The flags that only translate (or have no effect) are the fields of
+    :class:`~tide_plugin.training.reference_flags.ReferenceFlags`, translated by that
+    module in front of the run's plan.
 
     No field shares a name with dllm's ``ModelArguments``, ``DataArguments`` or
     ``TrainingArguments``, so these parse beside them in one ``HfArgumentParser``
@@ -144,25 +142,9 @@ class DistillArguments:
         metadata={"help": "cross pipeline chunk masking: unbiased (one Bernoulli(1-alpha(t)) draw per chunk, keeps "
                   "CE's w(t) unbiased) | reference (the paper's: a chunk is masked when any of its tokens is)"},
     )
-    # ---- reference launch flags (aliases) ----
-    distill_mode: str | None = field(default=None, metadata={"help": "reference mode string (alias of --objective)"})
+    # CompDemo and the teacher's ids and attention (the reference's flags, ours too)
     use_comp_demo: bool = field(default=False, metadata={"help": "CompDemo: two complementary teacher views"})
     demo_ratio: float = field(default=0.5, metadata={"help": "CompDemo split probability r"})
-    alm_temperature: float | None = field(default=None, metadata={"help": "temperature of chunk objectives"})
-    kl_temperature: float | None = field(default=None, metadata={"help": "temperature of token objectives"})
-    taid_lambda_init: float | None = field(default=None, metadata={"help": "TIDAL l0"})
-    taid_lambda_max: float | None = field(default=None, metadata={"help": "TIDAL l1"})
-    taid_decay: str | None = field(default=None, metadata={"help": "TIDAL g: cosine | linear"})
-    taid_axis_mode: str | None = field(default=None, metadata={"help": "both | training_only | timestep_only"})
-    taid_timestep_weight: str | None = field(default=None, metadata={"help": "uniform | midrange"})
-    # the rest of the reference trainer config (DistillBD3LMConfig)
-    use_complementary_demo: bool | None = field(default=None, metadata={"help": "reference name of use_comp_demo"})
-    taid_lambda_decay: str | None = field(default=None, metadata={"help": "reference name of taid_decay"})
-    alm_weight: float | None = field(default=None, metadata={"help": "weight of chunk objectives (alm, *_alm_taid)"})
-    kl_weight: float | None = field(default=None, metadata={"help": "weight of token KL / reverse KL objectives"})
-    taid_weight: float | None = field(default=None, metadata={"help": "weight of token TIDAL (taid, taid_aligned)"})
-    # the reference entry points' model / teacher / data arguments that shape a run
-    max_teacher_length: int | None = field(default=None, metadata={"help": "reference name of teacher_max_length"})
     teacher_attn_implementation: str | None = field(
         default=None, metadata={"help": "teacher attention when loading a teacher folder: sdpa | eager | flex_attention"}
     )
@@ -172,21 +154,10 @@ class DistillArguments:
     teacher_pad_token_id: int | None = field(
         default=None, metadata={"help": "teacher batch-padding id (default: the teacher tokenizer's pad, else EOS)"}
     )
-    pad_to_max_length: bool = field(
-        default=False, metadata={"help": "pad student rows to max_length (accepted; changes only tensor shapes)"}
-    )
-    teacher_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
-    student_byteify_spec: str | None = field(default=None, metadata={"help": "(reference; byte tables come from the tokenizer)"})
 
     # -- validation and resolution ------------------------------------------------
     def _distill_post_init(self) -> None:
-        self._resolve_reference_names()
-        for name in ("alm_weight", "kl_weight", "taid_weight"):
-            value = getattr(self, name)
-            if value is not None and float(value) < 0:
-                raise ValueError(f"{name} {value} must be >= 0")
-        if self.distill_mode:
-            self.objective = self.distill_mode
+        translate_reference_flags(self)  # the reference's names and flat flags (reference_flags)
         parts = [p.strip() for p in str(self.objective).split("+")]
         if not parts or any(not p for p in parts):
             raise ValueError(f"objective {self.objective!r} has an empty component; write names joined by '+'")
@@ -194,9 +165,9 @@ class DistillArguments:
         self.objective_config = _parse_mapping(self.objective_config, "objective_config")
         self.collator_config = _parse_mapping(self.collator_config, "collator_config")
         self.teacher_config = _parse_mapping(self.teacher_config, "teacher_config")
-        self.use_comp_demo = _bool(self.use_comp_demo)
-        self.sequential_views = _bool(self.sequential_views)
-        self.fused_output_layer = _bool(self.fused_output_layer)
+        self.use_comp_demo = truth(self.use_comp_demo)
+        self.sequential_views = truth(self.sequential_views)
+        self.fused_output_layer = truth(self.fused_output_layer)
         if self.pipeline is None:
             self.pipeline = self.implied_pipeline()
         if self.pipeline is not None and self.pipeline not in PIPELINES:
@@ -229,48 +200,16 @@ class DistillArguments:
             raise ValueError(f"demo_ratio {self.demo_ratio} must lie in (0, 1)")
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight {self.ce_weight} must be >= 0")
-        if _bool(self.right_shift_logits):
+        if truth(self.right_shift_logits):
             raise ValueError("right_shift_logits=True is not supported: BD3LM predicts x0 at the x_t position")
         for name in ("max_length", "teacher_max_length"):
             value = getattr(self, name, None)
             if value is not None and int(value) <= 0:
                 raise ValueError(f"{name} {value} must be a positive integer (or unset)")
 
-    def _resolve_reference_names(self) -> None:
-        """The reference's names for fields we also name otherwise: the reference name
-        wins when only it is given; both given with different values is an error."""
-        pairs = (
-            ("use_complementary_demo", "use_comp_demo", False),
-            ("taid_lambda_decay", "taid_decay", None),
-            ("max_teacher_length", "teacher_max_length", None),
-        )
-        for ref, ours, default in pairs:
-            ref_value, our_value = getattr(self, ref), getattr(self, ours)
-            if ref_value is None:
-                continue
-            if ref == "use_complementary_demo":
-                ref_value, our_value = _bool(ref_value), _bool(our_value)
-            if our_value not in (default, None) and our_value != ref_value:
-                raise ValueError(f"{ref}={ref_value!r} and {ours}={our_value!r} disagree; give one of them")
-            setattr(self, ours, ref_value)
-        self.pad_to_max_length = _bool(self.pad_to_max_length)
-
     def reference_notes(self) -> list[str]:
         """One line per reference option given that has no effect here, saying why."""
-        notes = []
-        if self.pad_to_max_length:
-            notes.append(
-                "pad_to_max_length has no effect on the result: rows are padded to a block multiple with EOS "
-                "(as the reference does first), and padding beyond that starts a new block that no target attends "
-                "to and carries no target; the reference pads for fixed-length flex attention"
-            )
-        for name in ("teacher_byteify_spec", "student_byteify_spec"):
-            if getattr(self, name):
-                notes.append(
-                    f"{name} has no effect: byte tables come from each tokenizer itself (tide_plugin alignment), "
-                    "not from a byteify spec"
-                )
-        return notes
+        return reference_notes(self)
 
     # -- what the pieces are built from -------------------------------------------------
     @property
@@ -299,26 +238,10 @@ class DistillArguments:
             cls = info.spec.config_cls
             names = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else set()
             explicit = dict(self.objective_config.get(p, {}) or self.objective_config.get(info.name, {}))
-            cfg: dict[str, Any] = {}
             chunk_level = "chunks" in reg.objective_config(p, **explicit).requirements
-            temp = self.alm_temperature if chunk_level else self.kl_temperature
-            if temp is not None and "temperature" in names:
-                cfg["temperature"] = float(temp)
-            # the reference's weights: alm_weight for every chunk mode (alm, reverse_alm,
-            # alm_taid, reverse_alm_taid), taid_weight for token TIDAL, kl_weight for KL
-            if chunk_level:
-                weight = self.alm_weight
-            elif getattr(info.spec.factory, "interpolates_teacher", False):
-                weight = self.taid_weight
-            else:
-                weight = self.kl_weight
-            if weight is not None and "weight" in names:
-                cfg["weight"] = float(weight)
-            if "schedule_config" in names:
-                for flag, key in TIDAL_FIELDS.items():
-                    value = getattr(self, flag)
-                    if value is not None and key not in explicit.get("schedule_config", {}):
-                        cfg[key] = value
+            interpolates = bool(getattr(info.spec.factory, "interpolates_teacher", False))
+            cfg = reference_objective_options(self, chunk_level=chunk_level, interpolates_teacher=interpolates,
+                                              fields=names, explicit=explicit)
             cfg.update(explicit)
             out[p] = cfg
         unknown = set(self.objective_config) - set(parts) - {reg.resolve("objective", p).name for p in parts}
@@ -365,7 +288,7 @@ class DistillConfig(DistillArguments, transformers.TrainingArguments):
         with one_config_mixed_precision():
             super().__post_init__()
         self._distill_post_init()
-        self.group_by_length = _bool(self.group_by_length)
+        self.group_by_length = truth(self.group_by_length)
         if self.group_by_length and hasattr(self, "train_sampling_strategy"):
             self.train_sampling_strategy = "group_by_length"
 
