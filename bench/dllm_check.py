@@ -50,7 +50,7 @@ def tiny_a2d_student(folder: Path) -> Path:
     from dllm.pipelines.a2d import A2DQwen3Config, A2DQwen3LMHeadModel
 
     from tide_plugin.alignment.preprocess import load_tokenizer
-    from tide_plugin.study.demo import demo_assets
+    from tide_plugin.shipped import demo_assets
     from tide_plugin.study.models import load_model
 
     assets = demo_assets("A")
@@ -67,7 +67,7 @@ def tiny_a2d_student(folder: Path) -> Path:
 
 
 def chat_data(folder: Path, train: int = 64, test: int = 16) -> Path:
-    from tide_plugin.study.demo import DEMO_DATA_DIR
+    from tide_plugin.shipped import DEMO_DATA_DIR
 
     folder.mkdir(parents=True, exist_ok=True)
     for split, source, n in (("train", "train.jsonl", train), ("test", "heldout.jsonl", test)):
@@ -77,7 +77,7 @@ def chat_data(folder: Path, train: int = 64, test: int = 16) -> Path:
 
 
 def run_example(work: Path, steps: int) -> tuple[dict, object]:
-    from tide_plugin.study.demo import demo_assets
+    from tide_plugin.shipped import demo_assets
 
     assets = demo_assets("A")
     student = tiny_a2d_student(work / "student")

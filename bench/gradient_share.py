@@ -47,7 +47,7 @@ from tide_plugin.checkpoints import load_student
 from tide_plugin.cli.presets import PRESET_MODELS, PRESETS
 from tide_plugin.objectives.functional import chunk_log_probs
 from tide_plugin.registry import get_objective, get_registry
-from tide_plugin.study.demo import demo_assets
+from tide_plugin.shipped import demo_assets
 from tide_plugin.training.builders import build_trainer
 from tide_plugin.training.config import DistillConfig
 

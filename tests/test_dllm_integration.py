@@ -96,7 +96,7 @@ def test_dllms_schedulers_are_listed_exactly_when_dllm_is_installed():
 
 
 def _heldout_rows(n=3):
-    from tide_plugin.study.demo import DEMO_DATA_DIR
+    from tide_plugin.shipped import DEMO_DATA_DIR
 
     lines = (DEMO_DATA_DIR / "heldout.jsonl").read_text().splitlines()[:n]
     return [json.loads(line) for line in lines]
@@ -104,7 +104,7 @@ def _heldout_rows(n=3):
 
 @pytest.mark.parametrize("backend", ["transformers", pytest.param("dllm", marks=needs_dllm)])
 def test_evaluate_scores_the_eval_rows_and_heldout_bits_per_byte(backend, tmp_path):
-    from tide_plugin.study.demo import demo_assets
+    from tide_plugin.shipped import demo_assets
     from tide_plugin.alignment.preprocess import load_tokenizer
     from tide_plugin.training.heldout import heldout_bpb_scorer
 

@@ -32,7 +32,7 @@ from tide_plugin.registry import get_registry
 def demo():
     """The shipped demo: study tokenizers (teacher A's SentencePiece-style, the student's
     byte-level BPE), the student init, teacher A and its train rows."""
-    from tide_plugin.study.demo import demo_assets
+    from tide_plugin.shipped import demo_assets
 
     assets = demo_assets("A")
     return {**assets, "teacher_tok": load_tokenizer(assets["teacher_tokenizer"]),

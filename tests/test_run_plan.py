@@ -8,7 +8,7 @@ import dataclasses
 import json
 
 import pytest
-from _distill_helpers import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config
+from helpers.distill import EOS, MASK, V, synthetic_rows, tidal_comp_demo_config
 
 from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
 from tide_plugin.training import DistillConfig, build_trainer, plan_run

@@ -57,7 +57,7 @@ def test_the_example_plugin_and_a_preprocessed_same_folder_run_in_one_command(tm
     said = capsys.readouterr().out
     assert "objective 'jensen_shannon', pipeline 'same'" in said
     assert "jensen_shannon" in json.loads((tmp_path / "jsd" / "metrics.json").read_text())["parts"]
-    student_tok = __import__("tide_plugin.study.demo", fromlist=["demo_assets"]).demo_assets("B")["student_tokenizer"]
+    student_tok = __import__("tide_plugin.shipped", fromlist=["demo_assets"]).demo_assets("B")["student_tokenizer"]
     data = tmp_path / "data-same"
     assert cli.main(["preprocess", "--pipeline", "same", "--student", student_tok, "--output", str(data),
                      "--no-progress"]) == 0

@@ -10,7 +10,7 @@ import transformers
 from helpers.distill import synthetic_rows, tidal_comp_demo_config
 
 from tide_plugin.checkpoints import load_student, training_dtype
-from tide_plugin.study.demo import demo_assets
+from tide_plugin.shipped import demo_assets
 from tide_plugin.training import build_trainer
 from tide_plugin.training.builders import settle_student_dtype
 

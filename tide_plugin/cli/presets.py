@@ -27,7 +27,7 @@ _DEMO_RUN: dict[str, Any] = {
 PRESETS: dict[str, dict[str, Any]] = {
     # Cross-tokenizer distillation in miniature with a teacher that knows something: the
     # study's trained Qwen3-MoE masked-diffusion teacher and its SentencePiece-style
-    # tokenizer, shipped with the package (tide_plugin.study.demo), distilled into the
+    # tokenizer, shipped with the package (tide_plugin.shipped), distilled into the
     # study's BD3LM student init (byte-level BPE) on standard-library rows. Three students
     # from the same init, data order and noise draws: ours (P-KL + Reverse CALM, saved),
     # the paper's TIDE-Cross (Reverse CALM as the reference defines it) and a CE-only

@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..shipped import DEMO_DATA_DIR, demo_assets
+from ..shipped import DEMO_DATA_DIR
 
-__all__ = ["DEMO_DATA_DIR", "demo_assets", "write_demo_data"]
+__all__ = ["write_demo_data"]
 
 
 def write_demo_data(folder: str | Path = DEMO_DATA_DIR, train_rows: int = 320, heldout_rows: int = 48) -> None:
