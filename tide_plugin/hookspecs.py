@@ -129,6 +129,11 @@ class PluginSpec:
             )
 
 
+DEFAULT_BLOCK_SIZE = 32
+"""The student's block size ``B`` unless a run says otherwise: the reference's
+(docs/method.md#recipes). Every default block size of the package is this one."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a run knows before any batch, handed to the collator stages that ask
@@ -137,7 +142,7 @@ class RunContext:
     configuration wins."""
 
     pipeline: str | None = None
-    block_size: int = 32
+    block_size: int = DEFAULT_BLOCK_SIZE
     seed: int = 0
     student_eos_id: int | None = None
     student_mask_id: int | None = None

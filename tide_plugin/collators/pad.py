@@ -40,7 +40,7 @@ import numpy as np
 from torch import Tensor
 
 from ..batch import DistillBatch
-from ..hookspecs import PluginSpec, hookimpl
+from ..hookspecs import DEFAULT_BLOCK_SIZE, PluginSpec, hookimpl
 from ..pipelines import (
     IGNORE_INDEX,
     ROW_LABELS,
@@ -82,7 +82,7 @@ class DistillPadConfig:
 
     eos_id: int | None = None
     pipeline: Pipeline | None = None
-    block_size: int = 32
+    block_size: int = DEFAULT_BLOCK_SIZE
     pad_id: int | None = None
     teacher_pad_id: int = 0
     pad_to_multiple: int | None = None

@@ -47,6 +47,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ..hookspecs import DEFAULT_BLOCK_SIZE
 from .block_cache import SUPPORTED_ATTENTION, BlockCanvas
 from .decoders import DEFAULT_DECODER, describe, get_decoder, top_k_commit, transfer_schedule
 from .stops import Stops, default_stop_token_ids
@@ -70,7 +71,7 @@ class SamplingConfig:
     """
 
     mask_id: int
-    block_size: int = 32
+    block_size: int = DEFAULT_BLOCK_SIZE
     max_new_tokens: int = 256
     steps: int | None = None
     steps_per_block: int | None = None
@@ -185,7 +186,7 @@ def generate(
     prompts: Sequence[Sequence[int]],
     *,
     mask_id: int,
-    block_size: int = 32,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     max_new_tokens: int = 256,
     steps: int | None = None,
     steps_per_block: int | None = None,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..hookspecs import DEFAULT_BLOCK_SIZE
+
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 _PROTOCOL_KEYS = ("block_size", "cfg_scale", "chat_template", "think_injection", "fewshot_as_multiturn")
 _TASK_KEYS = ("name", "task", "label", "max_new_tokens", "steps", "num_fewshot", "metric", "datasets", *_PROTOCOL_KEYS)
@@ -28,7 +30,7 @@ class SuiteTask:
     num_fewshot: int
     metric: str  # lm-eval's "metric,filter" key
     datasets: tuple[str, ...] = ()
-    block_size: int = 32
+    block_size: int = DEFAULT_BLOCK_SIZE
     cfg_scale: float = 0.0
     chat_template: bool = True
     think_injection: bool = True

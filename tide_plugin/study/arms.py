@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..hookspecs import DEFAULT_BLOCK_SIZE
+
 BASELINE = "BD3LM"
 EQUAL_COMPUTE = "BD3LM (equal compute)"
 
@@ -102,7 +104,7 @@ class RunSettings:
     lr: float
     max_length: int
     teacher_max_length: int
-    block_size: int = 32
+    block_size: int = DEFAULT_BLOCK_SIZE
     warmup_ratio: float = 0.05
     device: str = "cpu"
     eval_every: int = 0

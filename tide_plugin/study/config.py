@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..hookspecs import DEFAULT_BLOCK_SIZE
 from .arms import ARMS, DEFAULT_ARMS, check_arm
 from .corpus import CorpusConfig
 from .models import ModelSpec
@@ -48,7 +49,7 @@ class StudyConfig:
     lr: float = 1e-3
     max_length: int = 192
     teacher_max_length: int = 256
-    block_size: int = 32
+    block_size: int = DEFAULT_BLOCK_SIZE
     seeds: tuple[int, ...] = (0, 1, 2)
     arms: tuple[str, ...] = DEFAULT_ARMS
     eval_samples: int = 4

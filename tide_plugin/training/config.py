@@ -13,6 +13,7 @@ from typing import Any
 import transformers
 
 from ..bd3lm import CONCAT_ORDERS, LOSS_NORMS
+from ..hookspecs import DEFAULT_BLOCK_SIZE
 from ..jsonio import loads as json_loads
 from ..pipelines import CHUNK_NOISE_RULES, PIPELINES, get_pipeline
 from .compat import one_config_mixed_precision, settle_warmup_ratio
@@ -126,7 +127,7 @@ class DistillArguments(ReferenceFlags):
     teacher_load_in_4bit: bool = field(default=False, metadata={"help": "4-bit teacher (needs bitsandbytes)"})
     pipeline: str | None = field(default=None, metadata={"help": "same | shared | cross (inferred when unset)"})
     shared_vocab_size: int | None = field(default=None, metadata={"help": "V_shared for token objectives"})
-    block_size: int = field(default=32, metadata={"help": "BD3LM block size"})
+    block_size: int = field(default=DEFAULT_BLOCK_SIZE, metadata={"help": "BD3LM block size"})
     masking_schedule: str = field(default="linear", metadata={"help": "alpha(t): linear | cosine"})
     time_epsilon: float = field(default=1e-3, metadata={"help": "t ~ U[eps, 1)"})
     loss_weight_type: str = field(
