@@ -110,10 +110,12 @@ class RunSettings:
     eval_every: int = 0
 
 
-def distill_config(spec: ArmSpec, settings: RunSettings, *, seed: int, steps: int, output_dir: str, shared_vocab: int) -> Any:
+def distill_config(spec: ArmSpec, settings: RunSettings, *, seed: int, steps: int, output_dir: str, shared_vocab: int,
+                   teacher_mask_id: int | None = None) -> Any:
+    """The arm's run configuration; ``teacher_mask_id``: ``m_T`` of pipeline A's teacher."""
     from ..training import DistillConfig
 
-    pipe = {"A": {"pipeline": "cross", "teacher": "bidirectional"},
+    pipe = {"A": {"pipeline": "cross", "teacher": "bidirectional", "teacher_mask_token_id": teacher_mask_id},
             "B": {"pipeline": "shared", "teacher": "block", "concat_order": "x0_xt", "shared_vocab_size": shared_vocab}}
     noise = {}
     if spec.pipeline == "A" and "chunk_noise" in {f.name for f in dataclasses.fields(DistillConfig)}:
@@ -159,13 +161,18 @@ def run_arm(
     steps: int | None = None,
     evaluate: Callable[[torch.nn.Module], float] | None = None,
     progress: Any = None,
+    projections: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` in place; returns ``{"wall_seconds", "cpu_seconds", "compute_seconds", "steps",
     "curve": [(step, bpb)], "log"}`` (``compute_seconds``: this process's CPU time on a CPU, which
-    other load on the machine barely changes, unlike the wall-clock; the wall-clock on a GPU)."""
+    other load on the machine barely changes, unlike the wall-clock; the wall-clock on a GPU).
+
+    ``projections``: the study's vocabulary projections ``W`` by pipeline, filled on first
+    use, so every arm and seed of a study reads the one ``W`` its tokenizers give."""
     import transformers
 
     from ..training import build_trainer, run_projection
+    from ..training.plan import plan_run
 
     steps = settings.steps if steps is None else steps
     tok = toks["student"]
@@ -183,11 +190,17 @@ def run_arm(
                 eval_time[1] += time.process_time() - c0
 
     with tempfile.TemporaryDirectory(prefix="tide-study-") as tmp:
-        config = distill_config(spec, settings, seed=seed, steps=steps, output_dir=tmp, shared_vocab=len(tok))
-        if spec.pipeline == "A":
-            config.teacher_mask_token_id = teacher_mask_id
+        config = distill_config(spec, settings, seed=seed, steps=steps, output_dir=tmp, shared_vocab=len(tok),
+                                teacher_mask_id=teacher_mask_id)
+        plan = plan_run(config)
+        projections = {} if projections is None else projections
+        if plan.needs_projection and spec.pipeline not in projections:
+            # W: the arm's teacher vocabulary to the student's
+            teacher_tok = toks["cross" if spec.pipeline == "A" else "shared"]
+            projections[spec.pipeline] = run_projection(plan, teacher_tok, tok, say=None)
         trainer = build_trainer(
             config,
+            plan=plan,
             student=student,
             teacher_model=teacher,
             train_dataset=list(rows),
@@ -195,8 +208,7 @@ def run_arm(
             student_mask_id=tok.mask_token_id,
             backend="transformers",
             callbacks=[_Curve()],
-            # W (None unless the objective requires it): the arm's teacher vocabulary to the student's
-            projection=run_projection(config, toks["cross" if spec.pipeline == "A" else "shared"], tok, say=None),
+            projection=projections.get(spec.pipeline) if plan.needs_projection else None,
         )
         for noisy in (transformers.PrinterCallback, transformers.trainer_callback.ProgressCallback):
             trainer.remove_callback(noisy)  # the study draws its own progress bar

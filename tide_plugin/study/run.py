@@ -210,6 +210,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, device: str = "cpu", teac
     runs: dict[str, dict[int, dict[str, Any]]] = {a: {} for a in cfg.arms}
     plain = [a for a in cfg.arms if a != EQUAL_COMPUTE]
     bar = tqdm(total=cfg.steps * len(plain) * len(cfg.seeds), desc="arms (steps)", disable=not progress, mininterval=2.0)
+    projections: dict[str, Any] = {}  # W by pipeline, built once for every arm and seed
 
     def one(arm: str, seed: int, steps: int) -> None:
         spec = ARMS[arm]
@@ -217,7 +218,8 @@ def run_study(cfg: StudyConfig, output: str | Path, *, device: str = "cpu", teac
         res = run_arm(spec, settings, student=student, teacher=teachers[spec.pipeline],
                       teacher_mask_id=toks["cross"].mask_token_id if spec.pipeline == "A" else None,
                       rows=aligned.rows[spec.pipeline], toks=toks, seed=seed, steps=steps,
-                      evaluate=lambda m: score(m, rows=cfg.curve_rows, samples=2).bpb, progress=bar)
+                      evaluate=lambda m: score(m, rows=cfg.curve_rows, samples=2).bpb, progress=bar,
+                      projections=projections)
         final = score(student)
         res.update(bpb=final.bpb, eval_se=final.se, curve=[(0, init_curve)] + res["curve"])
         runs[arm][seed] = res
