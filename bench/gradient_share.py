@@ -94,7 +94,7 @@ def projection_diagnostics(batch: Any, z_s: Any, z_t: Any, projection: Any, acc:
     student's gold token, and how much of the projected target ``Q`` does that token get?
     (Where the two sides' first tokens spell different lengths, ``W`` sends the teacher's
     token to a student token the student's own tokenization does not use there.)"""
-    from tide_plugin.objectives.fused_rows import chunk_first_positions
+    from tide_plugin.objectives.rows import chunk_first_positions
 
     c = batch.max_chunks
     s_first = chunk_first_positions(batch.student_chunk_ids, c)

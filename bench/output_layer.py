@@ -7,7 +7,7 @@ views in one batched forward), objective, backward, optimiser step.
 
 - ``full``: student logits ``[b, L, V_S]`` and teacher logits ``[b, L_T, V_T]`` are built;
 - ``fused``: hidden states and the output projections; CE and the objective project
-  only the rows they read (tide_plugin.objectives.fused), so no ``[b, L, V]`` tensor exists.
+  only the rows they read (tide_plugin.logits, tide_plugin.objectives.rows), so no ``[b, L, V]`` tensor exists.
 
     python bench/output_layer.py                       # CPU: b=4, L=512, V=151,936, a small student
     python bench/output_layer.py --objective kl        # token objective (same pipeline; shared

@@ -13,8 +13,9 @@ from tide_plugin.alignment.projection import VocabProjection
 from tide_plugin.batch import DistillBatch, DistillInputs, PipelineInfo
 from tide_plugin.objectives import functional as fn
 from tide_plugin.objectives.base import PipelineMismatchError
-from tide_plugin.objectives.fused import ProjectedLogits
-from tide_plugin.objectives.fused_rows import chunk_first_positions
+from tide_plugin import logits as logits_rows
+from tide_plugin.logits import ProjectedLogits
+from tide_plugin.objectives.rows import chunk_first_positions
 from tide_plugin.objectives.projected import one_to_one_pairs
 
 B, L, LT, H, VS, VT = 3, 8, 10, 6, 11, 13
@@ -32,7 +33,7 @@ ACTIVE = [[1, 0, 1, 1], [1, 1, 0, 1], [0, 1, 0, 0]]
 @pytest.fixture(params=[16, fn.ROW_CHUNK_ELEMENTS], ids=["tiny_chunks", "default_chunks"])
 def chunks(request, monkeypatch):
     """Once with row chunks of one or two rows, once with the default."""
-    monkeypatch.setattr(fn, "ROW_CHUNK_ELEMENTS", request.param)
+    monkeypatch.setattr(logits_rows, "ROW_CHUNK_ELEMENTS", request.param)
     return request.param
 
 

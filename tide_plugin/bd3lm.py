@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .objectives.fused import ProjectedLogits, nll_rows
+from .logits import ProjectedLogits, nll_rows
 
 ConcatOrder = Literal["xt_x0", "x0_xt"]
 CONCAT_ORDERS: tuple[str, ...] = ("xt_x0", "x0_xt")
@@ -177,7 +177,8 @@ def _accepts(model: torch.nn.Module, name: str) -> bool:
         return False
 
 
-def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 if none)."""
     for p in unwrap_model(model).parameters():
         if p.is_floating_point():
             return p.dtype
@@ -235,7 +236,7 @@ def block_diffusion_logits(
         attention_mask=attention_mask,
         order=order,
         impl=impl,
-        dtype=_model_dtype(model),
+        dtype=model_dtype(model),
         device=device,
     )
     kwargs: dict[str, Any] = {
@@ -267,7 +268,7 @@ def bd3lm_nll(
     (:func:`ce_from_nll`) and of dllm's NLL metric.
 
     :param logits: ``[b, L, V]`` any float dtype, or
-        :class:`~tide_plugin.objectives.fused.ProjectedLogits` (the fused output layer).
+        :class:`~tide_plugin.logits.ProjectedLogits` (the fused output layer).
     :param targets: ``x0`` ``[b, L]``.
     :param masked: ``[b, L]`` bool. :param maskable: ``[b, L]`` bool (``labels != -100``).
     :param weight: ``w(t)`` as ``[b]`` or ``[b, L]``; 1 when ``None``.

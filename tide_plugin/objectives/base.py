@@ -116,8 +116,8 @@ class Objective(abc.ABC):
     """Objectives whose target mixes student and teacher by a strength schedule (TIDAL)."""
     supports_projected_logits: ClassVar[bool] = False
     """True when :meth:`forward` also accepts ``inputs.student_logits`` / ``teacher_logits``
-    as :class:`~tide_plugin.objectives.fused.ProjectedLogits` (it reads them only through
-    :mod:`~tide_plugin.objectives.fused`). The trainer's fused output layer is used only
+    as :class:`~tide_plugin.logits.ProjectedLogits` (it reads them only through
+    :mod:`~tide_plugin.objectives.functional` or :mod:`~tide_plugin.objectives.rows`). The trainer's fused output layer is used only
     when every objective says so; others get full ``[b, L, V]`` logits."""
     reads_teacher: ClassVar[bool] = True
     """False for an objective that never reads ``inputs.teacher_logits`` (the CE-only

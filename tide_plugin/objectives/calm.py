@@ -29,8 +29,7 @@ from torch import Tensor
 from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
 from .base import Objective, check_temperature_weight
-from .functional import calm
-from .fused import chunk_log_probs
+from .functional import calm, chunk_log_probs
 
 CACHE_STUDENT_CHUNK_LP = "chunk_log_probs.student.active"
 """``inputs.cache`` key: ``[b, C]`` float32 student chunk log-probs of the active chunks

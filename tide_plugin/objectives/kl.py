@@ -23,8 +23,7 @@ from torch import Tensor
 from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
 from .base import Objective, aligned_hint, check_temperature_weight
-from .functional import aligned_rows, masked_rows
-from .fused_token import token_divergence
+from .functional import aligned_rows, masked_rows, token_divergence
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from ..alignment.projection import VocabProjection
 from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
 from .base import Objective, check_temperature_weight
-from .fused_rows import chunk_first_positions, row_divergence
+from .rows import chunk_first_positions, row_divergence
 
 __all__ = [
     "MIN_MAPPED_MASS",

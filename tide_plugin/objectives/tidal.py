@@ -35,7 +35,7 @@ from ..registry import get_strength_schedule
 from .base import Objective, check_temperature_weight
 from .calm import active_chunk_log_probs
 from .functional import tidal_calm
-from .fused_token import token_divergence
+from .functional import token_divergence
 from .kl import token_rows
 
 

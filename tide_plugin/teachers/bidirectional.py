@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..bd3lm import _model_dtype, attention_implementation, to_additive, with_key_padding
+from ..bd3lm import attention_implementation, model_dtype, to_additive, with_key_padding
 from ..hookspecs import PluginSpec, hookimpl
 from .base import TeacherAdapter, TeacherConfig
 
@@ -45,7 +45,7 @@ class BidirectionalTeacher(TeacherAdapter):
         if impl == "flex_attention":
             raise ValueError("the bidirectional teacher supports sdpa and eager attention; flex brings nothing here")
         n, length = noisy_ids.shape
-        mask = bidirectional_mask(valid, impl=impl, dtype=_model_dtype(self.model))
+        mask = bidirectional_mask(valid, impl=impl, dtype=model_dtype(self.model))
         position_ids = torch.arange(length, device=noisy_ids.device).unsqueeze(0).expand(n, -1)
         out = self.model(input_ids=noisy_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         return out.logits if hasattr(out, "logits") else out[0]
