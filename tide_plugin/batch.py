@@ -188,6 +188,11 @@ class DistillInputs:
     cache: dict[str, Any] = field(default_factory=dict)
     """Shared intermediate results (e.g. chunk log-probs) so composed objectives
     compute them once per step."""
+    student_gold_log_probs: tuple[Tensor, Tensor] | None = None
+    """``(lp [b, L], rows [b, L] bool)``: the student's gold-token log-probs of
+    ``batch.input_ids`` at the rows CE reads (masked and maskable), computed once by the
+    trainer before the objective runs (``docs/architecture.md#the-training-step``);
+    chunk objectives read theirs from it instead of projecting those rows again."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 ``JS(P_T, P_S) = 0.5 KL(P_T || M) + 0.5 KL(P_S || M)``, ``M = (P_T + P_S) / 2``,
 over masked positions of a token-aligned pipeline (same tokenizer), on the shared
-vocabulary slice, at temperature ``tau``; mean over masked positions, times tau^2.
+vocabulary slice, at temperature ``tau``, times tau^2; the part is the sum over masked
+positions (its declared ``unit``), which the trainer divides by their count.
 
 The divergence is written once, as a pure function of the rows' log-probs
 (:func:`jensen_shannon_rows`). ``functional.token_divergence`` runs it on the row engine: on full
@@ -36,7 +37,7 @@ def jensen_shannon_rows(log_ps: Tensor, log_pt: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class JensenShannonConfig:
     """:param temperature: tau. :param weight: multiplies the part. Declares what the
-    objective needs (``requirements``) and what its part averages over (``unit``)."""
+    objective needs (``requirements``) and what its part sums over (``unit``)."""
 
     temperature: float = 2.0
     weight: float = 1.0
@@ -60,7 +61,7 @@ class JensenShannon(Objective):
         b_idx, s_pos, t_pos = token_rows(inputs, False, self.name)  # the masked positions
         loss = functional.token_divergence(
             inputs.student_logits, inputs.teacher_logits, b_idx, s_pos, t_pos, mode=jensen_shannon_rows,
-            temperature=self.config.temperature, shared_vocab_size=inputs.shared_vocab_size,
+            temperature=self.config.temperature, shared_vocab_size=inputs.shared_vocab_size, reduction="sum",
         )
         return {self.name: loss}
 
