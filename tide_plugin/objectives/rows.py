@@ -91,7 +91,7 @@ class _RowDivergence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student: LogitRows, teacher: LogitRows, plan: tuple, *leaves: Tensor):  # type: ignore[override]  # noqa: ARG004
-        target_of, row_fn, row_args, coef, cols_s, cols_t, step = plan
+        target_of, row_fn, row_args, coef, scale, cols_s, cols_t, step = plan
         n = student.n
         needs = ctx.needs_input_grad[3:]
         need = any(needs)
@@ -108,11 +108,14 @@ class _RowDivergence(torch.autograd.Function):
             if st is not None:
                 stat[lo:hi] = st
             args = {k: v[lo:hi] for k, v in row_args.items()}
-            d, g = _chunk_grad(student.read(lo, hi, cols_s), target, ok, row_fn, args, need)
-            del target
+            z = student.read(lo, hi, cols_s)
+            if scale != 1.0:
+                z.mul_(scale)  # in place, before the graph: its factor joins coef below
+            d, g = _chunk_grad(z, target, ok, row_fn, args, need)
+            del target, z
             total += d
             if need:
-                student.add_grad(buffers, lo, hi, g.mul_(coef))
+                student.add_grad(buffers, lo, hi, g.mul_(coef * scale))
             del g
         ctx.student = student
         ctx.save_for_backward(*buffers)
@@ -138,6 +141,7 @@ def row_divergence(
     row_args: Mapping[str, Tensor] | None = None,
     student_columns: int | None = None,
     teacher_columns: int | None = None,
+    student_scale: float = 1.0,
     target_width: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(loss, stat [N], valid [N])``: ``loss = coef * sum over valid rows of
@@ -149,6 +153,8 @@ def row_divergence(
     :param row_args: per-row tensors ``[N]`` (e.g. TIDAL's ``lam_i``), handed to ``row_fn``
         sliced like the rows. :param student_columns, teacher_columns: read only the first
         so many columns of each side (default all; e.g. a shared vocabulary slice).
+    :param student_scale: ``row_fn`` receives ``student_scale * z_S`` (e.g. ``1 / tau``),
+        scaled in place outside the graph.
     :param target_width: the widest temporary ``target_of`` makes per row (e.g. the number
         of stored entries of a projection), for the row-chunk size.
     :return: ``loss`` is a float32 scalar (float64 for float64 inputs), 0 with a zero
@@ -169,5 +175,5 @@ def row_divergence(
     cols_t = t.shape[2] if teacher_columns is None else int(teacher_columns)
     step = rows_per_chunk(max(cols_s, cols_t, int(target_width)), device)
     args = {k: v.to(device) for k, v in (row_args or {}).items()}
-    plan = (target_of, row_fn, args, float(coef), cols_s, cols_t, step)
+    plan = (target_of, row_fn, args, float(coef), float(student_scale), cols_s, cols_t, step)
     return _RowDivergence.apply(student, teacher, plan, *student.leaves)

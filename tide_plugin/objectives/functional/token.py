@@ -65,19 +65,16 @@ def aligned_rows(
 TokenDivergenceFn = Callable[..., Tensor]
 """``divergence(log_ps [n, v], log_pt [n, v], **row_args) -> [n]``: a per-row divergence
 between the student's and the teacher's log-probs at temperature ``tau`` (``log_pt``
-carries no gradient). Plain differentiable torch code: :func:`token_divergence` gets
-its exact gradient by autograd, a chunk of rows at a time, on plain or projected logits."""
-
-
-def _entropy_term(p: Tensor, log_p: Tensor) -> Tensor:
-    """``sum_v p log p`` per row with ``0 log 0 = 0``."""
-    return torch.where(p > 0, p * log_p, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
+carries no gradient; :func:`token_divergence` hands it finite: a ``-inf`` is clamped to
+the dtype's lowest value, so ``p log p`` is 0 where ``p`` is 0). Plain differentiable
+torch code: :func:`token_divergence` gets its exact gradient by autograd, a chunk of
+rows at a time, on plain or projected logits."""
 
 
 def forward_kl(log_ps: Tensor, log_pt: Tensor) -> Tensor:
     """``KL(P_T || P_S)`` per row (docs/method.md#token-kl)."""
     p_t = log_pt.exp()
-    return _entropy_term(p_t, log_pt) - torch.linalg.vecdot(p_t, log_ps)
+    return torch.linalg.vecdot(p_t, log_pt) - torch.linalg.vecdot(p_t, log_ps)
 
 
 def reverse_kl(log_ps: Tensor, log_pt: Tensor) -> Tensor:
@@ -89,9 +86,9 @@ def tidal(log_ps: Tensor, log_pt: Tensor, lam: Tensor, weight: Tensor) -> Tensor
     """``omega_i KL(R_i || P_S,i)`` per row, ``R = stopgrad(softmax((1 - lam_i) log P_S + lam_i log P_T))``
     (the same as mixing the tempered logits: a row's constant cancels; docs/method.md#tidal)."""
     lam = lam.to(log_ps.dtype)[:, None]
-    log_r = torch.log_softmax((1.0 - lam) * log_ps.detach() + lam * log_pt, dim=-1)
+    log_r = torch.log_softmax((1.0 - lam) * log_ps.detach() + lam * log_pt, dim=-1)  # finite: finite inputs
     r = log_r.exp()
-    return weight.to(log_ps.dtype) * (_entropy_term(r, log_r) - torch.linalg.vecdot(r, log_ps))
+    return weight.to(log_ps.dtype) * (torch.linalg.vecdot(r, log_r) - torch.linalg.vecdot(r, log_ps))
 
 
 DIVERGENCES: dict[str, TokenDivergenceFn] = {"forward": forward_kl, "reverse": reverse_kl, "tidal": tidal}
@@ -145,10 +142,11 @@ def _tempered_rows(divergence: TokenDivergenceFn, tau: float):
     the teacher's log-probs at ``tau`` as the target, ``divergence`` of the student's."""
 
     def target_of(z_t: Tensor):
-        return torch.log_softmax(z_t.div_(tau), dim=-1), None, None
+        log_pt = torch.log_softmax(z_t.div_(tau), dim=-1)
+        return log_pt.clamp_min_(torch.finfo(log_pt.dtype).min), None, None
 
-    def row_fn(z_s: Tensor, log_pt: Tensor, **row_args: Tensor) -> Tensor:
-        return divergence(torch.log_softmax(z_s / tau, dim=-1), log_pt, **row_args)
+    def row_fn(u_s: Tensor, log_pt: Tensor, **row_args: Tensor) -> Tensor:  # u_s = z_S / tau (the engine scales)
+        return divergence(torch.log_softmax(u_s, dim=-1), log_pt, **row_args)
 
     return target_of, row_fn
 
@@ -212,7 +210,7 @@ def token_divergence(
     loss, _, _ = row_divergence(
         student_logits, teacher_logits, batch_index, student_positions, teacher_positions, target_of=target_of,
         row_fn=row_fn, coef=tau * tau / (max(n, 1) if reduction == "mean" else 1), row_args=row_args,
-        student_columns=vocab, teacher_columns=vocab,
+        student_columns=vocab, teacher_columns=vocab, student_scale=1.0 / tau,
     )
     return loss if loss.dtype == torch.float64 else loss.float()
 
