@@ -50,6 +50,7 @@ from tide_plugin.registry import get_objective, get_registry
 from tide_plugin.shipped import demo_assets
 from tide_plugin.training.builders import build_trainer
 from tide_plugin.training.config import DistillConfig
+from tide_plugin.training.normalise import local_denominators, normalise, part_units
 
 DEFAULT_OBJECTIVES = "calm,reverse_calm,reverse_calm:bernoulli_kl,tidal_calm"
 OPTIONAL_OBJECTIVES = ("projected_kl", "xtoken_hybrid")
@@ -94,7 +95,7 @@ def projection_diagnostics(batch: Any, z_s: Any, z_t: Any, projection: Any, acc:
     student's gold token, and how much of the projected target ``Q`` does that token get?
     (Where the two sides' first tokens spell different lengths, ``W`` sends the teacher's
     token to a student token the student's own tokenization does not use there.)"""
-    from tide_plugin.objectives.fused_rows import chunk_first_positions
+    from tide_plugin.objectives.rows import chunk_first_positions
 
     c = batch.max_chunks
     s_first = chunk_first_positions(batch.student_chunk_ids, c)
@@ -225,7 +226,9 @@ def measure(args: argparse.Namespace, output_dir: str) -> None:
                         objective = get_objective(name, **{"temperature": tau, **options})
                     inputs = DistillInputs(batch=batch, student_logits=z, teacher_logits=teacher_logits,
                                            progress=args.progress, projection=projection)
-                    (g,) = torch.autograd.grad(sum(objective(inputs).values()), z)
+                    units = part_units(objective)  # the parts are sums over their units: divided as in eval
+                    parts = normalise(objective(inputs), units, local_denominators(batch, sorted(set(units.values()))))
+                    (g,) = torch.autograd.grad(sum(parts.values()), z)
                 down = chunk_push(g, z.detach(), batch) > 0
                 acc = sums.setdefault((label, tau), dict.fromkeys(("gg", "gc", "cc", "down", "n", "down_hi", "n_hi"), 0.0))
                 acc["gg"] += float((g.double() ** 2).sum())

@@ -7,7 +7,7 @@ views in one batched forward), objective, backward, optimiser step.
 
 - ``full``: student logits ``[b, L, V_S]`` and teacher logits ``[b, L_T, V_T]`` are built;
 - ``fused``: hidden states and the output projections; CE and the objective project
-  only the rows they read (tide_plugin.objectives.fused), so no ``[b, L, V]`` tensor exists.
+  only the rows they read (tide_plugin.logits, tide_plugin.objectives.rows), so no ``[b, L, V]`` tensor exists.
 
     python bench/output_layer.py                       # CPU: b=4, L=512, V=151,936, a small student
     python bench/output_layer.py --objective kl        # token objective (same pipeline; shared
@@ -131,19 +131,26 @@ class Setup:
 
     def step(self, variant: str) -> float:
         from tide_plugin.batch import DistillInputs
-        from tide_plugin.bd3lm import bd3lm_ce, block_diffusion_logits
+        from tide_plugin.bd3lm import bd3lm_nll, block_diffusion_logits, ce_from_nll
         from tide_plugin.heads import block_diffusion_projected
+        from tide_plugin.logits import gold_log_probs
+        from tide_plugin.training.normalise import local_denominators, normalise, part_units
 
         batch = self.batch
         forward = block_diffusion_projected if variant == "fused" else block_diffusion_logits
         s_logits = forward(self.student, batch.noisy_input_ids, batch.input_ids, block_size=self.block,
                            attention_mask=batch.attention_mask)
         t_logits = self.teacher.projected_logits(batch) if variant == "fused" else self.teacher(batch)
-        parts = self.objective(DistillInputs(batch=batch, student_logits=s_logits, teacher_logits=t_logits,
-                                             progress=0.5))
-        ce = bd3lm_ce(s_logits, batch.input_ids, masked=batch.masked, maskable=batch.labels != -100,
-                      weight=batch.ce_time_weight)
-        loss = ce + sum(parts.values())
+        maskable = batch.labels != -100
+        ce_rows = batch.masked & maskable  # as the trainer: CE's gold log-probs once, shared
+        gold = gold_log_probs(s_logits, batch.input_ids, ce_rows)
+        sums = self.objective(DistillInputs(batch=batch, student_logits=s_logits, teacher_logits=t_logits,
+                                            progress=0.5, student_gold_log_probs=(gold, ce_rows)))
+        units = part_units(self.objective)
+        parts = normalise(sums, units, local_denominators(batch, sorted(set(units.values()))))
+        row_nll = bd3lm_nll(s_logits, batch.input_ids, masked=batch.masked, maskable=maskable,
+                            weight=batch.ce_time_weight, gold=gold)
+        loss = ce_from_nll(row_nll, maskable) + sum(parts.values())
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

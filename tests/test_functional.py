@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tide_plugin import logits as logits_rows
 from tide_plugin.objectives import functional as fn
 
 TOL = {
@@ -23,7 +24,7 @@ DTYPES = [torch.float32, torch.bfloat16]
 @pytest.fixture(params=[16, fn.ROW_CHUNK_ELEMENTS], ids=["tiny_row_chunks", "default_row_chunks"])
 def row_chunks(request, monkeypatch):
     """Run each test once with row chunks of 1-2 rows (many chunks) and once with the default."""
-    monkeypatch.setattr(fn._common, "ROW_CHUNK_ELEMENTS", request.param)
+    monkeypatch.setattr(logits_rows, "ROW_CHUNK_ELEMENTS", request.param)
     return request.param
 
 

@@ -1,4 +1,4 @@
-"""The fused output layer (objectives/fused.py) against plain implementations of docs/method.md
+"""The fused output layer (tide_plugin/logits.py, objectives/rows.py) against plain implementations of docs/method.md
 on fully built logits ``hidden @ weight.T + bias``: value and gradient with respect to
 the hidden states, the output weight and the bias, float32 and bfloat16, odd shapes,
 many row / vocabulary chunks and the default ones."""
@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from tide_plugin.batch import DistillBatch, DistillInputs
 from tide_plugin.objectives import functional as fn
-from tide_plugin.objectives import fused, fused_token
-from tide_plugin.objectives.fused import ProjectedLogits
+from tide_plugin import logits as fused
+from tide_plugin.logits import ProjectedLogits
+from tide_plugin.objectives import functional as fused_token
 from tide_plugin.registry import get_objective
 
 TOL = {
@@ -28,7 +29,7 @@ TAU = 2.0
 @pytest.fixture(params=[16, fn.ROW_CHUNK_ELEMENTS], ids=["tiny_chunks", "default_chunks"])
 def chunks(request, monkeypatch):
     """Once with chunks of one or two rows / vocabulary columns, once with the default."""
-    monkeypatch.setattr(fn._common, "ROW_CHUNK_ELEMENTS", request.param)
+    monkeypatch.setattr(fused, "ROW_CHUNK_ELEMENTS", request.param)
     return request.param
 
 
@@ -101,9 +102,9 @@ def test_nll_rows_match_cross_entropy(dtype, bias, chunks):
     assert (g_got[0][~rows] == 0).all()  # only the rows that count receive a gradient
 
 
-def test_gold_log_probs_share_rows_and_stay_exact(monkeypatch):
-    """CE rows and chunk rows overlap: each row is projected once, and the gradient of a
-    loss that reads a row twice is the sum of both uses."""
+def test_gold_log_probs_on_overlapping_rows_stay_exact():
+    """CE rows and chunk rows overlap: the gradient of a loss that reads a row twice is
+    the sum of both uses, and rows of other ids are not mixed up."""
     b, length, hid, vocab = 2, 9, 4, 23
     h, w, _ = _head(b, length, hid, vocab, dtype=torch.float32, seed=4)
     ids = torch.randint(0, vocab, (b, length), generator=torch.Generator().manual_seed(5))
@@ -111,26 +112,16 @@ def test_gold_log_probs_share_rows_and_stay_exact(monkeypatch):
     first[:, :6] = True
     second = torch.zeros(b, length, dtype=torch.bool)
     second[:, 3:] = True
-    projected = []
-    real = fused._GoldLogProb.forward
-
-    def counting(ctx, hh, *args):
-        projected.append(hh.shape[0])
-        return real(ctx, hh, *args)
-
-    monkeypatch.setattr(fused._GoldLogProb, "forward", staticmethod(counting))
     logits = ProjectedLogits(h, w)
     lp1 = fused.gold_log_probs(logits, ids, first)
     lp2 = fused.gold_log_probs(logits, ids, second)
-    fused.gold_log_probs(logits, ids, first & second)  # nothing new
-    assert projected == [b * 6, b * 3]
+    assert (lp1[~first] == 0).all() and (lp2[~second] == 0).all()
     got = (lp1[first] * 2.0).sum() + (lp2[second] ** 2).sum()
     g_got = _grads(got, [h, w])
     lp = plain_gold_lp(_logits(h, w, None), ids)
     want = (lp[first] * 2.0).sum() + (lp[second] ** 2).sum()
     g_want = _grads(want, [h, w])
     _compare(got, want, g_got, g_want, torch.float32)
-    # other ids are not mixed up with the cached ones
     other = (ids + 1) % vocab
     lp3 = fused.gold_log_probs(logits, other, first)
     torch.testing.assert_close(lp3[first], plain_gold_lp(_logits(h, w, None), other)[first].detach())
@@ -142,7 +133,7 @@ def test_chunk_log_probs_match_plain(chunks):
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(0, vocab, (b, length), generator=g)
     chunk_ids = torch.randint(-1, n_chunks, (b, length), generator=g)
-    got = fused.chunk_log_probs(ProjectedLogits(h, w, bb), ids, chunk_ids, n_chunks)
+    got = fn.chunk_log_probs(ProjectedLogits(h, w, bb), ids, chunk_ids, n_chunks)
     want = fn.chunk_log_probs(_logits(h, w, bb), ids, chunk_ids, n_chunks)
     probe = torch.randn(b, n_chunks, generator=g)
     g_got = _grads((got * probe).sum(), [h, w, bb])
@@ -274,9 +265,9 @@ def test_objectives_on_projected_logits_match_full_logits(dtype, name, pipeline,
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", ["forward", "reverse", "tidal"])
-def test_token_pass_computes_ce_rows_once(dtype, mode, chunks, monkeypatch):
-    """With targets, a token objective on the masked positions also yields CE's gold
-    log-probs (one projection of those rows); CE + divergence match the plain sum."""
+def test_token_divergence_and_ce_on_the_same_rows(dtype, mode, chunks):
+    """A token objective and CE on the same masked rows of projected logits: CE +
+    divergence match the plain sum in value and gradient."""
     b, length, vs, vt, shared = 2, 9, 37, 29, 23
     h_s, w_s, b_s = _head(b, length, 5, vs, dtype=dtype, seed=19, bias=True)
     h_t, w_t, _ = _head(b, length, 4, vt, dtype=dtype, seed=20, grad=False)
@@ -286,13 +277,10 @@ def test_token_pass_computes_ce_rows_once(dtype, mode, chunks, monkeypatch):
     lam, weight = torch.rand(b, generator=g), torch.rand(b, generator=g) + 0.5
     extra = dict(lam=lam, weight=weight) if mode == "tidal" else {}
     b_idx, pos = masked.nonzero(as_tuple=True)
-    calls = []
-    monkeypatch.setattr(fused._GoldLogProb, "apply", lambda *a: calls.append(a) or (_ for _ in ()).throw(AssertionError))
-    s = ProjectedLogits(h_s, w_s, b_s, targets=ids)
+    s = ProjectedLogits(h_s, w_s, b_s)
     div = fused_token.token_divergence(s, ProjectedLogits(h_t, w_t), b_idx, pos, pos, mode=mode, temperature=TAU,
-                                 shared_vocab_size=shared, **extra)
-    ce = fused.nll_rows(s, ids, masked).mean()  # served from the token pass: no second projection
-    assert not calls
+                                       shared_vocab_size=shared, **extra)
+    ce = fused.nll_rows(s, ids, masked).mean()
     got = div + 0.7 * ce
     g_got = _grads(got, [h_s, w_s, b_s])
     z_s = _logits(h_s, w_s, b_s)
@@ -300,3 +288,83 @@ def test_token_pass_computes_ce_rows_once(dtype, mode, chunks, monkeypatch):
     want = want + 0.7 * F.cross_entropy(z_s[masked].float(), ids[masked])
     g_want = _grads(want, [h_s, w_s, b_s])
     _compare(got, want, g_got, g_want, dtype)
+
+
+# -- a divergence of one's own: a pure function of row log-probs ----------------------------
+def hellinger_rows(log_ps, log_pt):
+    """Squared Hellinger distance per row, written as plain torch code (no backward)."""
+    return 1.0 - torch.exp(0.5 * (log_ps + log_pt)).sum(-1)
+
+
+def plain_custom(z_s, z_t, b_idx, s_pos, t_pos, v):
+    log_ps = (z_s[b_idx, s_pos][:, :v].float() / TAU).log_softmax(-1)
+    log_pt = (z_t.detach()[b_idx, t_pos][:, :v].float() / TAU).log_softmax(-1)
+    return hellinger_rows(log_ps, log_pt).mean() * TAU**2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", ["plain", "projected"])
+@pytest.mark.parametrize("shared", [None, 17])
+def test_a_custom_divergence_matches_its_plain_autograd(dtype, path, shared, chunks):
+    """A third party's divergence, given as ``mode=fn``, runs on the row engine on plain and
+    projected logits: value and gradient equal plain autograd through the same function
+    on full logits (repeated rows included)."""
+    b, length, l_t, vs, vt = 3, 7, 10, 31, 26
+    h_s, w_s, b_s = _head(b, length, 5, vs, dtype=dtype, seed=30, bias=True)
+    h_t, w_t, _ = _head(b, l_t, 3, vt, dtype=dtype, seed=31, grad=False)
+    g = torch.Generator().manual_seed(32)
+    n = 9
+    b_idx, s_pos, t_pos = (torch.randint(0, b, (n,), generator=g), torch.randint(0, length, (n,), generator=g),
+                           torch.randint(0, l_t, (n,), generator=g))
+    s_pos[1], b_idx[1] = s_pos[0], b_idx[0]
+    v = shared or min(vs, vt)
+    if path == "projected":
+        student, teacher, params = ProjectedLogits(h_s, w_s, b_s), ProjectedLogits(h_t, w_t), [h_s, w_s, b_s]
+    else:
+        student = _logits(h_s, w_s, b_s).detach().requires_grad_()
+        teacher, params = _logits(h_t, w_t, None), [student]
+    got = fn.token_divergence(student, teacher, b_idx, s_pos, t_pos, mode=hellinger_rows, temperature=TAU,
+                              shared_vocab_size=shared)
+    assert got.dtype == torch.float32 and got.dim() == 0
+    g_got = _grads(got, params)
+    if path == "projected":
+        want = plain_custom(_logits(h_s, w_s, b_s), _logits(h_t, w_t, None), b_idx, s_pos, t_pos, v)
+    else:
+        want = plain_custom(student, teacher, b_idx, s_pos, t_pos, v)
+    g_want = _grads(want, params)
+    _compare(got, want, g_got, g_want, dtype)
+    # sum: the same rows without the 1/N
+    total = fn.token_divergence(student, teacher, b_idx, s_pos, t_pos, mode=hellinger_rows, temperature=TAU,
+                                shared_vocab_size=shared, reduction="sum")
+    torch.testing.assert_close(total.detach(), got.detach() * n, **TOL[dtype]["value"])
+
+
+def test_custom_divergence_gradcheck_float64():
+    h_s, w_s, b_s = _head(2, 3, 3, 7, dtype=torch.float64, seed=33, bias=True)
+    h_t, w_t, _ = _head(2, 4, 2, 6, dtype=torch.float64, seed=34, grad=False)
+    b_idx, s_pos, t_pos = torch.tensor([0, 1, 1, 0]), torch.tensor([2, 0, 1, 2]), torch.tensor([3, 0, 2, 1])
+
+    def loss(hs, ws, bs):
+        return fn.token_divergence(ProjectedLogits(hs, ws, bs), ProjectedLogits(h_t, w_t), b_idx, s_pos, t_pos,
+                                   mode=hellinger_rows, temperature=TAU)
+
+    assert torch.autograd.gradcheck(loss, (h_s, w_s, b_s))
+    z_s = _logits(h_s, w_s, b_s).detach().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda z: fn.token_divergence(z, _logits(h_t, w_t, None), b_idx, s_pos, t_pos, mode=hellinger_rows,
+                                      temperature=TAU), (z_s,))
+
+
+def test_the_builtin_divergences_are_the_pure_functions():
+    """``mode="forward"`` is ``mode=forward_kl``: the built-ins are pure functions too."""
+    h_s, w_s, _ = _head(2, 5, 4, 13, dtype=torch.float32, seed=35)
+    h_t, w_t, _ = _head(2, 5, 4, 13, dtype=torch.float32, seed=36, grad=False)
+    rows = torch.tensor([0, 1, 1]), torch.tensor([1, 0, 4]), torch.tensor([1, 0, 4])
+    s, t = ProjectedLogits(h_s, w_s), ProjectedLogits(h_t, w_t)
+    for name, function in fn.DIVERGENCES.items():
+        extra = dict(lam=torch.tensor([0.3, 0.6]), weight=torch.tensor([1.0, 0.5])) if name == "tidal" else {}
+        by_name = fn.token_divergence(s, t, *rows, mode=name, **extra)
+        by_function = fn.token_divergence(s, t, *rows, mode=function, **extra)
+        torch.testing.assert_close(by_name, by_function)
+    with pytest.raises(ValueError, match="reduction 'avg' is not one of"):
+        fn.token_divergence(s, t, *rows, reduction="avg")

@@ -81,3 +81,85 @@ def test_objectives_without_row_support_get_full_logits(tmp_path, caplog):
 def test_flag_turns_it_off(tmp_path):
     tr = _trainer(tmp_path, fused_output_layer=False)
     assert not tr._tide_fused
+
+
+def test_the_example_jsd_plugin_runs_fused_and_matches_plain_jsd(tmp_path):
+    """The example plugin's divergence is a pure function on the row engine: a run with it
+    is fused, and its loss, parts and gradients equal the full-logits step, whose part is
+    a plain Jensen-Shannon divergence over the masked positions."""
+    import math
+
+    tr = _trainer(tmp_path, objective="jensen_shannon", use_comp_demo=False)
+    assert tr._tide_fused
+    tr.model.train()
+    batch = _distill_batch(next(iter(tr.get_train_dataloader())))
+    tr.get_batch_samples(iter([{"distill_batch": batch}]), 1, torch.device("cpu"))
+    params = [p for p in tr.model.parameters() if p.requires_grad]
+
+    def step(fused: bool):
+        tr._tide_fused = fused
+        loss, logged = tr.distill_forward(tr.model, batch)
+        grads = torch.autograd.grad(loss, params)
+        return loss.detach(), logged, torch.cat([g.flatten() for g in grads])
+
+    l_full, logged_full, g_full = step(False)
+    l_fused, logged_fused, g_fused = step(True)
+    torch.testing.assert_close(l_fused, l_full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logged_fused["jensen_shannon"], logged_full["jensen_shannon"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_fused, g_full, rtol=1e-4, atol=1e-6)
+
+    # the part against a plain JSD of the full logits, one masked position at a time
+    from tide_plugin.bd3lm import block_diffusion_logits
+
+    with torch.no_grad():
+        z_s = block_diffusion_logits(tr.model, batch.noisy_input_ids, batch.input_ids, block_size=4,
+                                     attention_mask=batch.attention_mask).float()
+        z_t = tr.teacher(batch).float()
+    tau = tr.objective.config.temperature
+    terms = []
+    for i, j in batch.masked.nonzero().tolist():
+        p, q = (z_t[i, j, :V] / tau).softmax(-1), (z_s[i, j, :V] / tau).softmax(-1)
+        m = (p + q) / 2
+        terms.append(0.5 * (p * (p / m).log()).sum() + 0.5 * (q * (q / m).log()).sum())
+    want = torch.stack(terms).mean() * tau**2
+    assert math.isclose(float(logged_fused["jensen_shannon"]), float(want), rel_tol=1e-4)
+
+
+def test_gold_log_probs_are_computed_once_per_step_and_shared(tmp_path, monkeypatch):
+    """The explicit step: the student's gold log-probs at CE's rows are projected once,
+    before the objective; CE and the chunk objectives (calm + tidal_calm) read them, so
+    no student row is projected a second time, and the step equals the full-logits one."""
+    from _distill_helpers import ROWS, normalisation_config
+
+    from tide_plugin import logits as logits_rows
+
+    cfg = normalisation_config(tmp_path, "cross")
+    tr = build_trainer(cfg, student=tiny_qwen3(V, seed=0), teacher_model=tiny_qwen3_moe(V, seed=1),
+                       train_dataset=ROWS["cross"](8, seed=4), student_mask_id=MASK, student_eos_id=EOS)
+    assert tr._tide_fused
+    tr.model.train()
+    batch = tr.data_collator(ROWS["cross"](4, seed=5))["distill_batch"]
+    tr.get_batch_samples(iter([{"distill_batch": batch}]), 1, torch.device("cpu"))
+    student_weight = tr.model.get_output_embeddings().weight
+    projected = []
+    real = logits_rows._GoldLogProb.forward
+
+    def counting(ctx, rows, gold, *leaves):
+        if rows.projected and rows.weight is student_weight:
+            projected.append(rows.n)
+        return real(ctx, rows, gold, *leaves)
+
+    monkeypatch.setattr(logits_rows._GoldLogProb, "forward", staticmethod(counting))
+    params = [p for p in tr.model.parameters() if p.requires_grad]
+    loss, logged = tr.distill_forward(tr.model, batch)
+    ce_rows = int((batch.masked & (batch.labels != -100)).sum())
+    assert projected == [ce_rows] and ce_rows > 0  # once, CE's rows; the chunk objectives add none
+    assert float(logged["calm"]) > 0
+    g_fused = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+    tr._tide_fused = False
+    l_full, logged_full = tr.distill_forward(tr.model, batch)
+    g_full = torch.cat([g.flatten() for g in torch.autograd.grad(l_full, params)])
+    torch.testing.assert_close(loss, l_full, rtol=1e-5, atol=1e-6)
+    for k in logged_full:
+        torch.testing.assert_close(logged[k], logged_full[k], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_fused, g_full, rtol=1e-4, atol=1e-6)

@@ -19,7 +19,7 @@ from tide_plugin.bd3lm import bd3lm_nll, block_diffusion_logits
 from tide_plugin.training import DistillBD3LMTrainer, build_trainer
 from tide_plugin.training.loss import dllm_nll_update
 from tide_plugin.training.normalise import (
-    part_units, unit_count, window_denominators, window_normalised, window_units,
+    local_denominators, normalise, part_units, unit_count, window_denominators, window_units,
 )
 from tide_plugin.tiny import tiny_qwen3, tiny_qwen3_moe
 
@@ -72,12 +72,41 @@ def test_window_arithmetic_by_hand():
     counts = torch.tensor([0, 6, 9])
     den = window_denominators(counts, micro_batches=2, world_size=3)
     torch.testing.assert_close(den, torch.tensor([1 / 6, 1.0, 1.5]))  # max(1, 0) for the empty unit
-    mean = torch.tensor(2.5, requires_grad=True)  # a part: mean over 4 local units
-    value = window_normalised(mean, torch.tensor(4), den[2])
-    torch.testing.assert_close(value, torch.tensor(2.5 * 4 / 1.5))
+    total = torch.tensor(10.0, requires_grad=True)  # a part: the sum over its local units
+    value = normalise({"kl": total}, {"kl": "masked_rows"}, {"masked_rows": den[2]})["kl"]
+    torch.testing.assert_close(value, torch.tensor(10.0 / 1.5))
     value.backward()
-    torch.testing.assert_close(mean.grad, torch.tensor(4 / 1.5))
-    torch.testing.assert_close(window_normalised(torch.tensor(0.0), torch.tensor(0), den[0]), torch.tensor(0.0))
+    torch.testing.assert_close(total.grad, torch.tensor(1 / 1.5))
+    zero = normalise({"calm": torch.tensor(0.0)}, {"calm": "active_chunks"}, {"active_chunks": den[0]})["calm"]
+    torch.testing.assert_close(zero, torch.tensor(0.0))
+    with pytest.raises(ValueError, match="returned the part 'tidal', which it does not declare"):
+        normalise({"tidal": total}, {"kl": "masked_rows"}, {"masked_rows": den[2]})
+
+
+def test_parts_are_sums_divided_once_by_the_trainer(tmp_path):
+    """Objectives return sums over their unit; outside training the trainer divides each
+    by the micro-batch's own count, so the values are the documented means, and the
+    logged values come from the same sums."""
+    from tide_plugin.batch import DistillInputs
+
+    tr = _trainer(normalisation_config(tmp_path, "same"), synthetic_rows(8))
+    batch = tr.data_collator(synthetic_rows(3, seed=8))["distill_batch"]
+    units = tr._tide_units
+    tr.model.eval()
+    with torch.no_grad():
+        loss, logged = tr.distill_forward(tr.model, batch)
+        logits = block_diffusion_logits(tr.model, batch.noisy_input_ids, batch.input_ids, block_size=4,
+                                        attention_mask=batch.attention_mask)
+        sums = tr.objective(DistillInputs(batch=batch, student_logits=logits, teacher_logits=tr.teacher(batch),
+                                          progress=tr.state.global_step / max(tr.state.max_steps, 1),
+                                          shared_vocab_size=tr.args.shared_vocab_size))
+    local = local_denominators(batch, sorted(set(units.values())))
+    assert set(sums) == set(units) and int(unit_count(batch, "masked_rows")) > 1
+    total = logged["ce"] * tr.args.ce_weight
+    for part, value in sums.items():
+        torch.testing.assert_close(logged[part], value / local[units[part]], rtol=1e-5, atol=1e-6)
+        total = total + logged[part]
+    torch.testing.assert_close(loss, total, rtol=1e-5, atol=1e-6)  # eval: trained = logged
 
 
 def test_every_part_declares_its_unit():

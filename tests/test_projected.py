@@ -13,9 +13,11 @@ from tide_plugin.alignment.projection import VocabProjection
 from tide_plugin.batch import DistillBatch, DistillInputs, PipelineInfo
 from tide_plugin.objectives import functional as fn
 from tide_plugin.objectives.base import PipelineMismatchError
-from tide_plugin.objectives.fused import ProjectedLogits
-from tide_plugin.objectives.fused_rows import chunk_first_positions
+from tide_plugin import logits as logits_rows
+from tide_plugin.logits import ProjectedLogits
+from tide_plugin.objectives.rows import chunk_first_positions
 from tide_plugin.objectives.projected import one_to_one_pairs
+from tide_plugin.training.normalise import local_denominators, normalise, part_units
 
 B, L, LT, H, VS, VT = 3, 8, 10, 6, 11, 13
 TOL = {
@@ -29,10 +31,17 @@ TEACHER_CHUNKS = [[-1, 0, 1, 1, 1, 2, 3, 3, -1, -1], [-1, 0, 0, 1, 2, 2, 3, 3, 3
 ACTIVE = [[1, 0, 1, 1], [1, 1, 0, 1], [0, 1, 0, 0]]
 
 
+def per_unit(objective, inputs):
+    """The parts as the trainer divides them outside training: an objective returns sums
+    over its unit, each divided by the batch's own count of that unit (the documented means)."""
+    units = part_units(objective)
+    return normalise(objective(inputs), units, local_denominators(inputs.batch, sorted(set(units.values()))))
+
+
 @pytest.fixture(params=[16, fn.ROW_CHUNK_ELEMENTS], ids=["tiny_chunks", "default_chunks"])
 def chunks(request, monkeypatch):
     """Once with row chunks of one or two rows, once with the default."""
-    monkeypatch.setattr(fn, "ROW_CHUNK_ELEMENTS", request.param)
+    monkeypatch.setattr(logits_rows, "ROW_CHUNK_ELEMENTS", request.param)
     return request.param
 
 
@@ -155,7 +164,7 @@ def test_projected_kl_matches_plain(dtype, fused, reverse, chunks):
     proj, batch = sparse_w(), batch_for()
     obj = tide_plugin.get_objective("projected_kl", temperature=2.0, reverse=reverse)
     inputs = inputs_for(hs, ws, ht, wt, batch, proj, fused)
-    got = obj(inputs)["projected_kl"]
+    got = per_unit(obj, inputs)["projected_kl"]
     want, masses = plain_projected(F.linear(hs, ws), F.linear(ht, wt), batch, proj.dense(), 2.0, reverse)
     assert got.dtype == torch.float32
     check(got, want, [hs, ws], dtype)
@@ -174,7 +183,7 @@ def test_xtoken_hybrid_matches_plain(dtype, fused, reverse, chunks):
     assert 0 < pairs[0].numel() < VT  # both terms are exercised
     topk = 5  # fewer than the unmatched tokens: the top-k cut is exercised
     obj = tide_plugin.get_objective("xtoken_hybrid", temperature=2.0, reverse=reverse, uncommon_topk=topk)
-    got = obj(inputs_for(hs, ws, ht, wt, batch, proj, fused))["xtoken_hybrid"]
+    got = per_unit(obj, inputs_for(hs, ws, ht, wt, batch, proj, fused))["xtoken_hybrid"]
     want = plain_hybrid(F.linear(hs, ws), F.linear(ht, wt), batch, pairs, 2.0, reverse, topk)
     check(got, want, [hs, ws], dtype)
 
@@ -202,7 +211,7 @@ def test_rows_without_mapped_mass_are_excluded_and_counted():
     z_t[b, tp, 3] = 200.0  # teacher sure of token 3, which W drops
     inputs = DistillInputs(batch, F.linear(hs, ws), z_t, projection=proj)
     obj = tide_plugin.get_objective("projected_kl")
-    got = obj(inputs)["projected_kl"]
+    got = per_unit(obj, inputs)["projected_kl"]
     want, masses = plain_projected(F.linear(hs, ws), z_t, batch, proj.dense(), 1.0, False)
     torch.testing.assert_close(got, want)
     assert float(masses.min()) < 1e-6 and float(obj.metrics(inputs)["excluded/projected_kl"]) == 2
@@ -230,7 +239,7 @@ def test_identical_tokenizers_equal_kl_at_the_first_positions(reverse, fused):
     hs, ws, ht, wt = heads(torch.float32, lt=L, vt=VS)
     batch = batch_for(same_chunks=True)
     inputs = inputs_for(hs, ws, ht, wt, batch, VocabProjection.from_dense(torch.eye(VS)), fused)
-    got = tide_plugin.get_objective("projected_kl", temperature=2.0, reverse=reverse)(inputs)["projected_kl"]
+    got = per_unit(tide_plugin.get_objective("projected_kl", temperature=2.0, reverse=reverse), inputs)["projected_kl"]
     mask = torch.zeros(B, L, dtype=torch.bool)
     for b, sp, _ in first_rows(batch):
         mask[b, sp] = True

@@ -69,7 +69,7 @@ def test_the_example_objective_runs_on_projected_logits_as_on_full_logits(monkey
     obj = reg.build("objective", "chunk_mse", temperature=1.5)
     assert obj.supports_projected_logits
     from tide_plugin.heads import fused_path_problem
-    from tide_plugin.objectives.fused import ProjectedLogits
+    from tide_plugin.logits import ProjectedLogits
 
     problem = fused_path_problem(torch.nn.Linear(2, 2), object(), obj) or ""
     assert "supports_projected_logits" not in problem  # the objective does not rule the fused layer out

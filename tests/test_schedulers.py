@@ -232,7 +232,7 @@ def test_third_party_schedules_are_selected_by_name(third_party_schedules):
     obj = tide_plugin.get_objective("tidal", schedule="constant_strength", value=0.7)
     inputs = DistillInputs(batch=small, student_logits=zs, teacher_logits=zt, progress=0.1)
     got = obj(inputs)["tidal"]
-    want = fn.tidal_kl(zs, zt, small.masked, torch.full((3,), 0.7), weight=2.0 - small.t)
+    want = fn.tidal_kl(zs, zt, small.masked, torch.full((3,), 0.7), weight=2.0 - small.t, reduction="sum")
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(obj.metrics(inputs)["lambda/tidal"], torch.tensor(0.7))
     # unknown names are caught by lookup, with the registered ones offered

@@ -169,8 +169,8 @@ class DistillInputs:
     - ``teacher_logits`` ``[b, L_T, V_T]`` (views already merged), no grad; in the
       ``same`` pipeline ``L_T == L``.
     - On the fused output layer (objectives with ``supports_projected_logits``) both are
-      :class:`~tide_plugin.objectives.fused.ProjectedLogits` (hidden states and the
-      output projection), read through :mod:`tide_plugin.objectives.fused`.
+      :class:`~tide_plugin.logits.ProjectedLogits` (hidden states and the
+      output projection), read through :mod:`tide_plugin.objectives.functional`.
     - ``progress``: ``global_step / max(max_steps, 1)`` from the trainer state.
     - ``shared_vocab_size``: ``V_shared`` for token-level objectives, or ``None``
       for the full (identical) vocabulary.
@@ -188,6 +188,11 @@ class DistillInputs:
     cache: dict[str, Any] = field(default_factory=dict)
     """Shared intermediate results (e.g. chunk log-probs) so composed objectives
     compute them once per step."""
+    student_gold_log_probs: tuple[Tensor, Tensor] | None = None
+    """``(lp [b, L], rows [b, L] bool)``: the student's gold-token log-probs of
+    ``batch.input_ids`` at the rows CE reads (masked and maskable), computed once by the
+    trainer before the objective runs (``docs/architecture.md#the-training-step``);
+    chunk objectives read theirs from it instead of projecting those rows again."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .objectives.fused import ProjectedLogits, nll_rows
+from .logits import ProjectedLogits, gold_log_probs
 
 ConcatOrder = Literal["xt_x0", "x0_xt"]
 CONCAT_ORDERS: tuple[str, ...] = ("xt_x0", "x0_xt")
@@ -177,7 +177,8 @@ def _accepts(model: torch.nn.Module, name: str) -> bool:
         return False
 
 
-def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 if none)."""
     for p in unwrap_model(model).parameters():
         if p.is_floating_point():
             return p.dtype
@@ -235,7 +236,7 @@ def block_diffusion_logits(
         attention_mask=attention_mask,
         order=order,
         impl=impl,
-        dtype=_model_dtype(model),
+        dtype=model_dtype(model),
         device=device,
     )
     kwargs: dict[str, Any] = {
@@ -261,16 +262,20 @@ def bd3lm_nll(
     masked: Tensor,
     maskable: Tensor,
     weight: Tensor | None = None,
+    gold: Tensor | None = None,
 ) -> Tensor:
     """Per-row sums ``sum_i CE(z_i, x0_i) * w_i * masked_i`` ``[b]`` float32, computed on
     masked positions only (no full-vocabulary float32 copy): the numerator of the CE term
-    (:func:`ce_from_nll`) and of dllm's NLL metric.
+    (:func:`ce_sum`) and of dllm's NLL metric.
 
     :param logits: ``[b, L, V]`` any float dtype, or
-        :class:`~tide_plugin.objectives.fused.ProjectedLogits` (the fused output layer).
+        :class:`~tide_plugin.logits.ProjectedLogits` (the fused output layer).
     :param targets: ``x0`` ``[b, L]``.
     :param masked: ``[b, L]`` bool. :param maskable: ``[b, L]`` bool (``labels != -100``).
     :param weight: ``w(t)`` as ``[b]`` or ``[b, L]``; 1 when ``None``.
+    :param gold: the gold-token log-probs ``[b, L]`` of ``targets`` at (at least) the rows
+        ``masked & maskable``, already computed (:func:`~tide_plugin.logits.gold_log_probs`;
+        the trainer shares them with the objective); computed here when ``None``.
     """
     b, length = targets.shape
     if logits.shape[:2] != (b, length) or masked.shape != (b, length) or maskable.shape != (b, length):
@@ -278,39 +283,44 @@ def bd3lm_nll(
             f"shapes disagree: logits {tuple(logits.shape)}, targets {tuple(targets.shape)}, "
             f"masked {tuple(masked.shape)}, maskable {tuple(maskable.shape)}"
         )
-    masked = masked.bool() & maskable.bool()
-    nll = nll_rows(logits, targets, masked)  # [N], plain or projected logits (fused output layer)
+    rows = masked.bool() & maskable.bool()
+    if gold is None:
+        gold = gold_log_probs(logits, targets, rows)  # plain or projected logits (fused output layer)
+    nll = torch.where(rows, -gold, torch.zeros((), dtype=gold.dtype, device=gold.device))
     if weight is not None:
-        w = weight.float()
-        w = w[:, None].expand(b, length) if w.dim() == 1 else w
-        nll = nll * w[masked]
-    rows = masked.nonzero()[:, 0]
-    return torch.zeros(b, dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
+        w = weight.to(nll.dtype)
+        nll = nll * (w[:, None] if w.dim() == 1 else w)
+    return nll.sum(-1)
+
+
+def ce_sum(row_nll: Tensor, maskable: Tensor, *, norm: LossNorm = "token") -> Tensor:
+    """The CE term's sum over its unit from :func:`bd3lm_nll`'s ``[b]`` row sums: ``token``
+    and ``batch``: the sum of the rows; ``sequence``: each row divided by its own
+    ``max(1, count(maskable_row))`` first (a row with no target adds 0). Its unit:
+    maskable tokens (``token``) or sequences (docs/method.md#normalisation)."""
+    if norm not in LOSS_NORMS:
+        raise ValueError(f"loss normalisation {norm!r} is not one of {LOSS_NORMS}")
+    if norm == "sequence":
+        return (row_nll / maskable.sum(-1).clamp_min(1)).sum()
+    return row_nll.sum()
 
 
 def ce_from_nll(
     row_nll: Tensor, maskable: Tensor, *, norm: LossNorm = "token", denominator: Tensor | float | None = None
 ) -> Tensor:
-    """The CE term of docs/method.md#student-forward from :func:`bd3lm_nll`'s ``[b]`` row sums, divided by
+    """The CE term of docs/method.md#student-forward: :func:`ce_sum` divided by
 
     - ``token``: ``count(maskable)`` (``max(1, .)``: an all-prompt batch gives 0, not NaN);
-    - ``sequence``: each row by its own ``max(1, count(maskable_row))``, then by ``b``;
-    - ``batch``: ``b``.
+    - ``sequence`` and ``batch``: ``b``.
 
     :param maskable: ``[b, L]`` bool.
     :param denominator: overrides ``count(maskable)`` (token) or ``b`` (sequence, batch),
         e.g. the count over all micro-batches of a gradient-accumulation step.
     """
-    if norm not in LOSS_NORMS:
-        raise ValueError(f"loss normalisation {norm!r} is not one of {LOSS_NORMS}")
-    if norm == "token":
-        denom = maskable.sum().clamp_min(1) if denominator is None else denominator
-        return row_nll.sum() / denom
-    per_row = row_nll
-    if norm == "sequence":
-        per_row = per_row / maskable.sum(-1).clamp_min(1)  # max(1, .): a row with no target adds 0
-    denom = row_nll.shape[0] if denominator is None else denominator
-    return per_row.sum() / denom
+    total = ce_sum(row_nll, maskable, norm=norm)
+    if denominator is None:
+        denominator = maskable.sum().clamp_min(1) if norm == "token" else row_nll.shape[0]
+    return total / denominator
 
 
 def bd3lm_ce(

@@ -1,6 +1,6 @@
 """Output layers of student and teacher models for the fused path (docs/architecture.md#the-fused-output-layer).
 
-The fused output layer (:mod:`tide_plugin.objectives.fused`) needs the hidden states
+The fused output layer (:mod:`tide_plugin.logits`) needs the hidden states
 a model feeds its output projection, and that projection's weight and bias. This
 module gets both from any transformers causal-LM class without a second code path
 for the forward pass: :func:`logits_as_hidden_states` makes the model's output layer
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .bd3lm import block_diffusion_logits, unwrap_model
-from .objectives.fused import ProjectedLogits
+from .logits import ProjectedLogits
 
 LOGIT_TRANSFORMS: tuple[str, ...] = (
     "final_logit_softcapping",
@@ -88,7 +88,7 @@ def logits_as_hidden_states(model: torch.nn.Module) -> Iterator[None]:
             head.forward = own
 
 
-def projected(model: torch.nn.Module, hidden: Tensor, targets: Tensor | None = None) -> ProjectedLogits:
+def projected(model: torch.nn.Module, hidden: Tensor) -> ProjectedLogits:
     """Wrap hidden states ``[b, L, H]`` read under :func:`logits_as_hidden_states` with the
     model's output projection."""
     weight, bias = output_projection(model)
@@ -100,7 +100,7 @@ def projected(model: torch.nn.Module, hidden: Tensor, targets: Tensor | None = N
     if weight.device != hidden.device:  # a teacher placed elsewhere: its rows are read where the student is
         weight = weight.to(hidden.device)
         bias = None if bias is None else bias.to(hidden.device)
-    return ProjectedLogits(hidden, weight, bias, targets=targets)
+    return ProjectedLogits(hidden, weight, bias)
 
 
 def block_diffusion_projected(
@@ -117,7 +117,7 @@ def block_diffusion_projected(
         hidden = block_diffusion_logits(
             model, noisy_ids, clean_ids, block_size=block_size, attention_mask=attention_mask
         )
-    return projected(model, hidden, targets=clean_ids)
+    return projected(model, hidden)
 
 
 def fused_path_problem(student: torch.nn.Module, teacher: object, objective: object) -> str | None:

@@ -3,9 +3,11 @@
 An objective is a thin object holding a config; the math lives in pure functions
 (:mod:`tide_plugin.objectives.functional`). ``__call__`` reads a
 :class:`~tide_plugin.batch.DistillInputs` and returns named scalar loss parts,
-already multiplied by the objective's weight. What it needs (``requirements``) and
-what its part averages over (``unit``) are declared by its config class, so they
-are known before it is built (:class:`~tide_plugin.hookspecs.ObjectiveConfigProtocol`).
+already multiplied by the objective's weight, each the *sum* over its unit: the
+trainer divides it once, by the window's count of that unit
+(docs/method.md#normalisation). What it needs (``requirements``) and what its part
+sums over (``unit``) are declared by its config class, so they are known before it
+is built (:class:`~tide_plugin.hookspecs.ObjectiveConfigProtocol`).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def aligned_hint(alias: str | None) -> str:
 def unit_count(batch: DistillBatch, unit: Unit) -> Tensor:
     """How many of ``unit`` the batch holds (a 0-dim long tensor on the batch's
     device): masked student positions, counted pairs (``pair_mask`` and the student
-    position masked) or active chunks. The denominator of a part's average."""
+    position masked) or active chunks: what the trainer divides a part's sum by."""
     if unit == "masked_rows":
         return _field(batch, "masked", unit).sum()
     if unit == "pairs":
@@ -116,8 +118,8 @@ class Objective(abc.ABC):
     """Objectives whose target mixes student and teacher by a strength schedule (TIDAL)."""
     supports_projected_logits: ClassVar[bool] = False
     """True when :meth:`forward` also accepts ``inputs.student_logits`` / ``teacher_logits``
-    as :class:`~tide_plugin.objectives.fused.ProjectedLogits` (it reads them only through
-    :mod:`~tide_plugin.objectives.fused`). The trainer's fused output layer is used only
+    as :class:`~tide_plugin.logits.ProjectedLogits` (it reads them only through
+    :mod:`~tide_plugin.objectives.functional` or :mod:`~tide_plugin.objectives.rows`). The trainer's fused output layer is used only
     when every objective says so; others get full ``[b, L, V]`` logits."""
     reads_teacher: ClassVar[bool] = True
     """False for an objective that never reads ``inputs.teacher_logits`` (the CE-only
@@ -153,7 +155,7 @@ class Objective(abc.ABC):
 
     @abc.abstractmethod
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
-        """Unweighted named scalar parts."""
+        """Unweighted named scalar parts, each the sum over the objective's unit."""
 
     def __call__(self, inputs: DistillInputs) -> dict[str, Tensor]:
         parts = self.forward(inputs)

@@ -7,7 +7,8 @@ Registered names:
   ``bernoulli_kl=True`` (ours) ``KL(Bern(s) || Bern(q))``, which adds the student's
   entropy so that the gradient pulls ``s`` towards ``q`` (docs/method.md#calm);
 
-mean over active chunks ``batch.chunk_active`` ``[b, C]``, with
+summed over active chunks ``batch.chunk_active`` ``[b, C]`` (the trainer divides by
+their count, docs/method.md#normalisation), with
 ``s = clamp(exp(lp_S / tau))``, ``q = clamp(exp(lp_T / tau))`` and ``lp`` the chunk
 sums of gold-token log-probs: student from ``student_logits`` ``[b, L, V_S]``,
 ``batch.input_ids`` and ``batch.student_chunk_ids`` ``[b, L]``; teacher from
@@ -29,8 +30,7 @@ from torch import Tensor
 from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
 from .base import Objective, check_temperature_weight
-from .functional import calm
-from .fused import chunk_log_probs
+from .functional import calm, chunk_log_probs
 
 CACHE_STUDENT_CHUNK_LP = "chunk_log_probs.student.active"
 """``inputs.cache`` key: ``[b, C]`` float32 student chunk log-probs of the active chunks
@@ -70,8 +70,9 @@ def active_chunk_log_probs(inputs: DistillInputs, who: str) -> tuple[Tensor, Ten
             hit = active.gather(1, chunk_ids.clamp(0, num_chunks - 1)) & (chunk_ids >= 0)
             return torch.where(hit, chunk_ids, torch.full_like(chunk_ids, -1))
 
-        cache[CACHE_STUDENT_CHUNK_LP] = chunk_log_probs(
-            inputs.student_logits, batch.input_ids, only_active(batch.student_chunk_ids), num_chunks
+        cache[CACHE_STUDENT_CHUNK_LP] = chunk_log_probs(  # CE's gold log-probs cover these rows when given
+            inputs.student_logits, batch.input_ids, only_active(batch.student_chunk_ids), num_chunks,
+            gold=inputs.student_gold_log_probs,
         )
         with torch.no_grad():
             cache[CACHE_TEACHER_CHUNK_LP] = chunk_log_probs(
@@ -122,7 +123,7 @@ class Calm(Objective):
         lp_s, lp_t, active = active_chunk_log_probs(inputs, self.name)
         cfg = self.config
         loss = calm(lp_s, lp_t, active, temperature=cfg.temperature, reverse=self.direction == "reverse",
-                    bernoulli_kl=getattr(cfg, "bernoulli_kl", False))
+                    bernoulli_kl=getattr(cfg, "bernoulli_kl", False), reduction="sum")
         return {self.name: loss}
 
 

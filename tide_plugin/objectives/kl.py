@@ -2,8 +2,11 @@
 
 Registered names:
 
-- ``kl`` (alias ``kl_aligned``): ``mean KL(P_T || P_S) * tau^2`` over masked positions;
-- ``reverse_kl`` (alias ``reverse_kl_aligned``): ``mean KL(P_S || P_T) * tau^2``.
+- ``kl`` (alias ``kl_aligned``): ``KL(P_T || P_S) * tau^2`` summed over masked positions;
+- ``reverse_kl`` (alias ``reverse_kl_aligned``): ``KL(P_S || P_T) * tau^2`` summed.
+
+Each part is a sum over its unit (``masked_rows`` or ``pairs``); the trainer divides it
+(docs/method.md#normalisation).
 
 ``P = softmax(z / tau)`` on the shared vocabulary slice (``inputs.shared_vocab_size``,
 default the smaller vocabulary). Position by position (``aligned=False``, pipelines
@@ -23,8 +26,7 @@ from torch import Tensor
 from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
 from .base import Objective, aligned_hint, check_temperature_weight
-from .functional import aligned_rows, masked_rows
-from .fused_token import token_divergence
+from .functional import aligned_rows, masked_rows, token_divergence
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class TokenKL(Objective):
             mode=self.direction,
             temperature=self.config.temperature,
             shared_vocab_size=inputs.shared_vocab_size,
+            reduction="sum",
         )
         return {self.name: loss}
 

@@ -55,7 +55,7 @@ from ..alignment.projection import VocabProjection
 from ..batch import DistillInputs
 from ..hookspecs import PluginSpec, Requirement, Unit, hookimpl
 from .base import Objective, check_temperature_weight
-from .fused_rows import chunk_first_positions, row_divergence
+from .rows import chunk_first_positions, row_divergence
 
 __all__ = [
     "MIN_MAPPED_MASS",
@@ -208,7 +208,7 @@ def _projection(inputs: DistillInputs, who: str) -> VocabProjection:
 def chunk_first_rows(inputs: DistillInputs, who: str) -> tuple[Tensor, Tensor, Tensor, int, int]:
     """``(batch_index, student_pos, teacher_pos, n_active, n_missing)``: the first student
     and first teacher position of every active chunk (``[N]`` long each), the number of
-    active chunks (the denominator) and of active chunks lacking a token on either side
+    active chunks (the part's unit) and of active chunks lacking a token on either side
     (counted, not used). Cached in ``inputs.cache`` for composed objectives."""
     if CACHE_FIRST_ROWS in inputs.cache:
         return inputs.cache[CACHE_FIRST_ROWS]
@@ -279,11 +279,11 @@ class _FirstRowObjective(Objective):
         return dict(inputs.cache.get(f"metrics.{self.name}", {}))
 
     def _run(self, inputs: DistillInputs, target_of, row_fn, target_width: int) -> Tensor:
-        b_idx, s_pos, t_pos, n_active, n_missing = chunk_first_rows(inputs, self.name)
+        b_idx, s_pos, t_pos, _, n_missing = chunk_first_rows(inputs, self.name)
         tau = float(self.config.temperature)
         loss, stat, valid = row_divergence(
             inputs.student_logits, inputs.teacher_logits, b_idx, s_pos, t_pos,
-            target_of=target_of, row_fn=row_fn, coef=tau * tau / max(1, n_active), target_width=target_width,
+            target_of=target_of, row_fn=row_fn, coef=tau * tau, target_width=target_width,
         )
         mass = stat.float().mean() if stat.numel() else torch.zeros((), device=stat.device)
         excluded = (~valid).sum() + n_missing
@@ -292,7 +292,7 @@ class _FirstRowObjective(Objective):
 
 
 class ProjectedKL(_FirstRowObjective):
-    """P-KL at chunk-first positions: ``mean over active chunks KL(Q || P_S) * tau^2``."""
+    """P-KL at chunk-first positions: ``KL(Q || P_S) * tau^2`` summed over active chunks."""
 
     name = "projected_kl"
 

@@ -4,11 +4,11 @@ Registered names:
 
 - ``tidal`` (aliases ``taid``; ``taid_aligned`` presets ``aligned=True``): token TIDAL,
   target ``R = stopgrad(softmax(((1-lam) z_S + lam z_T) / tau))`` on the shared
-  vocabulary, loss ``sum_i omega(t_i) KL(R_i || softmax(z_S,i / tau)) / N_masked * tau^2``
-  over masked positions (or template pairs when aligned);
+  vocabulary, loss ``sum_i omega(t_i) KL(R_i || softmax(z_S,i / tau)) * tau^2``
+  summed over masked positions (or template pairs when aligned);
 - ``tidal_calm`` (alias ``alm_taid``): chunk TIDAL, target
   ``m = stopgrad(clamp((1-lam) s + lam q))``, loss ``-(m log s + (1-m) log(1-s)) omega(t)``
-  summed over active chunks, divided by their count; ``reverse=True`` (alias
+  summed over active chunks; ``reverse=True`` (alias
   ``reverse_alm_taid``, the reference mode) ``-(s log m + (1-s) log(1-m)) omega(t)``, with
   the docs/method.md#tidal warning (TIDAL pairs with forward objectives).
 
@@ -35,7 +35,7 @@ from ..registry import get_strength_schedule
 from .base import Objective, check_temperature_weight
 from .calm import active_chunk_log_probs
 from .functional import tidal_calm
-from .fused_token import token_divergence
+from .functional import token_divergence
 from .kl import token_rows
 
 
@@ -181,6 +181,7 @@ class TokenTidal(_TidalBase):
             shared_vocab_size=inputs.shared_vocab_size,
             lam=lam,
             weight=w,
+            reduction="sum",
         )
         return {self.name: loss}
 
@@ -206,7 +207,8 @@ class ChunkTidal(_TidalBase):
         lp_s, lp_t, active = active_chunk_log_probs(inputs, self.name)
         lam, w = self.lambda_and_weight(inputs)
         loss = tidal_calm(
-            lp_s, lp_t, active, lam, weight=w, temperature=self.config.temperature, reverse=self.config.reverse
+            lp_s, lp_t, active, lam, weight=w, temperature=self.config.temperature, reverse=self.config.reverse,
+            reduction="sum",
         )
         return {self.name: loss}
 

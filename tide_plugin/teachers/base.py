@@ -23,7 +23,7 @@ from torch import Tensor
 from ..batch import DistillBatch
 from ..bd3lm import unwrap_model
 from ..heads import fused_head_problem, logits_as_hidden_states, projected
-from ..objectives.fused import ProjectedLogits
+from ..logits import ProjectedLogits
 from ..pipelines import get_pipeline
 
 TeacherDtype = Literal["auto", "float32", "bfloat16", "float16"]

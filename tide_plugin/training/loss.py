@@ -9,9 +9,11 @@ One training step (docs/architecture.md#the-training-step)::
       -> teacher adapter forward on every view, merged               [b, L_T, V_T]
          (fused output layer, the default: hidden states [b, L, H] and the output
          projections instead; CE and objectives project only the rows they read)
-      -> DistillInputs(progress = global_step / max_steps)
-      -> objective parts (already weighted)
-      loss = ce_weight * CE + sum(parts)
+      -> the student's gold log-probs at CE's rows, once               [b, L]
+      -> DistillInputs(progress = global_step / max_steps, those gold log-probs)
+      -> objective parts (already weighted): sums over their units
+      -> CE: a sum over its unit, from the same gold log-probs
+      loss = (ce_weight * CE + sum(parts)), each divided once by its unit's count
 """
 
 from __future__ import annotations
@@ -28,11 +30,20 @@ import transformers
 from torch import Tensor
 
 from ..batch import DistillBatch, DistillInputs, PipelineInfo
-from ..bd3lm import bd3lm_nll, block_diffusion_logits, ce_from_nll, unwrap_model
+from ..bd3lm import bd3lm_nll, block_diffusion_logits, ce_sum, unwrap_model
 from ..checkpoints import TIDE_CONFIG_NAME, apply_layout, layout_of
 from ..heads import block_diffusion_projected, fused_path_problem
 from ..hookspecs import ResumableStageProtocol
-from .normalise import count_units, normalise_parts, part_units, window_denominators, window_units
+from ..logits import gold_log_probs
+from .normalise import (
+    ce_unit,
+    count_units,
+    local_denominators,
+    normalise,
+    part_units,
+    window_denominators,
+    window_units,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +167,12 @@ class DistillLossMixin:
 
     # -- the step -----------------------------------------------------------------------
     def distill_forward(self, model: torch.nn.Module, batch: DistillBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(loss, logged)``. ``loss`` is trained on: in training, after
-        :meth:`get_batch_samples` counted the window, CE and every objective part are
-        normalised over the window's units (:mod:`~tide_plugin.training.normalise`).
-        ``logged`` holds ``ce`` and every part with the micro-batch's own normalisation
-        (what the reference logs; detached scalars), and ``lambda/<objective>``."""
+        """``(loss, logged)``. The objective's parts and CE are sums over their units
+        (docs/method.md#normalisation), each divided once: ``loss`` (trained on) by the
+        window's counts that :meth:`get_batch_samples` gathered, or outside training by
+        the micro-batch's own; ``logged`` holds ``ce`` and every part from the same sums
+        divided by the micro-batch's own counts (what the reference logs; detached
+        scalars), and the objective's metrics (``lambda/<objective>``)."""
         args = self.args
         if batch.noisy_input_ids is None or batch.masked is None:
             raise ValueError("the batch is not noised: put 'noise' in the collator chain")
@@ -174,15 +186,14 @@ class DistillLossMixin:
             attention_mask=batch.attention_mask,
         )
         maskable = batch.labels != -100
-        weight = batch.ce_time_weight if args.ce_weighting == "elbo" else None
-        window = self._tide_window if model.training else None
-        denominator = None
-        if window is not None:
-            denominator = window["maskable_tokens" if args.loss_norm_type == "token" else "sequences"]
         if self.teacher is None:  # CE only (docs/method.md#student-forward): no teacher forward
             teacher_logits = None
         else:
             teacher_logits = self.teacher.projected_logits(batch) if fused else self.teacher(batch)
+        # The student's gold log-probs at CE's rows, computed once: CE reads them, and so
+        # do chunk objectives (their tokens are masked and maskable).
+        ce_rows = batch.masked & maskable
+        gold = gold_log_probs(student_logits, batch.input_ids, ce_rows)
         progress = self.state.global_step / max(self.state.max_steps, 1)
         inputs = DistillInputs(
             batch=batch,
@@ -191,23 +202,25 @@ class DistillLossMixin:
             progress=progress,
             shared_vocab_size=args.shared_vocab_size,
             projection=getattr(self, "projection", None),
+            student_gold_log_probs=(gold, ce_rows),
         )
-        parts = self.objective(inputs)  # before CE: a token objective computes CE's rows in its pass
-        row_nll = bd3lm_nll(student_logits, batch.input_ids, masked=batch.masked, maskable=maskable, weight=weight)
+        sums = dict(self.objective(inputs))
+        weight = batch.ce_time_weight if args.ce_weighting == "elbo" else None
+        row_nll = bd3lm_nll(student_logits, batch.input_ids, masked=batch.masked, maskable=maskable, weight=weight,
+                            gold=gold)
         self.record_nll(model.training, row_nll.detach(), maskable)
-        ce = ce_from_nll(row_nll, maskable, norm=args.loss_norm_type, denominator=denominator)
-        # Logged: every term with its micro-batch's own normalisation (as the reference logs).
-        logged: dict[str, Tensor] = {"ce": ce.detach()}
-        if denominator is not None:
-            # max(1, .): the micro-batch's own CE divides by it too (ce_from_nll)
-            local = maskable.sum().clamp_min(1) if args.loss_norm_type == "token" else batch.batch_size
-            logged["ce"] = ce.detach() * (denominator / local)
-        logged.update({k: v.detach() for k, v in parts.items()})
+        units = {**self._tide_units, "ce": ce_unit(args.loss_norm_type)}
+        if "ce" in sums:
+            raise ValueError("an objective part may not be named 'ce' (the CE term's name)")
+        sums["ce"] = ce_sum(row_nll, maskable, norm=args.loss_norm_type)
+        local = local_denominators(batch, sorted(set(units.values())))
+        window = self._tide_window if model.training else None
+        trained = normalise(sums, units, window if window is not None else local)
+        logged = {k: v.detach() for k, v in normalise(sums, units, local).items()}
+        logged = {"ce": logged.pop("ce"), **logged}
         logged.update({k: v.detach() for k, v in self.objective.metrics(inputs).items()})  # e.g. lambda/tidal
-        if window is not None:  # trained on: every part over the window's units, like CE
-            parts = normalise_parts(parts, batch, self._tide_units, window)
-        loss = ce * float(args.ce_weight)
-        for value in parts.values():
+        loss = trained.pop("ce") * float(args.ce_weight)
+        for value in trained.values():
             loss = loss + value
         return loss, logged
 
@@ -267,8 +280,8 @@ class DistillLossMixin:
             self.data_collator = train_collator
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: ARG002
-        """Evaluation step: the loss on the batch (CE and the objective, as in training,
-        each normalised over the micro-batch), no logits (they are [b, L, V])."""
+        """Evaluation step: the loss on the batch (CE and the objective's sums, each
+        divided by the micro-batch's own count), no logits (they are [b, L, V])."""
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None

@@ -1,20 +1,20 @@
 """One normalisation rule for every loss term (docs/method.md#normalisation, "(ours)").
 
-CE and every objective part are sums over the whole gradient-accumulation window and
-all ranks divided by that window's count of the term's units, so that N micro-batches
-of b give the gradient of one batch of N*b, and k ranks of b that of one rank of k*b.
-
-An objective declares what its part is a mean over with the attribute ``unit``:
+Every term is a sum: CE's over its unit (:func:`~tide_plugin.bd3lm.ce_sum`) and every
+objective part over the unit its objective declares (``unit``):
 
 - ``masked_rows``: masked student positions (``batch.masked``);
 - ``pairs``: template pairs that count (``pair_mask`` and the student position masked);
-- ``active_chunks``: ``batch.chunk_active``.
+- ``active_chunks``: ``batch.chunk_active``;
+- CE: ``maskable_tokens`` (``token`` normalisation) or ``sequences``.
 
-The objective returns the mean over its micro-batch's own units (``sum / max(1, n)``);
-:func:`window_normalised` turns it into ``sum / D``, where ``D`` is the per-micro-batch
-share of the window's count (:func:`window_denominators`): after the Trainer divides
-each micro-batch loss by the accumulation steps and DDP averages over ranks, the
-gradient is ``sum over the window / count over the window``.
+The trainer divides each sum once (:func:`normalise`). In training, by the
+per-micro-batch share of the window's count (:func:`window_denominators`): after the
+Trainer divides each micro-batch loss by the accumulation steps and DDP averages over
+ranks, the gradient is ``sum over the window / count over the window``, so N
+micro-batches of b give the gradient of one batch of N*b, and k ranks of b that of one
+rank of k*b. Outside training (evaluation, no window), and for the logged values, by
+the micro-batch's own ``max(1, count)``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ from ..objectives.base import unit_count as objective_unit_count
 
 CE_UNITS = ("maskable_tokens", "sequences")
 """CE's units: ``token`` normalisation counts maskable tokens, ``sequence``/``batch`` count rows."""
+
+
+def ce_unit(norm: str) -> str:
+    """CE's unit under the loss normalisation ``norm`` (``token``, ``sequence``, ``batch``)."""
+    return "maskable_tokens" if norm == "token" else "sequences"
 
 
 def unit_count(batch: DistillBatch, unit: str) -> Tensor:
@@ -57,7 +62,7 @@ def part_units(objective: Any) -> dict[str, str]:
         if unit not in UNITS:
             raise ValueError(
                 f"objective part {part!r} declares unit {unit!r}; an objective must set `unit` to one of {UNITS} "
-                "(what its part is a mean over), so the trainer can normalise it over the accumulation window"
+                "(what its part is a sum over), so the trainer can normalise it over the accumulation window"
             )
     return units
 
@@ -85,22 +90,19 @@ def window_denominators(counts: Tensor, micro_batches: int, world_size: int) -> 
     return counts.float().clamp_min(1.0) / float(max(micro_batches, 1) * max(world_size, 1))
 
 
-def window_normalised(mean: Tensor, local_count: Tensor, denominator: Tensor) -> Tensor:
-    """A part that is a mean over this micro-batch's ``local_count`` units, as its sum over
-    them divided by the window's ``denominator``. ``max(1, local_count)`` undoes the
-    objective's own ``max(1, .)`` (no unit: the part is 0 and stays 0, with a zero gradient)."""
-    scale = local_count.clamp_min(1).to(torch.float32) / denominator
-    return mean * scale.to(mean.dtype)
+def local_denominators(batch: DistillBatch, units: Sequence[str]) -> dict[str, Tensor]:
+    """Each unit's ``max(1, count)`` in ``batch`` (float32, 0-dim): the micro-batch's own
+    normalisation (evaluation, logged values)."""
+    return {u: unit_count(batch, u).clamp_min(1).float() for u in units}
 
 
-def normalise_parts(
-    parts: Mapping[str, Tensor], batch: DistillBatch, units: Mapping[str, str], window: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
-    """Every part (a mean over the micro-batch's units) renormalised over the window."""
+def normalise(sums: Mapping[str, Tensor], units: Mapping[str, str], denominators: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Every sum divided by its unit's denominator (:func:`window_denominators` in
+    training, :func:`local_denominators` otherwise)."""
     out = {}
-    for name, value in parts.items():
+    for name, value in sums.items():
         unit = units.get(name)
         if unit is None:
             raise ValueError(f"the objective returned the part {name!r}, which it does not declare (declared: {sorted(units)})")
-        out[name] = window_normalised(value, unit_count(batch, unit).to(value.device), window[unit])
+        out[name] = value / denominators[unit].to(device=value.device, dtype=value.dtype)
     return out

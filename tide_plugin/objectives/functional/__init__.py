@@ -5,46 +5,58 @@ returns a float32 scalar (or a float32 tensor for the helpers). All probability
 arithmetic is done in float32 (float64 when the inputs are float64, which the
 gradient checks use), whatever the logits' dtype.
 
-Memory. At 150k vocabularies the logits dominate memory, so the token losses and
-:func:`chunk_log_probs` never materialise a float32 copy of the logits:
+Memory. At 150k vocabularies the logits dominate memory, so no function here builds
+a float32 copy of them: the token losses run on the row divergence engine
+(:mod:`tide_plugin.objectives.rows`: the divergence is a pure function of row
+log-probs, its exact gradient is taken by autograd a chunk of rows at a time in the
+forward pass and handed back, scaled, in backward), and :func:`chunk_log_probs` on the
+gold-token log-prob engine (:mod:`tide_plugin.logits`). Both read only the rows that
+count (masked positions, aligned pairs, tokens of a chunk), ``ROW_CHUNK_ELEMENTS``
+float32 elements' worth of rows at a time, and accept plain logits ``[b, L, V]`` or
+:class:`~tide_plugin.logits.ProjectedLogits` alike. The teacher side never receives a
+gradient (the teacher is frozen; docs/method.md#teacher-adapters).
 
-- only the rows that count (masked positions, aligned pairs, tokens of a chunk)
-  are read, ``ROW_CHUNK_ELEMENTS`` float32 elements' worth of rows at a time;
-- the token losses are custom :class:`torch.autograd.Function` s that compute,
-  row chunk by row chunk, the loss *and* its exact gradient with respect to the
-  student logits, store that gradient in the logits' dtype, and hand it back
-  (scaled by ``grad_output``) in backward;
-- :func:`chunk_log_probs` keeps one float32 ``logsumexp`` per used row and
-  rebuilds ``onehot - softmax`` row chunk by row chunk in backward.
+Every loss returns the mean over its unit by default (the documented values);
+``reduction="sum"`` returns the sum over it, what the objectives hand the trainer
+(docs/method.md#normalisation).
 
-Extra peak memory is therefore one gradient-sized buffer in the logits' dtype
-(which backward has to produce anyway) plus a few float32 row chunks. The teacher
-side never receives a gradient (the teacher is frozen; docs/method.md#teacher-adapters).
-
-The functions live in :mod:`._common` (constants, checks, row chunking),
-:mod:`.token` and :mod:`.chunk`; this module is their public face. Tests that
-shrink the row chunks patch ``tide_plugin.objectives.functional._common.ROW_CHUNK_ELEMENTS``.
+The functions live in :mod:`._common` (constants, checks), :mod:`.token` and
+:mod:`.chunk`; this module is their public face. Tests that shrink the row chunks
+patch ``tide_plugin.logits.ROW_CHUNK_ELEMENTS``.
 """
 
 from __future__ import annotations
 
-from ._common import (  # noqa: F401  (helpers the fused output layer shares)
-    _TOKEN_MODES,
-    PROB_CLAMP,
-    ROW_CHUNK_ELEMENTS,
-    ROW_CHUNK_ELEMENTS_ACCELERATOR,
-    _check_choice,
-    _check_temperature,
-    _per_example,
-    _rows_per_chunk,
-    _shared_vocab,
-    _work_dtype,
-)
+from ...logits import ROW_CHUNK_ELEMENTS, ROW_CHUNK_ELEMENTS_ACCELERATOR
+from ._common import PROB_CLAMP, REDUCTIONS, Reduction
 from .chunk import calm, chunk_log_probs, tidal_calm
-from .token import aligned_rows, check_divergence_inputs, masked_rows, tidal_kl, token_divergence, token_kl
+from .token import (
+    DIVERGENCES,
+    TokenDivergenceFn,
+    aligned_rows,
+    check_divergence_inputs,
+    forward_kl,
+    masked_rows,
+    reverse_kl,
+    tidal,
+    tidal_kl,
+    token_divergence,
+    token_kl,
+)
 
 __all__ = [
+    "DIVERGENCES",
+    "PROB_CLAMP",
+    "REDUCTIONS",
+    "ROW_CHUNK_ELEMENTS",
+    "ROW_CHUNK_ELEMENTS_ACCELERATOR",
+    "Reduction",
+    "TokenDivergenceFn",
     "aligned_rows",
+    "check_divergence_inputs",
+    "forward_kl",
+    "reverse_kl",
+    "tidal",
     "calm",
     "chunk_log_probs",
     "masked_rows",

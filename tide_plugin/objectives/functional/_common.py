@@ -1,24 +1,22 @@
-"""Shared pieces of the loss functions: constants, argument checks, row chunking."""
+"""Shared pieces of the loss functions: constants and argument checks (row chunking is
+:mod:`tide_plugin.logits`')."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
-
-ROW_CHUNK_ELEMENTS = 1 << 22
-"""Float32 elements per row chunk on CPU (16 MiB per temporary). Rows per chunk =
-``max(1, ROW_CHUNK_ELEMENTS // vocab)``. Tests lower it to exercise several chunks."""
-
-ROW_CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
-"""The same on GPUs (64 MiB per temporary): fewer, larger kernels; still small next
-to ``[b, L, V]`` logits at 150k vocabularies (about 1.2 GiB in bf16 at b=8, L=512)."""
 
 PROB_CLAMP = 1e-7
 """CALM probabilities are clamped to ``[PROB_CLAMP, 1 - PROB_CLAMP]`` (docs/method.md#calm)."""
 
 _TOKEN_MODES = ("forward", "reverse", "tidal")
+REDUCTIONS = ("mean", "sum")
+Reduction = Literal["mean", "sum"]
+"""``mean``: the documented mean over the function's unit; ``sum``: the sum over it
+(what objectives return, docs/method.md#normalisation)."""
 
 
 # ---------------------------------------------------------------------------
@@ -35,15 +33,6 @@ def _check_temperature(temperature: float) -> float:
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{what} {value!r} is not one of {allowed}")
-
-
-def _check_logits(name: str, x: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
-    if x.dim() != 3:
-        raise ValueError(f"{name} must have shape [b, L, V], got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {x.dtype}")
 
 
 def _check_bool(name: str, x: Tensor, shape: tuple[int, ...]) -> None:
@@ -79,20 +68,3 @@ def _per_example(name: str, x: Tensor | float | None, b: int, device: torch.devi
     if tuple(x.shape) != (b,):
         raise ValueError(f"{name} must have shape [b]=[{b}], got {list(x.shape)}")
     return x.detach().to(device=device, dtype=torch.float32)
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32, or float64 for float64 inputs (gradient checks)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _rows_per_chunk(width: int, device: torch.device) -> int:
-    budget = ROW_CHUNK_ELEMENTS if device.type == "cpu" else ROW_CHUNK_ELEMENTS_ACCELERATOR
-    return max(1, int(budget) // max(1, width))
-
-
-def _zero_loss(student: Tensor) -> Tensor:
-    """0, connected to ``student`` so that ``backward()`` works and gives a zero gradient."""
-    return student.reshape(-1)[:0].sum().float()
-
-

@@ -6,84 +6,50 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _common as C
-from ._common import PROB_CLAMP, _check_bool, _check_logits, _check_temperature, _per_example, _work_dtype
+from ...logits import ProjectedLogits, check_ids, check_logits, gold_log_probs, work_dtype
+from ._common import PROB_CLAMP, REDUCTIONS, Reduction, _check_bool, _check_choice, _check_temperature, _per_example
+
 
 # ---------------------------------------------------------------------------
 # chunk log-probs (docs/method.md#calm)
 # ---------------------------------------------------------------------------
-class _ChunkLogProbs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: Tensor, b_idx: Tensor, pos: Tensor, gold: Tensor, chunk: Tensor, num_chunks: int):  # type: ignore[override]
-        work = _work_dtype(logits.dtype)
-        n, vocab = b_idx.numel(), logits.shape[-1]
-        lse = torch.empty(n, dtype=work, device=logits.device)
-        gold_logit = torch.empty(n, dtype=work, device=logits.device)
-        step = C._rows_per_chunk(vocab, logits.device)
-        for start in range(0, n, step):
-            sl = slice(start, start + step)
-            z = logits[b_idx[sl], pos[sl]].to(work)  # [c, V]
-            lse[sl] = torch.logsumexp(z, dim=-1)
-            gold_logit[sl] = z.gather(1, gold[sl, None]).squeeze(1)
-            del z
-        out = torch.zeros(logits.shape[0], num_chunks, dtype=work, device=logits.device)
-        out.index_put_((b_idx, chunk), gold_logit - lse, accumulate=True)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(logits, b_idx, pos, gold, chunk, lse)
-        return out.float() if work == torch.float32 else out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        logits, b_idx, pos, gold, chunk, lse = ctx.saved_tensors
-        work = lse.dtype
-        grad = torch.zeros_like(logits, memory_format=torch.contiguous_format)
-        g_rows = grad_out[b_idx, chunk].to(work)  # [N]
-        step = C._rows_per_chunk(logits.shape[-1], logits.device)
-        for start in range(0, b_idx.numel(), step):
-            sl = slice(start, start + step)
-            bi, pi, g = b_idx[sl], pos[sl], g_rows[sl]
-            rows = logits[bi, pi].to(work).sub_(lse[sl, None]).exp_().mul_(-g[:, None])  # -g softmax
-            rows.scatter_add_(1, gold[sl, None], g[:, None])  # + g onehot(gold)
-            grad.index_put_((bi, pi), rows.to(grad.dtype), accumulate=True)
-            del rows
-        return grad, None, None, None, None, None
-
-
-def chunk_log_probs(logits: Tensor, ids: Tensor, chunk_ids: Tensor, num_chunks: int) -> Tensor:
+def chunk_log_probs(logits: Tensor | ProjectedLogits, ids: Tensor, chunk_ids: Tensor, num_chunks: int,
+                    *, gold: Tensor | None = None) -> Tensor:
     """Per-chunk sums of gold-token log-probs (docs/method.md#calm).
 
     ``l(i) = z[i, ids_i] - logsumexp(z[i, :])`` over the FULL vocabulary;
     ``out[b, c] = sum_{i: chunk_ids[b, i] == c} l(i)``. Only rows with
     ``chunk_ids >= 0`` are read.
 
-    :param logits: ``[b, L, V]``, any float dtype.
+    :param logits: ``[b, L, V]``, any float dtype, or
+        :class:`~tide_plugin.logits.ProjectedLogits`.
     :param ids: ``[b, L]`` long, the gold (clean) ids.
     :param chunk_ids: ``[b, L]`` long, chunk of each token, ``-1`` for none.
     :param num_chunks: ``C``, chunk ids must be ``< C``.
+    :param gold: ``(lp [b, L], rows [b, L] bool)`` gold log-probs of ``ids`` already
+        computed (:func:`~tide_plugin.logits.gold_log_probs`, e.g. CE's rows): rows they
+        cover are read from ``lp``, the others are computed.
     :return: ``[b, C]`` float32; 0 for chunks without tokens.
     """
-    _check_logits("logits", logits)
+    check_logits("logits", logits)
     b, length, vocab = logits.shape
-    for name, x in (("ids", ids), ("chunk_ids", chunk_ids)):
-        if not isinstance(x, Tensor) or x.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"{name} must be an int64 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-        if tuple(x.shape) != (b, length):
-            raise ValueError(f"{name} must have shape [b, L]=[{b}, {length}], got {list(x.shape)}")
+    check_ids("ids", ids, (b, length))
+    check_ids("chunk_ids", chunk_ids, (b, length))
     if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 0:
         raise ValueError(f"num_chunks must be an int >= 0, got {num_chunks!r}")
     device = logits.device
-    b_idx, pos = (chunk_ids >= 0).nonzero(as_tuple=True)
-    chunk = chunk_ids[b_idx, pos].long().to(device)
-    gold = ids[b_idx, pos].long().to(device)
-    b_idx, pos = b_idx.to(device), pos.to(device)
-    if chunk.numel():
-        top = int(chunk.max())
-        if top >= num_chunks:
-            raise ValueError(f"chunk id {top} is out of range for num_chunks={num_chunks}")
-        lo, hi = int(gold.min()), int(gold.max())
-        if lo < 0 or hi >= vocab:
-            raise ValueError(f"gold ids of chunk tokens must lie in [0, {vocab}), got range [{lo}, {hi}]")
-    return _ChunkLogProbs.apply(logits, b_idx, pos, gold, chunk, num_chunks)
+    chunk_ids = chunk_ids.to(device)
+    used = chunk_ids >= 0
+    if used.any() and int(chunk_ids.max()) >= num_chunks:
+        raise ValueError(f"chunk id {int(chunk_ids.max())} is out of range for num_chunks={num_chunks}")
+    if gold is None:
+        lp = gold_log_probs(logits, ids, used)
+    else:
+        known, covered = gold
+        lp = torch.where(covered, known, gold_log_probs(logits, ids, used & ~covered))
+    b_idx, pos = used.nonzero(as_tuple=True)
+    out = torch.zeros(b, num_chunks, dtype=lp.dtype, device=lp.device)
+    return out.index_put((b_idx, chunk_ids[b_idx, pos].long()), lp[b_idx, pos], accumulate=True)
 
 
 # ---------------------------------------------------------------------------
@@ -102,12 +68,15 @@ def _check_chunks(student_chunk_lp: Tensor, teacher_chunk_lp: Tensor, chunk_mask
 
 
 def _chunk_prob(lp: Tensor, tau: float) -> Tensor:
-    return torch.exp(lp.to(_work_dtype(lp.dtype)) / tau).clamp(PROB_CLAMP, 1.0 - PROB_CLAMP)
+    return torch.exp(lp.to(work_dtype(lp.dtype)) / tau).clamp(PROB_CLAMP, 1.0 - PROB_CLAMP)
 
 
-def _chunk_mean(loss: Tensor, chunk_mask: Tensor) -> Tensor:
-    # clamp_min(1): no active chunk gives 0 (with a zero gradient), not 0/0.
+def _chunk_reduce(loss: Tensor, chunk_mask: Tensor, reduction: str) -> Tensor:
+    _check_choice("reduction", reduction, REDUCTIONS)
     total = torch.where(chunk_mask, loss, torch.zeros((), dtype=loss.dtype, device=loss.device)).sum()
+    if reduction == "sum":
+        return total
+    # clamp_min(1): no active chunk gives 0 (with a zero gradient), not 0/0.
     return total / chunk_mask.sum().clamp_min(1)
 
 
@@ -119,6 +88,7 @@ def calm(
     temperature: float = 2.0,
     reverse: bool = False,
     bernoulli_kl: bool = False,
+    reduction: Reduction = "mean",
 ) -> Tensor:
     """CALM and Reverse CALM (docs/method.md#calm; docs/method.md#calm).
 
@@ -133,6 +103,7 @@ def calm(
     :param student_chunk_lp: ``[b, C]`` chunk log-probs of the student.
     :param teacher_chunk_lp: ``[b, C]`` chunk log-probs of the teacher (detached).
     :param chunk_mask: ``[b, C]`` bool, active chunks.
+    :param reduction: ``mean`` over active chunks, or ``sum``.
     :return: float32 scalar, the mean over active chunks; 0 when none.
     """
     _check_chunks(student_chunk_lp, teacher_chunk_lp, chunk_mask)
@@ -151,7 +122,7 @@ def calm(
         loss = -(s * q.log() + (1.0 - s) * torch.log1p(-q))
     else:
         loss = -(q * s.log() + (1.0 - q) * torch.log1p(-s))
-    return _chunk_mean(loss, chunk_mask)
+    return _chunk_reduce(loss, chunk_mask, reduction)
 
 
 def tidal_calm(
@@ -163,6 +134,7 @@ def tidal_calm(
     weight: Tensor | None = None,
     temperature: float = 2.0,
     reverse: bool = False,
+    reduction: Reduction = "mean",
 ) -> Tensor:
     """Chunk TIDAL (docs/method.md#tidal).
 
@@ -173,6 +145,7 @@ def tidal_calm(
 
     :param student_chunk_lp, teacher_chunk_lp: ``[b, C]``; :param chunk_mask: ``[b, C]`` bool.
     :param lam: ``[b]``; :param weight: ``[b]`` timestep weights (default 1).
+    :param reduction: ``mean`` over active chunks, or ``sum``.
     :return: float32 scalar; 0 when no chunk is active.
     """
     _check_chunks(student_chunk_lp, teacher_chunk_lp, chunk_mask)
@@ -188,4 +161,4 @@ def tidal_calm(
         loss = -(s * m.log() + (1.0 - s) * torch.log1p(-m)) * w_b
     else:
         loss = -(m * s.log() + (1.0 - m) * torch.log1p(-s)) * w_b
-    return _chunk_mean(loss, chunk_mask)
+    return _chunk_reduce(loss, chunk_mask, reduction)

@@ -1,23 +1,25 @@
-"""Token-level losses (docs/method.md#token-kl, docs/method.md#tidal): rows, the row-indexed divergence engine, KL and TIDAL."""
+"""Token-level losses (docs/method.md#token-kl, docs/method.md#tidal): rows, the divergences as pure
+functions of row log-probs, and the token losses on the row engine (:mod:`..rows`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from . import _common as C
+from ...logits import ProjectedLogits, check_logits
+from ..rows import row_divergence
 from ._common import (
     _TOKEN_MODES,
+    REDUCTIONS,
+    Reduction,
     _check_bool,
     _check_choice,
-    _check_logits,
     _check_temperature,
     _per_example,
     _shared_vocab,
-    _work_dtype,
-    _zero_loss,
 )
 
 # ---------------------------------------------------------------------------
@@ -57,92 +59,40 @@ def aligned_rows(
     return b_idx, pair_student[b_idx, p_idx], pair_teacher[b_idx, p_idx]
 
 
-class _TokenDivergence(torch.autograd.Function):
-    """Sum over rows of ``w_i * D_i * tau^2 / denom`` with its exact gradient
-    computed in the forward pass, row chunk by row chunk."""
+# ---------------------------------------------------------------------------
+# the divergences: pure functions of row log-probs (docs/method.md#token-kl, docs/method.md#tidal)
+# ---------------------------------------------------------------------------
+TokenDivergenceFn = Callable[..., Tensor]
+"""``divergence(log_ps [n, v], log_pt [n, v], **row_args) -> [n]``: a per-row divergence
+between the student's and the teacher's log-probs at temperature ``tau`` (``log_pt``
+carries no gradient; :func:`token_divergence` hands it finite: a ``-inf`` is clamped to
+the dtype's lowest value, so ``p log p`` is 0 where ``p`` is 0). Plain differentiable
+torch code: :func:`token_divergence` gets its exact gradient by autograd, a chunk of
+rows at a time, on plain or projected logits."""
 
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
-        student: Tensor,
-        teacher: Tensor,
-        b_idx: Tensor,
-        s_pos: Tensor,
-        t_pos: Tensor,
-        lam: Tensor | None,
-        weight: Tensor | None,
-        mode: str,
-        tau: float,
-        vocab: int,
-        denom: float,
-    ) -> Tensor:
-        work = _work_dtype(student.dtype)
-        need_grad = ctx.needs_input_grad[0]
-        grad = torch.zeros_like(student, memory_format=torch.contiguous_format) if need_grad else None
-        total = torch.zeros((), dtype=work, device=student.device)
-        n = b_idx.numel()
-        step = C._rows_per_chunk(vocab, student.device)
-        scale = tau * tau / denom  # loss scale; d/dz = d/du / tau
-        for start in range(0, n, step):
-            sl = slice(start, start + step)
-            bi, si, ti = b_idx[sl], s_pos[sl], t_pos[sl]
-            # Advanced indexing copies the rows, so the in-place ops below never touch
-            # the inputs; they keep the float32 workspace at about three [c, v] tensors.
-            u_s = student[bi, si, :vocab].to(work).div_(tau)  # [c, v]
-            log_ps = torch.log_softmax(u_s, dim=-1)
-            if mode != "tidal":
-                del u_s
-            u_t = teacher[bi, ti, :vocab].to(work).div_(tau)
-            if mode == "forward":
-                log_pt = torch.log_softmax(u_t, dim=-1)
-                del u_t
-                p_t = log_pt.exp()
-                d = log_pt.sub_(log_ps).mul_(p_t).masked_fill_(p_t == 0, 0.0)  # P_T (log P_T - log P_S), 0 log 0 = 0
-                row = d.sum(-1)
-                del d, log_pt
-                g_u = log_ps.exp_().sub_(p_t) if need_grad else None  # P_S - P_T
-                del p_t
-            elif mode == "reverse":
-                log_pt = torch.log_softmax(u_t, dim=-1)
-                del u_t
-                p_s = log_ps.exp()
-                d = log_ps.sub_(log_pt)  # log P_S - log P_T (in place of log_ps)
-                del log_pt
-                row = (p_s * d).sum(-1)
-                g_u = d.sub_(row[:, None]).mul_(p_s) if need_grad else None  # P_S (d - KL)
-                del p_s, d
-            else:  # tidal: R = softmax((1 - lam) u_s + lam u_t), detached
-                lam_r = lam[bi].to(work)[:, None]
-                mix = u_s.mul_(1.0 - lam_r).add_(u_t.mul_(lam_r))
-                del u_s, u_t
-                log_r = torch.log_softmax(mix, dim=-1)
-                del mix
-                r = log_r.exp()
-                w_r = weight[bi].to(work)
-                d = log_r.sub_(log_ps).mul_(r).masked_fill_(r == 0, 0.0)  # R (log R - log P_S)
-                row = d.sum(-1) * w_r
-                del d, log_r
-                g_u = log_ps.exp_().sub_(r).mul_(w_r[:, None]) if need_grad else None  # w (P_S - R)
-                del r
-            total += row.sum()
-            if need_grad:
-                # index_put_ on the [..., :vocab] view writes into ``grad``; accumulate
-                # keeps repeated rows (a position paired twice) exact.
-                grad[..., :vocab].index_put_((bi, si), g_u.mul_(scale / tau).to(grad.dtype), accumulate=True)
-            del log_ps, g_u, row
-        if need_grad:
-            ctx.save_for_backward(grad)
-        return total * scale  # float32 (float64 for float64 inputs)
 
-    @staticmethod
-    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        if not bool(grad_output == 1):
-            # Scale in place: no second gradient-sized buffer. A second backward through
-            # a retained graph then fails autograd's in-place check (it cannot silently
-            # return a gradient scaled twice).
-            grad.mul_(grad_output)
-        return grad, None, None, None, None, None, None, None, None, None, None
+def forward_kl(log_ps: Tensor, log_pt: Tensor) -> Tensor:
+    """``KL(P_T || P_S)`` per row (docs/method.md#token-kl)."""
+    p_t = log_pt.exp()
+    return torch.linalg.vecdot(p_t, log_pt) - torch.linalg.vecdot(p_t, log_ps)
+
+
+def reverse_kl(log_ps: Tensor, log_pt: Tensor) -> Tensor:
+    """``KL(P_S || P_T)`` per row (docs/method.md#token-kl)."""
+    return torch.linalg.vecdot(log_ps.exp(), log_ps - log_pt)
+
+
+def tidal(log_ps: Tensor, log_pt: Tensor, lam: Tensor, weight: Tensor) -> Tensor:
+    """``omega_i KL(R_i || P_S,i)`` per row, ``R = stopgrad(softmax((1 - lam_i) log P_S + lam_i log P_T))``
+    (the same as mixing the tempered logits: a row's constant cancels; docs/method.md#tidal)."""
+    lam = lam.to(log_ps.dtype)[:, None]
+    log_r = torch.log_softmax((1.0 - lam) * log_ps.detach() + lam * log_pt, dim=-1)  # finite: finite inputs
+    r = log_r.exp()
+    return weight.to(log_ps.dtype) * (torch.linalg.vecdot(r, log_r) - torch.linalg.vecdot(r, log_ps))
+
+
+DIVERGENCES: dict[str, TokenDivergenceFn] = {"forward": forward_kl, "reverse": reverse_kl, "tidal": tidal}
+"""The built-in token divergences by ``mode``."""
 
 
 def check_divergence_inputs(
@@ -152,17 +102,17 @@ def check_divergence_inputs(
     student_positions: Tensor,
     teacher_positions: Tensor,
     *,
-    mode: str,
+    mode: str | TokenDivergenceFn,
     temperature: float,
     shared_vocab_size: int | None,
     lam: Tensor | float | None,
     weight: Tensor | float | None,
 ) -> tuple[float, int, int]:
-    """Validate :func:`token_divergence`'s arguments from shapes alone (shared by the
-    fused output layer): ``(tau, shared vocabulary, number of rows)``; every bad value
-    is named with what is allowed."""
+    """Validate :func:`token_divergence`'s arguments from shapes alone: ``(tau, shared
+    vocabulary, number of rows)``; every bad value is named with what is allowed."""
     tau = _check_temperature(temperature)
-    _check_choice("mode", mode, _TOKEN_MODES)
+    if not callable(mode):
+        _check_choice("mode", mode, _TOKEN_MODES)
     vocab = _shared_vocab(torch.empty(0, 0, student_shape[2]), torch.empty(0, 0, teacher_shape[2]), shared_vocab_size)
     b = student_shape[0]
     if teacher_shape[0] != b:
@@ -174,7 +124,7 @@ def check_divergence_inputs(
             f"teacher_positions ({teacher_positions.numel()}) must have the same length"
         )
     if mode != "tidal" and (lam is not None or weight is not None):
-        raise ValueError(f"lam and weight apply to mode 'tidal' only, got mode {mode!r}")
+        raise ValueError(f"lam and weight apply to mode 'tidal' only, got mode {getattr(mode, '__name__', mode)!r}")
     if n:
         for what, idx, size in (
             ("batch_index", batch_index, b),
@@ -187,65 +137,87 @@ def check_divergence_inputs(
     return tau, vocab, n
 
 
+def _tempered_rows(divergence: TokenDivergenceFn, tau: float):
+    """``(target_of, row_fn)`` for :func:`~tide_plugin.objectives.rows.row_divergence`:
+    the teacher's log-probs at ``tau`` as the target, ``divergence`` of the student's."""
+
+    def target_of(z_t: Tensor):
+        log_pt = torch.log_softmax(z_t.div_(tau), dim=-1)
+        return log_pt.clamp_min_(torch.finfo(log_pt.dtype).min), None, None
+
+    def row_fn(u_s: Tensor, log_pt: Tensor, **row_args: Tensor) -> Tensor:  # u_s = z_S / tau (the engine scales)
+        return divergence(torch.log_softmax(u_s, dim=-1), log_pt, **row_args)
+
+    return target_of, row_fn
+
+
 def token_divergence(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
+    student_logits: Tensor | ProjectedLogits,
+    teacher_logits: Tensor | ProjectedLogits,
     batch_index: Tensor,
     student_positions: Tensor,
     teacher_positions: Tensor,
     *,
-    mode: Literal["forward", "reverse", "tidal"] = "forward",
+    mode: Literal["forward", "reverse", "tidal"] | TokenDivergenceFn = "forward",
     temperature: float = 2.0,
     shared_vocab_size: int | None = None,
     lam: Tensor | float | None = None,
     weight: Tensor | float | None = None,
+    reduction: Reduction = "mean",
 ) -> Tensor:
-    """The row-indexed engine behind :func:`token_kl` and :func:`tidal_kl`.
+    """The row-indexed token loss behind :func:`token_kl` and :func:`tidal_kl`.
 
     Row ``i`` compares ``student_logits[batch_index[i], student_positions[i]]``
     with ``teacher_logits[batch_index[i], teacher_positions[i]]`` on the first
     ``shared_vocab_size`` ids, so template-aligned pairs need no gathered copy of
     either side.
 
-    :param student_logits: ``[b, L, V_S]``, any float dtype, may require grad.
+    :param student_logits: ``[b, L, V_S]``, any float dtype, may require grad, or
+        :class:`~tide_plugin.logits.ProjectedLogits` (then the teacher's too).
     :param teacher_logits: ``[b, L_T, V_T]``, receives no gradient.
     :param batch_index, student_positions, teacher_positions: ``[N]`` long.
     :param mode: ``forward`` KL(P_T||P_S), ``reverse`` KL(P_S||P_T), ``tidal``
-        KL(R||P_S) with ``R = stopgrad(softmax(((1-lam) z_S + lam z_T)/tau))``.
+        KL(R||P_S) with ``R = stopgrad(softmax(((1-lam) z_S + lam z_T)/tau))``; or a
+        divergence of your own, a pure function ``divergence(log_ps, log_pt) -> [n]`` of
+        the rows' log-probs at ``tau`` (:data:`TokenDivergenceFn`): it gets the same
+        row engine, on plain and projected logits, with its exact gradient.
     :param lam: ``[b]`` (``tidal`` only).
     :param weight: ``[b]`` per-example weights ``omega(t)`` (``tidal`` only; default 1).
-    :return: float32 scalar ``sum_i w_i D_i / N * tau^2``; 0 when ``N == 0``.
+    :param reduction: ``mean`` (over the ``N`` rows) or ``sum``.
+    :return: float32 scalar ``sum_i w_i D_i * tau^2`` (``/ N`` for ``mean``); 0 when ``N == 0``.
     """
-    _check_logits("student_logits", student_logits)
-    _check_logits("teacher_logits", teacher_logits)
+    check_logits("student_logits", student_logits)
+    check_logits("teacher_logits", teacher_logits)
+    if isinstance(student_logits, ProjectedLogits) != isinstance(teacher_logits, ProjectedLogits):
+        raise TypeError(
+            "student and teacher logits must both be tensors or both ProjectedLogits, got "
+            f"{type(student_logits).__name__} and {type(teacher_logits).__name__}"
+        )
+    _check_choice("reduction", reduction, REDUCTIONS)
+    mode = next((name for name, fn in DIVERGENCES.items() if fn is mode), mode)  # a built-in by its function
     tau, vocab, n = check_divergence_inputs(
         student_logits.shape, teacher_logits.shape, batch_index, student_positions, teacher_positions,
         mode=mode, temperature=temperature, shared_vocab_size=shared_vocab_size, lam=lam, weight=weight,
     )
-    if n == 0:
-        return _zero_loss(student_logits)
-    b = student_logits.shape[0]
+    divergence = mode if callable(mode) else DIVERGENCES[mode]
+    row_args: dict[str, Tensor] = {}
     device = student_logits.device
-    lam_b = _per_example("lam", lam, b, device, 0.0) if mode == "tidal" else None
-    w_b = _per_example("weight", weight, b, device, 1.0) if mode == "tidal" else None
-    return _TokenDivergence.apply(
-        student_logits,
-        teacher_logits.detach(),
-        batch_index.to(device),
-        student_positions.to(device),
-        teacher_positions.to(device),
-        lam_b,
-        w_b,
-        mode,
-        tau,
-        vocab,
-        float(n),
+    if mode == "tidal" and n:
+        b, bi = student_logits.shape[0], batch_index.to(device).long()
+        row_args = {"lam": _per_example("lam", lam, b, device, 0.0)[bi],
+                    "weight": _per_example("weight", weight, b, device, 1.0)[bi]}
+    target_of, row_fn = _tempered_rows(divergence, tau)
+    loss, _, _ = row_divergence(
+        student_logits, teacher_logits, batch_index, student_positions, teacher_positions, target_of=target_of,
+        row_fn=row_fn, coef=tau * tau / (max(n, 1) if reduction == "mean" else 1), row_args=row_args,
+        student_columns=vocab, teacher_columns=vocab, student_scale=1.0 / tau,
     )
+    return loss if loss.dtype == torch.float64 else loss.float()
 
 
 def _check_aligned(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor) -> None:
-    _check_logits("student_logits", student_logits)
-    _check_logits("teacher_logits", teacher_logits)
+    check_logits("student_logits", student_logits)
+    check_logits("teacher_logits", teacher_logits)
     if student_logits.shape[:2] != teacher_logits.shape[:2]:
         raise ValueError(
             f"student_logits {list(student_logits.shape)} and teacher_logits {list(teacher_logits.shape)} "
@@ -262,6 +234,7 @@ def token_kl(
     temperature: float = 2.0,
     shared_vocab_size: int | None = None,
     reverse: bool = False,
+    reduction: Reduction = "mean",
 ) -> Tensor:
     """Token KL over masked positions (docs/method.md#token-kl).
 
@@ -273,6 +246,7 @@ def token_kl(
     :param student_logits: ``[b, L, V_S]``, any float dtype.
     :param teacher_logits: ``[b, L, V_T]``, aligned position by position; no gradient.
     :param mask: ``[b, L]`` bool, the positions that count.
+    :param reduction: ``mean`` over the masked positions, or ``sum``.
     :return: float32 scalar; 0 (with a zero gradient) when nothing is masked.
     """
     _check_aligned(student_logits, teacher_logits, mask)
@@ -286,6 +260,7 @@ def token_kl(
         mode="reverse" if reverse else "forward",
         temperature=temperature,
         shared_vocab_size=shared_vocab_size,
+        reduction=reduction,
     )
 
 
@@ -298,6 +273,7 @@ def tidal_kl(
     weight: Tensor | None = None,
     temperature: float = 2.0,
     shared_vocab_size: int | None = None,
+    reduction: Reduction = "mean",
 ) -> Tensor:
     """Token TIDAL (docs/method.md#tidal).
 
@@ -307,6 +283,7 @@ def tidal_kl(
     :param student_logits: ``[b, L, V_S]``; :param teacher_logits: ``[b, L, V_T]``.
     :param mask: ``[b, L]`` bool. :param lam: ``[b]`` interpolation weights.
     :param weight: ``[b]`` timestep weights ``omega(t)`` (default 1).
+    :param reduction: ``mean`` over the masked positions, or ``sum``.
     :return: float32 scalar; 0 when nothing is masked.
     """
     _check_aligned(student_logits, teacher_logits, mask)
@@ -322,6 +299,7 @@ def tidal_kl(
         shared_vocab_size=shared_vocab_size,
         lam=lam,
         weight=weight,
+        reduction=reduction,
     )
 
 
