@@ -85,8 +85,8 @@ Requirement = Literal["token_alignment", "pairs", "chunks", "timestep", "progres
 REQUIREMENTS: tuple[str, ...] = ("token_alignment", "pairs", "chunks", "timestep", "progress", "projection")
 
 Unit = Literal["masked_rows", "pairs", "active_chunks"]
-"""What an objective part averages over (the trainer normalises each part by the
-count of its unit): masked student positions, counted template pairs (``pair_mask``
+"""What an objective part sums over (the trainer divides each part once by the
+count of its unit over the accumulation window): masked student positions, counted template pairs (``pair_mask``
 and the student position masked), or active chunks (``batch.chunk_active``)."""
 UNITS: tuple[str, ...] = ("masked_rows", "pairs", "active_chunks")
 
@@ -185,7 +185,7 @@ class ObjectiveConfigProtocol(Protocol):
     requirements: frozenset[str]
     """Subset of :data:`REQUIREMENTS`."""
     unit: str
-    """One of :data:`UNITS`: what the objective's part averages over."""
+    """One of :data:`UNITS`: what the objective's part sums over."""
 
 
 @runtime_checkable
@@ -203,7 +203,7 @@ class ObjectiveProtocol(Protocol):
     name: str
     requirements: frozenset[str]
     units: Mapping[str, str]
-    """Part name -> the :data:`Unit` it averages over."""
+    """Part name -> the :data:`Unit` it sums over."""
 
     reads_teacher: bool = True
     """False for an objective that never reads ``inputs.teacher_logits`` (the CE-only

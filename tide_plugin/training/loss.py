@@ -122,7 +122,7 @@ class DistillLossMixin:
         if teacher is None and getattr(objective, "reads_teacher", True):
             name = getattr(objective, "name", objective)
             raise ValueError(f"objective {name!r} reads the teacher, but no teacher was given")
-        if teacher is not None and hasattr(teacher, "to") and not getattr(teacher, "_placed", False):
+        if teacher is not None:
             teacher.to(device)
         # We normalise the CE term ourselves (get_batch_samples counts the window), so the
         # Trainer must not count labels or skip its division by the accumulation steps.
