@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml entry_points/tide-plugin-example/pyproject.to
 	$(PY) -m pip install $(PIP_FLAGS) $(TORCH)
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps mistral-common
-	$(PY) -m pip install $(PIP_FLAGS) --no-deps ./entry_points/tide-plugin-example
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps -e ./entry_points/tide-plugin-example
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,7 +24,7 @@ $(VENV_COMPAT)/.installed: pyproject.toml constraints-tf457.txt entry_points/tid
 	$(VENV_COMPAT)/bin/python -m pip install $(PIP_FLAGS) $(TORCH)
 	$(VENV_COMPAT)/bin/python -m pip install $(PIP_FLAGS) -c constraints-tf457.txt -e ".[test]"
 	$(VENV_COMPAT)/bin/python -m pip install $(PIP_FLAGS) --no-deps mistral-common
-	$(VENV_COMPAT)/bin/python -m pip install $(PIP_FLAGS) --no-deps ./entry_points/tide-plugin-example
+	$(VENV_COMPAT)/bin/python -m pip install $(PIP_FLAGS) --no-deps -e ./entry_points/tide-plugin-example
 	touch $@
 
 install-compat: $(VENV_COMPAT)/.installed

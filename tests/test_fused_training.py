@@ -27,9 +27,9 @@ def _trainer(tmp_path, **kw):
     )
 
 
-def test_fused_is_the_default_and_matches_full_logits(tmp_path):
-    tr = _trainer(tmp_path)
-    assert tr.args.fused_output_layer and tr._tide_fused
+def _full_and_fused(tr):
+    """One training batch through ``distill_forward`` with full logits, then fused:
+    ``((loss, logged, flat gradient) full, (...) fused, batch)``."""
     tr.model.train()
     batch = _distill_batch(next(iter(tr.get_train_dataloader())))
     tr.get_batch_samples(iter([{"distill_batch": batch}]), 1, torch.device("cpu"))  # the window denominator
@@ -41,8 +41,13 @@ def test_fused_is_the_default_and_matches_full_logits(tmp_path):
         grads = torch.autograd.grad(loss, params)
         return loss.detach(), logged, torch.cat([g.flatten() for g in grads])
 
-    l_full, logged_full, g_full = step(False)
-    l_fused, logged_fused, g_fused = step(True)
+    return step(False), step(True), batch
+
+
+def test_fused_is_the_default_and_matches_full_logits(tmp_path):
+    tr = _trainer(tmp_path)
+    assert tr.args.fused_output_layer and tr._tide_fused
+    (l_full, logged_full, g_full), (l_fused, logged_fused, g_fused), _ = _full_and_fused(tr)
     torch.testing.assert_close(l_fused, l_full, rtol=1e-5, atol=1e-6)
     assert logged_fused.keys() == logged_full.keys() >= {"ce", "kl", "tidal"}
     for k in logged_full:
@@ -91,19 +96,7 @@ def test_the_example_jsd_plugin_runs_fused_and_matches_plain_jsd(tmp_path):
 
     tr = _trainer(tmp_path, objective="jensen_shannon", use_comp_demo=False)
     assert tr._tide_fused
-    tr.model.train()
-    batch = _distill_batch(next(iter(tr.get_train_dataloader())))
-    tr.get_batch_samples(iter([{"distill_batch": batch}]), 1, torch.device("cpu"))
-    params = [p for p in tr.model.parameters() if p.requires_grad]
-
-    def step(fused: bool):
-        tr._tide_fused = fused
-        loss, logged = tr.distill_forward(tr.model, batch)
-        grads = torch.autograd.grad(loss, params)
-        return loss.detach(), logged, torch.cat([g.flatten() for g in grads])
-
-    l_full, logged_full, g_full = step(False)
-    l_fused, logged_fused, g_fused = step(True)
+    (l_full, logged_full, g_full), (l_fused, logged_fused, g_fused), batch = _full_and_fused(tr)
     torch.testing.assert_close(l_fused, l_full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(logged_fused["jensen_shannon"], logged_full["jensen_shannon"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_fused, g_full, rtol=1e-4, atol=1e-6)
@@ -129,7 +122,7 @@ def test_gold_log_probs_are_computed_once_per_step_and_shared(tmp_path, monkeypa
     """The explicit step: the student's gold log-probs at CE's rows are projected once,
     before the objective; CE and the chunk objectives (calm + tidal_calm) read them, so
     no student row is projected a second time, and the step equals the full-logits one."""
-    from _distill_helpers import ROWS, normalisation_config
+    from helpers.distill import ROWS, normalisation_config
 
     from tide_plugin import logits as logits_rows
 
