@@ -26,6 +26,7 @@ import torch
 from tide_plugin.batch import DistillBatch, DistillInputs
 from tide_plugin.bd3lm import bd3lm_ce, block_diffusion_logits
 from tide_plugin.registry import get_collator, get_objective, get_teacher
+from tide_plugin.training.normalise import local_denominators, normalise, part_units
 
 
 def student_model(vocab: int, hidden: int, layers: int, heads: int, kv: int, inter: int, device, dtype):
@@ -99,6 +100,8 @@ def measure(student, teacher, objective, batch: DistillBatch, opt, device, block
                       weight=batch.ce_time_weight)
         t_logits = teacher(batch)
         parts = objective(DistillInputs(batch=batch, student_logits=logits, teacher_logits=t_logits, progress=0.5))
+        units = part_units(objective)  # each part is a sum over its unit: divided as the trainer does
+        parts = normalise(parts, units, local_denominators(batch, set(units.values())))
         loss = ce + sum(parts.values())
         loss.backward()
         opt.step()
