@@ -12,7 +12,6 @@ from torch import Tensor
 PROB_CLAMP = 1e-7
 """CALM probabilities are clamped to ``[PROB_CLAMP, 1 - PROB_CLAMP]`` (docs/method.md#calm)."""
 
-_TOKEN_MODES = ("forward", "reverse", "tidal")
 REDUCTIONS = ("mean", "sum")
 Reduction = Literal["mean", "sum"]
 """``mean``: the documented mean over the function's unit; ``sum``: the sum over it

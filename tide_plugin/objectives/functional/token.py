@@ -12,7 +12,6 @@ from torch import Tensor
 from ...logits import ProjectedLogits, check_logits
 from ..rows import row_divergence
 from ._common import (
-    _TOKEN_MODES,
     REDUCTIONS,
     Reduction,
     _check_bool,
@@ -112,7 +111,7 @@ def check_divergence_inputs(
     vocabulary, number of rows)``; every bad value is named with what is allowed."""
     tau = _check_temperature(temperature)
     if not callable(mode):
-        _check_choice("mode", mode, _TOKEN_MODES)
+        _check_choice("mode", mode, tuple(DIVERGENCES))
     vocab = _shared_vocab(torch.empty(0, 0, student_shape[2]), torch.empty(0, 0, teacher_shape[2]), shared_vocab_size)
     b = student_shape[0]
     if teacher_shape[0] != b:
