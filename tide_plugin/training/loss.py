@@ -215,8 +215,9 @@ class DistillLossMixin:
         sums["ce"] = ce_sum(row_nll, maskable, norm=args.loss_norm_type)
         local = local_denominators(batch, sorted(set(units.values())))
         window = self._tide_window if model.training else None
-        trained = normalise(sums, units, window if window is not None else local)
-        logged = {k: v.detach() for k, v in normalise(sums, units, local).items()}
+        own = normalise(sums, units, local)  # the micro-batch's own: logged, and trained outside a window
+        trained = own if window is None else normalise(sums, units, window)
+        logged = {k: v.detach() for k, v in own.items()}
         logged = {"ce": logged.pop("ce"), **logged}
         logged.update({k: v.detach() for k, v in self.objective.metrics(inputs).items()})  # e.g. lambda/tidal
         loss = trained.pop("ce") * float(args.ce_weight)
